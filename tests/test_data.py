@@ -1,0 +1,151 @@
+"""Training data: both layouts from parquet / jsonl / json / folders, the suffix, the length filter, bad rows."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from trl_justrl.data import (
+    DAPO_INSTRUCTION_PREFIX,
+    DAPO_INSTRUCTION_SUFFIX,
+    PROMPT_SUFFIX,
+    DataError,
+    filter_long_prompts,
+    load_training_data,
+    synthetic_arithmetic,
+)
+
+SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."  # RECIPE.md, "Prompt"
+
+
+def verl_rows():
+    return [
+        {
+            "data_source": "math_dapo",
+            "prompt": [{"role": "user", "content": DAPO_INSTRUCTION_PREFIX + "What is 2+3?" + DAPO_INSTRUCTION_SUFFIX}],
+            "ability": "MATH",
+            "reward_model": {"ground_truth": "5", "style": "rule-lighteval/MATH_v2"},
+            "extra_info": {"index": "a"},
+        },
+        {
+            "data_source": "math_dapo",
+            "prompt": [{"role": "user", "content": "Find x if 2x = 14."}],
+            "ability": "MATH",
+            "reward_model": {"ground_truth": "7", "style": "rule-lighteval/MATH_v2"},
+            "extra_info": {"index": "b"},
+        },
+    ]
+
+
+def plain_rows():
+    return [{"problem": "Compute 6 * 7.", "answer": "42"}, {"problem": "Compute 1 + 1.", "answer": 2}]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_verl_layout_from_parquet(tmp_path):
+    path = tmp_path / "train.parquet"
+    pd.DataFrame(verl_rows()).to_parquet(path)
+    ds = load_training_data(str(path))
+    assert ds.column_names == ["prompt", "ground_truth"]
+    assert ds["ground_truth"] == ["5", "7"]
+    # DAPO's "Answer:" wrapper is removed; the recipe suffix follows a blank line
+    assert ds[0]["prompt"] == [{"role": "user", "content": "What is 2+3?\n\n" + SUFFIX}]
+    assert ds[1]["prompt"][0]["content"] == "Find x if 2x = 14.\n\n" + SUFFIX
+    kept = load_training_data(str(path), strip_dapo=False)
+    assert kept[0]["prompt"][0]["content"].startswith("Solve the following math problem")
+
+
+def test_plain_layout_from_jsonl_and_json(tmp_path):
+    ds = load_training_data(str(write_jsonl(tmp_path / "train.jsonl", plain_rows())))
+    assert ds["ground_truth"] == ["42", "2"]
+    assert ds[0]["prompt"] == [{"role": "user", "content": "Compute 6 * 7.\n\n" + SUFFIX}]
+    (tmp_path / "train.json").write_text(json.dumps(plain_rows()))
+    assert load_training_data(str(tmp_path / "train.json"))["ground_truth"] == ["42", "2"]
+
+
+def test_folder_of_files(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", plain_rows())
+    write_jsonl(tmp_path / "b.jsonl", plain_rows()[:1])
+    ds = load_training_data(str(tmp_path))
+    assert len(ds) == 3
+
+
+def test_suffix_is_never_doubled(tmp_path):
+    rows = [{"problem": "Compute 2 + 2.\n\n" + SUFFIX, "answer": "4"}]
+    ds = load_training_data(str(write_jsonl(tmp_path / "t.jsonl", rows)))
+    assert ds[0]["prompt"][0]["content"].count(PROMPT_SUFFIX) == 1
+
+
+@pytest.mark.parametrize(
+    ("rows", "fragment"),
+    [
+        ([{"problem": "ok", "answer": "1"}, {"problem": "no answer", "answer": ""}], "row 1: field 'answer'"),
+        ([{"problem": "ok", "answer": None}], "row 0: field 'answer' is missing or empty"),
+        ([{"problem": "ok"}], "row 0: no answer"),
+        ([{"problem": "", "answer": "1"}], "row 0: field 'problem' is empty"),
+        ([{"prompt": 5, "answer": "1"}], "row 0: field 'prompt' must be text or a list of chat messages"),
+        ([{"prompt": [{"role": "system", "content": "x"}], "answer": "1"}], "row 0: field 'prompt' has no user"),
+        ([{"question": "x", "answer": "1"}], "row 0: no prompt"),
+    ],
+)
+def test_bad_rows_name_file_row_and_field(tmp_path, rows, fragment):
+    path = write_jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        load_training_data(str(path))
+    assert str(path) in str(err.value) and fragment in str(err.value)
+
+
+def test_bad_verl_row_in_second_file_of_a_folder(tmp_path):
+    pd.DataFrame(verl_rows()).to_parquet(tmp_path / "a.parquet")
+    rows = verl_rows()
+    rows[1]["reward_model"] = {"ground_truth": "", "style": "rule"}
+    pd.DataFrame(rows).to_parquet(tmp_path / "b.parquet")
+    with pytest.raises(DataError, match=r"b\.parquet: row 1: field 'reward_model.ground_truth'"):
+        load_training_data(str(tmp_path))
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_training_data(str(tmp_path / "nope.parquet"))
+    with pytest.raises(DataError, match="no .parquet"):
+        load_training_data(str(tmp_path))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DataError, match="empty.jsonl: the file is empty"):
+        load_training_data(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(DataError, match="unsupported file type"):
+        (tmp_path / "x.csv").write_text("a\n1\n")
+        load_training_data(str(tmp_path / "x.csv"))
+
+
+def test_length_filter_drops_and_counts(tmp_path, tokenizer):
+    rows = plain_rows() + [{"problem": "Add these numbers: " + " + ".join(["1"] * 400), "answer": "400"}]
+    ds = load_training_data(str(write_jsonl(tmp_path / "t.jsonl", rows)))
+    lengths = [
+        len(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=False))
+        for p in ds["prompt"]
+    ]
+    limit = sorted(lengths)[1]  # keeps the two short prompts only
+    kept, dropped = filter_long_prompts(ds, tokenizer, limit)
+    assert dropped == 1 and len(kept) == 2 and "400" not in kept["ground_truth"]
+    kept_all, none = filter_long_prompts(ds, tokenizer, max(lengths))
+    assert none == 0 and len(kept_all) == 3  # a prompt exactly at the limit is kept
+    with pytest.raises(DataError, match="nothing is left"):
+        filter_long_prompts(ds, tokenizer, 5)
+
+
+def test_synthetic_data_is_seeded_and_correct():
+    a, b = synthetic_arithmetic(32, seed=1), synthetic_arithmetic(32, seed=1)
+    assert a.to_list() == b.to_list()
+    assert synthetic_arithmetic(32, seed=2).to_list() != a.to_list()
+    ds = load_training_data("synthetic", synthetic_size=32, seed=1)
+    for row in ds:
+        question = row["prompt"][-1]["content"]
+        x, y = question.removeprefix("What is ").split("?")[0].split(" + ")
+        assert int(x) + int(y) == int(row["ground_truth"])
+        assert question.endswith(SUFFIX) and row["prompt"][1]["role"] == "assistant"

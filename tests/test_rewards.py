@@ -1,0 +1,114 @@
+"""The strict DAPO verifier on realistic responses and edge cases, and the TRL reward function around it."""
+
+from __future__ import annotations
+
+import pytest
+
+from trl_justrl.rewards import (
+    dapo_score,
+    dapo_strict,
+    dapo_verify,
+    get_reward_funcs,
+    last_boxed_content,
+    register_reward,
+)
+
+SOLUTION = (
+    "We need the number of positive divisors of 2^3 * 3^2. A divisor has the form 2^a 3^b with 0 <= a <= 3 and "
+    "0 <= b <= 2, so there are (3 + 1)(2 + 1) = 12 of them.\n\nTherefore, the answer is \\boxed{12}."
+)
+
+
+@pytest.mark.parametrize(
+    ("response", "truth", "score"),
+    [
+        (SOLUTION, "12", 1.0),
+        (SOLUTION, "13", -1.0),
+        (SOLUTION, " 12", -1.0),  # exact string match: no normalisation
+        ("The probability is \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}", 1.0),  # nested braces
+        ("The probability is \\boxed{\\frac{1}{2}}.", "1/2", -1.0),  # no symbolic equivalence
+        ("So x = \\boxed{\\left\\{1, 2\\right\\}}", "\\left\\{1, 2\\right\\}", 1.0),
+        ("First \\boxed{3}, then I rechecked: \\boxed{4}.", "4", 1.0),  # the last box counts
+        ("First \\boxed{4}, then I rechecked: \\boxed{3}.", "4", -1.0),
+        ("The answer is \\boxed{12", "12", -1.0),  # truncated box: no closing brace
+        ("The answer is \\boxed{\\frac{1}{2}", "\\frac{1}{2}", -1.0),  # unbalanced nested
+        ("The answer is \\boxed {12}.", "12", -1.0),  # a space: not `\boxed{`
+        ("The answer is \\fbox{12}.", "12", -1.0),
+        ("The answer is 12.", "12", -1.0),  # no box
+        ("Answer: 12", "12", -1.0),  # strict mode ignores "Answer:" lines
+        ("", "12", -1.0),
+        ("\\boxed{}", "0", -1.0),  # empty box
+        ("\\boxed{12}" + " " * 90, "12", 1.0),  # box starts within the last 100 characters
+        ("\\boxed{12}" + " " * 91, "12", -1.0),  # its opening just outside: "\boxed{" is cut
+        ("\\boxed{12}" + "x" * 150, "12", -1.0),  # the box outside the 100-character window
+    ],
+)
+def test_dapo_score(response, truth, score):
+    assert dapo_score(response, truth) == score
+
+
+def test_window_is_the_last_100_characters():
+    tail = " and that is all." * 5  # 85 characters after the box
+    assert dapo_score("\\boxed{7}" + tail, "7") == 1.0
+    assert dapo_score("\\boxed{7}" + tail + "x" * 20, "7") == -1.0
+
+
+def test_huge_responses():
+    filler = "Let me reconsider the previous step carefully. " * 4400  # about 200 KB
+    assert len(filler) > 200_000
+    assert dapo_score(filler + "Final: \\boxed{42}", "42") == 1.0
+    assert dapo_score("\\boxed{42}" + filler, "42") == -1.0
+    assert dapo_score(filler + "\\boxed{" + "{" * 500, "42") == -1.0
+
+
+def test_verdict_reports_accuracy_and_prediction():
+    verdict = dapo_verify(SOLUTION, "12")
+    assert (verdict.score, verdict.accuracy, verdict.prediction) == (1.0, 1.0, "12")
+    assert dapo_verify("no box here", "12").prediction is None
+    assert last_boxed_content("a \\boxed{x^{2}} b") == "x^{2}"
+
+
+def test_reward_function_reads_every_layout_and_logs_accuracy():
+    completions = [
+        [{"role": "assistant", "content": "so \\boxed{5}"}],
+        [{"role": "assistant", "content": "\\boxed{6}"}],
+    ]
+    logged, extra = {}, {}
+    layouts = [
+        {"ground_truth": ["5", "5"]},
+        {"reward_model": [{"ground_truth": "5", "style": "rule"}, {"ground_truth": "5", "style": "rule"}]},
+        {"answer": [5, 5]},  # plain layout, integer answers
+    ]
+    for columns in layouts:
+        scores = dapo_strict(
+            completions,
+            log_metric=lambda name, value: logged.__setitem__(name, value),
+            log_extra=lambda name, values: extra.__setitem__(name, values),
+            prompts=["p", "p"],
+            **columns,
+        )
+        assert scores == [1.0, -1.0]
+        assert logged["accuracy"] == 0.5
+        assert extra["prediction"] == ["5", "6"]
+    assert dapo_strict(["plain text \\boxed{5}"], answer=["5"]) == [1.0]
+
+
+def test_reward_function_errors_name_the_problem():
+    with pytest.raises(KeyError, match="No ground truth"):
+        dapo_strict(["\\boxed{1}"], problem=["x"])
+    with pytest.raises(ValueError, match="Empty or missing ground truth"):
+        dapo_strict(["\\boxed{1}"], answer=[""])
+
+
+def test_registry():
+    assert get_reward_funcs(["dapo_strict"]) == [dapo_strict]
+    with pytest.raises(KeyError, match="dapo_strict"):
+        get_reward_funcs(["no_such_reward"])
+
+    @register_reward("test_always_one")
+    def always_one(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    assert get_reward_funcs("test_always_one")[0](["a", "b"]) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="already registered"):
+        register_reward("test_always_one")(lambda completions, **kw: [])

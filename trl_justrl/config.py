@@ -1,0 +1,202 @@
+"""`JustRLConfig`: TRL's `GRPOConfig` whose defaults are the JustRL recipe.
+
+Every recipe number lives here exactly once, with its source (RECIPE.md = the paper, its blog and its released verl
+script). The paper's batch semantics (prompts per step / per optimizer update) and its step-counted schedules
+(warm-up, checkpoint frequency) are mapped onto TRL's fields for the real world size in `__post_init__`, before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
+
+# Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
+OBJECTIVE_INVARIANTS: dict[str, object] = {
+    "beta": 0.0,  # RECIPE: KL coefficient 0, no reference model
+    "loss_type": "dapo",  # RECIPE: token-mean aggregation over the update (TRL's "dapo" normaliser)
+    "importance_sampling_level": "token",  # RECIPE: per-token ratio r = exp(logp - logp_old)
+    "entropy_coef": 0.0,  # RECIPE: entropy coefficient 0
+    "use_adaptive_entropy": False,  # RECIPE: no entropy regularisation
+    "top_entropy_quantile": 1.0,  # every completion token contributes
+    "off_policy_mask_threshold": None,  # not part of the recipe
+    "delta": None,  # the recipe's dual-clip is `clip_ratio_c`, not TRL's two-sided `delta`
+}
+
+
+def _world_size_from_env() -> int:
+    """Number of training processes, as set by torchrun / accelerate / deepspeed launchers (1 when unset)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class JustRLConfig(GRPOConfig):
+    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps")."""
+
+    # ---- What GRPOConfig lacks -------------------------------------------------------------------------------
+    prompts_per_step: int | None = field(
+        default=256,  # RECIPE: prompts per training step (train_batch_size) = 256
+        metadata={
+            "help": "Prompts per training step (one generation batch). With prompts_per_update it sets TRL's "
+            "per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation for the real world "
+            "size. Set to null to use TRL's batch fields directly."
+        },
+    )
+    prompts_per_update: int | None = field(
+        default=64,  # RECIPE: prompts per optimizer update (ppo_mini_batch_size) = 64
+        metadata={"help": "Prompts per optimizer update (the PPO mini-batch); prompts_per_step must be a multiple."},
+    )
+    max_prompt_length: int = field(
+        default=1024,  # RECIPE: max prompt length 1,024 tokens; longer prompts are dropped, never truncated
+        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data."},
+    )
+    clip_ratio_c: float = field(
+        default=10.0,  # RECIPE: dual-clip constant c = 10.0
+        metadata={"help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c."},
+    )
+    warmup_rl_steps: int | None = field(
+        default=10,  # RECIPE: the script adds a 10-step linear warm-up (verl steps its scheduler once per step)
+        metadata={
+            "help": "Linear warm-up length in training steps (generation batches); mapped onto warmup_steps in "
+            "optimizer updates. Null leaves warmup_steps as given."
+        },
+    )
+    save_every_rl_steps: int | None = field(
+        default=50,  # RECIPE: checkpoint / validation frequency every 50 steps
+        metadata={
+            "help": "Checkpoint and evaluation interval in training steps; mapped onto save_steps and eval_steps in "
+            "optimizer updates. Null leaves save_steps / eval_steps as given."
+        },
+    )
+
+    # ---- GRPOConfig fields whose defaults become the recipe -------------------------------------------------
+    num_generations: int | None = field(
+        default=8,  # RECIPE: rollouts per prompt = 8
+        metadata={"help": "Rollouts (completions) per prompt; the GRPO group size."},
+    )
+    per_device_train_batch_size: int = field(
+        default=1,  # RECIPE: micro-batch per GPU = 1 (the script also packs up to 32,768 tokens per forward)
+        metadata={
+            "help": "Largest micro-batch (completions per device per forward). With prompts_per_step set, the "
+            "largest divisor of each device's share of an update not above this value is used."
+        },
+    )
+    num_iterations: int = field(
+        default=1,  # RECIPE: PPO epochs per batch = 1
+        metadata={"help": "PPO epochs per generation batch."},
+    )
+    max_completion_length: int | None = field(
+        default=15360,  # RECIPE: max response length 15,360 tokens (1,024 + 15,360 = the 16K context cap)
+        metadata={"help": "Maximum completion length in tokens."},
+    )
+    learning_rate: float = field(
+        default=1e-6,  # RECIPE: learning rate 1e-6, constant
+        metadata={"help": "AdamW learning rate."},
+    )
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup",  # RECIPE: constant after a short linear warm-up
+        metadata={"help": "Learning-rate schedule."},
+    )
+    weight_decay: float = field(
+        default=0.1,  # RECIPE: AdamW weight decay 0.1
+        metadata={"help": "AdamW weight decay."},
+    )
+    max_grad_norm: float = field(
+        default=1.0,  # RECIPE: gradient clipping at global norm 1.0
+        metadata={"help": "Global gradient-norm clip."},
+    )
+    epsilon: float = field(
+        default=0.2,  # RECIPE: clip ratio low 0.2
+        metadata={"help": "Lower clip: the ratio is clipped below at 1 - epsilon."},
+    )
+    epsilon_high: float | None = field(
+        default=0.28,  # RECIPE: clip ratio high 0.28 ("clip higher")
+        metadata={"help": "Upper clip: the ratio is clipped above at 1 + epsilon_high."},
+    )
+    beta: float = field(
+        default=0.0,  # RECIPE: KL coefficient 0, no reference model loaded
+        metadata={"help": "KL coefficient; JustRL uses none."},
+    )
+    loss_type: str = field(
+        default="dapo",  # RECIPE: token-mean loss aggregation over the update
+        metadata={"help": "Loss aggregation; JustRL uses token mean over the update (TRL's 'dapo')."},
+    )
+    temperature: float = field(
+        default=1.0,  # RECIPE: training rollouts at temperature 1.0
+        metadata={"help": "Sampling temperature for training rollouts."},
+    )
+    top_p: float = field(
+        default=1.0,  # RECIPE: training rollouts at top-p 1.0
+        metadata={"help": "Nucleus sampling for training rollouts."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,  # RECIPE: gradient checkpointing on
+        metadata={"help": "Recompute activations in the backward pass to save memory."},
+    )
+    num_train_epochs: float = field(
+        default=1.0,  # RECIPE: one pass over DAPO-Math-17k
+        metadata={"help": "Passes over the training data."},
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,  # RECIPE's objective has no rollout-correction factor; TRL's default is True
+        metadata={
+            "help": "Multiply the loss by TRL's truncated importance ratio between the trainer and vLLM "
+            "log-probabilities. Off to train exactly the paper's objective."
+        },
+    )
+
+    def __post_init__(self):
+        world_size = _world_size_from_env()
+        geometry = self._map_recipe_batch(world_size)
+        super().__post_init__()
+        if geometry is not None and self.world_size != world_size:
+            raise BatchGeometryError(
+                f"The batch was mapped for WORLD_SIZE={world_size} training processes but the run has "
+                f"{self.world_size}. Launch with torchrun or accelerate launch so that WORLD_SIZE is set."
+            )
+        self.batch_geometry: BatchGeometry | None = geometry
+        if self.epsilon_high is not None and self.clip_ratio_c <= 1.0 + self.epsilon_high:
+            raise ValueError(
+                f"clip_ratio_c ({self.clip_ratio_c}) must exceed the upper clip bound 1 + epsilon_high "
+                f"({1.0 + self.epsilon_high}); the recipe uses 10.0."
+            )
+        if self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
+
+    def _map_recipe_batch(self, world_size: int) -> BatchGeometry | None:
+        """Set TRL's batch fields and step-counted schedules from the recipe's semantics (None when opted out)."""
+        if self.prompts_per_step is None or self.prompts_per_update is None:
+            if self.prompts_per_step is not None or self.prompts_per_update is not None:
+                raise ValueError("Set both prompts_per_step and prompts_per_update, or neither (null).")
+            return None
+        if self.generation_batch_size is not None or self.steps_per_generation is not None:
+            raise ValueError(
+                "prompts_per_step / prompts_per_update set steps_per_generation for you; remove "
+                f"generation_batch_size={self.generation_batch_size} / steps_per_generation="
+                f"{self.steps_per_generation}, or set prompts_per_step and prompts_per_update to null."
+            )
+        geometry = compute_batch_geometry(
+            world_size=world_size,
+            prompts_per_step=self.prompts_per_step,
+            prompts_per_update=self.prompts_per_update,
+            num_generations=self.num_generations,
+            max_micro_batch=self.per_device_train_batch_size,
+        )
+        self.per_device_train_batch_size = geometry.per_device_train_batch_size
+        self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
+        self.steps_per_generation = geometry.steps_per_generation
+        if self.warmup_rl_steps is not None:
+            self.warmup_steps = self.warmup_rl_steps * geometry.updates_per_step
+        if self.save_every_rl_steps is not None:
+            self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
+            self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
+        return geometry
+
+    @property
+    def updates_per_rl_step(self) -> int:
+        """Optimizer updates per training step (generation batch)."""
+        return self.steps_per_generation // self.gradient_accumulation_steps

@@ -1,0 +1,68 @@
+"""The JustRL per-token policy objective: PPO clip-higher with dual-clip for negative advantages.
+
+With r = exp(logp - logp_old), A the sequence advantage, lo / hi the clip ratios and c the dual-clip constant:
+
+    loss_clip = max(-A * r, -A * clamp(r, 1 - lo, 1 + hi))
+    loss      = min(loss_clip, -A * c)   where A < 0
+              = loss_clip                otherwise
+
+The batch loss is the token mean over the update: sum(loss * mask) / sum(mask) (the trainer's job).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _as_column(advantages: torch.Tensor, logps: torch.Tensor) -> torch.Tensor:
+    """Per-sequence advantages, (B,) or (B, 1), as a (B, 1) column that broadcasts over tokens."""
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(1)
+    if advantages.dim() != 2 or advantages.size(1) != 1 or advantages.size(0) != logps.size(0):
+        raise ValueError(
+            f"advantages must have shape (B,) or (B, 1) with B = {logps.size(0)}, got {tuple(advantages.shape)}"
+        )
+    return advantages
+
+
+def per_token_policy_loss(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
+    clip_ratio_c: float,
+) -> torch.Tensor:
+    """Per-token JustRL loss, same shape as `logps` (B, T); gradients flow through `logps` only.
+
+    `advantages` holds one value per sequence, shape (B,) or (B, 1).
+    """
+    adv = _as_column(advantages, logps)
+    ratio = torch.exp(logps - old_logps)
+    loss_clip = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high))
+    loss_dual = torch.minimum(loss_clip, -adv * clip_ratio_c)
+    return torch.where(adv < 0, loss_dual, loss_clip)
+
+
+@torch.no_grad()
+def clip_indicators(
+    logps: torch.Tensor,
+    old_logps: torch.Tensor,
+    advantages: torch.Tensor,
+    *,
+    epsilon_low: float,
+    epsilon_high: float,
+    clip_ratio_c: float,
+) -> dict[str, torch.Tensor]:
+    """Boolean (B, T) masks of the tokens held at each bound (zero gradient), for logging.
+
+    `low`: A < 0 and r below 1 - lo; `high`: A > 0 and r above 1 + hi; `dual`: A < 0 and r above c.
+    """
+    adv = _as_column(advantages, logps)
+    ratio = torch.exp(logps - old_logps)
+    return {
+        "low": (adv < 0) & (ratio < 1.0 - epsilon_low),
+        "high": (adv > 0) & (ratio > 1.0 + epsilon_high),
+        "dual": (adv < 0) & (ratio > clip_ratio_c),
+    }
