@@ -23,6 +23,7 @@ install: $(STAMP)
 ## A short real JustRL run on CPU with the embedded SmolLM2-135M-Instruct and built-in data, then its summary.
 demo: $(STAMP)
 	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		--num_cpu_threads_per_process $(shell nproc) \
 		launch/train.py --config launch/recipes/demo_cpu.yaml
 
 ## The whole test suite (CPU, well under 15 minutes on 2 cores).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -149,3 +150,43 @@ def test_synthetic_data_is_seeded_and_correct():
         x, y = question.removeprefix("What is ").split("?")[0].split(" + ")
         assert int(x) + int(y) == int(row["ground_truth"])
         assert question.endswith(SUFFIX) and row["prompt"][1]["role"] == "assistant"
+
+
+def test_boxed_ground_truths_are_unwrapped(tmp_path):
+    rows = [
+        {"problem": "a", "answer": "\\boxed{204}"},
+        {"problem": "b", "answer": "\\boxed{\\frac{1}{2}}"},
+        {"problem": "c", "answer": "\\boxed{1} and \\boxed{2}"},  # not one whole box: kept as is
+    ]
+    ds = load_training_data(str(write_jsonl(tmp_path / "t.jsonl", rows)))
+    assert ds["ground_truth"] == ["204", "\\frac{1}{2}", "\\boxed{1} and \\boxed{2}"]
+
+
+def test_hub_ids_go_to_load_dataset(monkeypatch):
+    import datasets
+
+    import trl_justrl.data as data_module
+
+    calls = []
+
+    def fake_load_dataset(name, split=None, **kwargs):
+        calls.append((name, split))
+        return datasets.Dataset.from_list(verl_rows())
+
+    monkeypatch.setattr(data_module, "load_dataset", fake_load_dataset)
+    ds = load_training_data("BytedTsinghua-SIA/DAPO-Math-17k", split="train")
+    assert calls == [("BytedTsinghua-SIA/DAPO-Math-17k", "train")]
+    assert ds["ground_truth"] == ["5", "7"]
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+
+
+@pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="../shared/data/benchmarks is not present")
+@pytest.mark.parametrize("name", sorted(p.name for p in BENCHMARKS.glob("*")) if BENCHMARKS.is_dir() else [])
+def test_released_benchmark_files_load_in_either_layout(name):
+    ds = load_training_data(str(BENCHMARKS / name / "test.parquet"))
+    assert len(ds) >= 30
+    for row in ds:
+        assert row["prompt"][-1]["content"].endswith("\n\n" + SUFFIX)
+        assert row["ground_truth"] and not row["ground_truth"].startswith("\\boxed{")

@@ -116,3 +116,13 @@ def test_shipped_recipes_parse(name, monkeypatch):
         assert training_args.save_steps == 200 and training_args.gradient_checkpointing
         assert training_args.prompts_per_step == 256 and training_args.learning_rate == 1e-6
         assert not training_args.push_to_hub and training_args.hub_model_id
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((REPO / "accelerate_configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        config = load_config_from_file(str(path))
+        assert config.mixed_precision == "bf16" and config.num_machines >= 1, path

@@ -16,6 +16,8 @@ from typing import Any
 
 from datasets import Dataset, concatenate_datasets, load_dataset
 
+from .rewards import BOX_OPENER, last_boxed_content
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "BytedTsinghua-SIA/DAPO-Math-17k"  # RECIPE: training data
@@ -117,7 +119,14 @@ def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = True) -
         raise DataError(f"{where}: field '{field}' is missing or empty.")
     if isinstance(truth, float) and truth.is_integer():
         truth = int(truth)  # parquet may store integer answers as floats
-    return {"prompt": messages, "ground_truth": str(truth).strip()}
+    return {"prompt": messages, "ground_truth": unbox_ground_truth(str(truth).strip())}
+
+
+def unbox_ground_truth(truth: str) -> str:
+    """`\\boxed{204}` -> `204` when the whole ground truth is one box (some released sets store it so)."""
+    if truth.startswith(BOX_OPENER) and last_boxed_content(truth) == truth[len(BOX_OPENER) : -1]:
+        return truth[len(BOX_OPENER) : -1]
+    return truth
 
 
 def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
