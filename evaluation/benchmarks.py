@@ -131,7 +131,8 @@ def load_problems(benchmark: Benchmark, data_dir: str | Path | None = None, limi
     problems = []
     for index, row in enumerate(rows):
         where = f"{source}: row {index}"
-        problems.append(Problem(_problem_id(row, benchmark, index), _problem_text(row, where), _ground_truth(row, where)))
+        text, truth = _problem_text(row, where), _ground_truth(row, where)
+        problems.append(Problem(_problem_id(row, benchmark, index), text, truth))
     ids = [p.problem_id for p in problems]
     if len(set(ids)) != len(ids):
         problems = [Problem(f"{benchmark.name}-{i}", p.problem, p.ground_truth) for i, p in enumerate(problems)]

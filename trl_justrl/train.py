@@ -44,6 +44,19 @@ class JustRLScriptArguments(ScriptArguments):
         metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction so the user turn is problem + suffix."},
     )
     synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
+    validation_benchmarks: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Benchmarks to validate on every eval_steps (e.g. AIME24); empty: no validation."},
+    )
+    validation_n: int = field(default=4, metadata={"help": "Samples per validation problem."})
+    validation_limit: int | None = field(default=None, metadata={"help": "First K problems of each benchmark."})
+    validation_max_new_tokens: int | None = field(
+        default=None, metadata={"help": "Validation response cap (default: max_completion_length)."}
+    )
+    validation_data_dir: str | None = field(
+        default=None, metadata={"help": "Local benchmark folder (<name>/test.parquet); default: the Hub."}
+    )
+    validation_on_start: bool = field(default=True, metadata={"help": "Validate before the first step too."})
     print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
 
 
@@ -83,6 +96,8 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
+    if script_args.validation_benchmarks:
+        trainer.add_callback(make_validation_callback(trainer, script_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     output_dir = Path(training_args.output_dir)
@@ -93,6 +108,26 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
     if trainer.accelerator.is_main_process and script_args.print_summary:
         print(format_summary(summarize_run(output_dir), wall_time_s=time.time() - start), flush=True)
     return output_dir
+
+
+def make_validation_callback(trainer: JustRLTrainer, script_args: JustRLScriptArguments):
+    """The evaluation package's in-training validation, at the recipe's evaluation temperature and top-p."""
+    from evaluation.callback import ValidationCallback
+    from evaluation.generation import SamplingSettings
+
+    settings = SamplingSettings(
+        max_new_tokens=script_args.validation_max_new_tokens or trainer.args.max_completion_length,
+        seed=trainer.args.seed,
+    )
+    return ValidationCallback(
+        trainer,
+        script_args.validation_benchmarks,
+        n=script_args.validation_n,
+        data_dir=script_args.validation_data_dir,
+        limit=script_args.validation_limit,
+        settings=settings,
+        on_start=script_args.validation_on_start,
+    )
 
 
 def cli(argv: Sequence[str] | None = None) -> Path:
