@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
-from .benchmarks import BENCHMARKS, BenchmarkError
+from .benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
 from .generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, SamplingSettings
 from .runner import EvalOptions, format_report, run_evaluation
 
@@ -31,13 +33,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism.")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM GPU memory fraction.")
     p.add_argument("--batch-problems", type=int, default=64, help="Problems per generation call.")
+    p.add_argument("--data-parallel-size", type=int, default=1,
+                   help="Engine replicas, each on --tensor-parallel-size GPUs with a share of the problems.")
+    p.add_argument("--shard", help=argparse.SUPPRESS)  # "rank/size", set for the data-parallel workers
     return p
+
+
+def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
+    """Run one worker per data-parallel rank on its own GPUs, wait for all; 0 when every worker succeeded."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    total = args.data_parallel_size * args.tensor_parallel_size
+    gpus = visible.split(",") if visible else [str(i) for i in range(total)]
+    workers = []
+    for rank in range(args.data_parallel_size):
+        mine = gpus[rank * args.tensor_parallel_size : (rank + 1) * args.tensor_parallel_size]
+        env = os.environ | {"CUDA_VISIBLE_DEVICES": ",".join(mine) if args.backend == "vllm" else ""}
+        cmd = [sys.executable, "-m", "evaluation", *argv, "--shard", f"{rank}/{args.data_parallel_size}"]
+        workers.append(subprocess.Popen(cmd, env=env))
+    codes = [w.wait() for w in workers]
+    failed = [rank for rank, code in enumerate(codes) if code != 0]
+    if failed:
+        print(f"error: data-parallel workers {failed} failed; finished problems are kept, re-run to resume",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    for name in ("n", "limit", "max_new_tokens", "batch_problems"):
+    shard = None
+    if args.shard:
+        rank, size = (int(x) for x in args.shard.split("/"))
+        shard = (rank, size)
+    for name in ("n", "limit", "max_new_tokens", "batch_problems", "data_parallel_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
@@ -46,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = EvalOptions(
         model=args.model, benchmarks=args.benchmarks, output_dir=args.output_dir, data_dir=args.data_dir,
         n=args.n, limit=args.limit, settings=settings, verifier=args.verifier, batch_problems=args.batch_problems,
+        shard=shard,
     )
 
     def backend():
@@ -59,10 +90,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return TransformersBackend.from_pretrained(args.model, dtype=args.dtype)
 
     try:
+        if args.data_parallel_size > 1 and shard is None:
+            for name in opts.benchmarks:  # bad names and files fail here, once, before any worker starts
+                load_problems(get_benchmark(name), opts.data_dir, opts.limit)
+            if launch_workers(argv, args) != 0:
+                return 1
         report = run_evaluation(opts, backend)
     except (BenchmarkError, FileNotFoundError, ImportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if shard is not None:
+        return 0
     print(format_report(report))
     print(f"\nSaved to {args.output_dir}/ (results.md, results.json, <benchmark>/generations.jsonl, grading.json)")
     return 0

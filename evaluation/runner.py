@@ -32,12 +32,13 @@ class EvalOptions:
     settings: SamplingSettings = field(default_factory=SamplingSettings)
     verifier: str = "none"  # or "compass"
     batch_problems: int = 64  # problems per backend call (vLLM batches them; transformers loops)
+    shard: tuple[int, int] | None = None  # (rank, size): generate only problems rank, rank + size, ... (no grading)
 
 
 @dataclass
 class BenchmarkResult:
     benchmark: str
-    stats: BenchmarkStats
+    stats: BenchmarkStats | None  # None for a data-parallel worker (it does not grade)
     newly_generated: int  # problems generated in this run (0 when everything was already on disk)
     regraded: bool
 
@@ -95,6 +96,12 @@ def evaluate_benchmark(
     _check_meta(folder / "meta.json", meta)
 
     store = GenerationStore(folder / "generations.jsonl")
+    if opts.shard is not None:  # a data-parallel worker: its own file, merged by the parent
+        rank, size = opts.shard
+        store = GenerationStore(folder / f"generations.shard{rank}-of-{size}.jsonl")
+        problems = problems[rank::size]
+    else:
+        merge_shards(folder, store, n)
     done = store.load_complete(n)
     todo = [p for p in problems if p.problem_id not in done]
     if todo:
@@ -107,6 +114,8 @@ def evaluate_benchmark(
                     done[problem.problem_id] = group
                     bar.update(1)
     samples = {p.problem_id: done[p.problem_id] for p in problems}
+    if opts.shard is not None:
+        return BenchmarkResult(benchmark.name, None, newly_generated=len(todo), regraded=False)
 
     grading_path = folder / "grading.json"
     graded = read_json(grading_path)
@@ -118,6 +127,17 @@ def evaluate_benchmark(
     else:
         stats = BenchmarkStats(**graded["stats"])
     return BenchmarkResult(benchmark.name, stats, newly_generated=len(todo), regraded=regraded)
+
+
+def merge_shards(folder: Path, store: GenerationStore, n: int) -> None:
+    """Move the complete problems of data-parallel workers' files into the benchmark's file, then delete them."""
+    have = store.load_complete(n)
+    for shard_file in sorted(folder.glob("generations.shard*.jsonl")):
+        for problem_id, group in GenerationStore(shard_file).load_complete(n).items():
+            if problem_id not in have:
+                store.append(group)
+                have[problem_id] = group
+        shard_file.unlink()
 
 
 def run_evaluation(opts: EvalOptions, get_backend: Callable[[], Backend]) -> EvalReport:
@@ -132,6 +152,8 @@ def run_evaluation(opts: EvalOptions, get_backend: Callable[[], Backend]) -> Eva
         return backend[0]
 
     results = {b.name: evaluate_benchmark(b, problems[b.name], opts, lazy_backend) for b in benchmarks}
+    if opts.shard is not None:
+        return EvalReport(results, table="")
     note = f" (limit {opts.limit})" if opts.limit else ""
     table = render_table(opts.model, {name: r.stats.avg_at_n for name, r in results.items()}, note=note)
     out = Path(opts.output_dir)

@@ -296,3 +296,19 @@ def test_validation_callback_in_a_training_run(tmp_path, tiny_model_path):
     assert all(value == 0.0 for _, value in logged)  # a random model boxes nothing
     with pytest.raises(BenchmarkError, match="Unknown benchmark"):
         ValidationCallback(trainer, ["AIME2024"])
+
+
+@pytest.mark.slow
+def test_data_parallel_workers_match_a_single_process(tmp_path, tiny_model_path):
+    data = make_data_dir(tmp_path / "data")
+    common = ["--model", str(tiny_model_path), "--data-dir", str(data), "--benchmarks", "AIME24", "--n", "2",
+              "--backend", "transformers", "--max-new-tokens", "6", "--dtype", "float32", "--seed", "5"]
+    assert cli_main([*common, "--output-dir", str(tmp_path / "one")]) == 0
+    assert cli_main([*common, "--output-dir", str(tmp_path / "two"), "--data-parallel-size", "2"]) == 0
+
+    def rows(folder):
+        lines = (tmp_path / folder / "AIME24" / "generations.jsonl").read_text().splitlines()
+        return sorted(json.dumps(json.loads(line), sort_keys=True) for line in lines)
+
+    assert rows("two") == rows("one") and len(rows("one")) == 6  # per-problem seeds: sharding changes nothing
+    assert not list((tmp_path / "two" / "AIME24").glob("generations.shard*"))  # merged and removed
