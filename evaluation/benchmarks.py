@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from trl_justrl.data import unbox_ground_truth
+from trl_justrl.data import DataError, row_ground_truth
 
 EVAL_PROMPT_SEPARATOR = " "  # RECIPE: the evaluation script appends the suffix after a space
 
@@ -78,21 +78,6 @@ def _problem_text(row: dict[str, Any], where: str) -> str:
     raise BenchmarkError(f"{where}: no problem text (expected 'prompt' messages, 'problem' or 'question').")
 
 
-def _ground_truth(row: dict[str, Any], where: str) -> str:
-    reward_model = row.get("reward_model")
-    if isinstance(reward_model, dict) and "ground_truth" in reward_model:
-        field, value = "reward_model.ground_truth", reward_model["ground_truth"]
-    elif "answer" in row:
-        field, value = "answer", row["answer"]
-    else:
-        raise BenchmarkError(f"{where}: no answer column (expected 'reward_model.ground_truth' or 'answer').")
-    if value is None or not str(value).strip():
-        raise BenchmarkError(f"{where}: field '{field}' is empty.")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return unbox_ground_truth(str(value).strip())
-
-
 def _problem_id(row: dict[str, Any], benchmark: Benchmark, index: int) -> str:
     extra = row.get("extra_info")
     if isinstance(extra, dict) and extra.get("index") is not None:
@@ -131,7 +116,10 @@ def load_problems(benchmark: Benchmark, data_dir: str | Path | None = None, limi
     problems = []
     for index, row in enumerate(rows):
         where = f"{source}: row {index}"
-        text, truth = _problem_text(row, where), _ground_truth(row, where)
+        try:
+            text, truth = _problem_text(row, where), row_ground_truth(row, where=where)
+        except DataError as exc:
+            raise BenchmarkError(str(exc)) from exc
         problems.append(Problem(_problem_id(row, benchmark, index), text, truth))
     ids = [p.problem_id for p in problems]
     if len(set(ids)) != len(ids):

@@ -136,7 +136,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(BenchmarkError, match=r"BRUMO25/test.parquet: row 0: no problem text"):
         load_problems(get_benchmark("BRUMO25"), data)
     pd.DataFrame([{"problem": "x", "answer": ""}]).to_parquet(data / "BRUMO25" / "test.parquet")
-    with pytest.raises(BenchmarkError, match=r"row 0: field 'answer' is empty"):
+    with pytest.raises(BenchmarkError, match=r"row 0: field 'answer' is missing or empty"):
         load_problems(get_benchmark("BRUMO25"), data)
     assert cli_main(["--model", "m", "--benchmarks", "NOPE", "--data-dir", str(data)]) == 2
 

@@ -105,7 +105,11 @@ def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = True) -
     last = user_turns[-1]
     content = strip_dapo_instruction(messages[last]["content"]) if strip_dapo else messages[last]["content"]
     messages[last]["content"] = with_suffix(content)
+    return {"prompt": messages, "ground_truth": row_ground_truth(row, where=where)}
 
+
+def row_ground_truth(row: dict[str, Any], *, where: str) -> str:
+    """The answer of a row in either layout (verl `reward_model.ground_truth`, plain `answer`), unboxed."""
     reward_model = row.get("reward_model")
     if isinstance(reward_model, dict) and "ground_truth" in reward_model:
         field, truth = "reward_model.ground_truth", reward_model["ground_truth"]
@@ -119,7 +123,7 @@ def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = True) -
         raise DataError(f"{where}: field '{field}' is missing or empty.")
     if isinstance(truth, float) and truth.is_integer():
         truth = int(truth)  # parquet may store integer answers as floats
-    return {"prompt": messages, "ground_truth": unbox_ground_truth(str(truth).strip())}
+    return unbox_ground_truth(str(truth).strip())
 
 
 def unbox_ground_truth(truth: str) -> str:
