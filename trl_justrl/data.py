@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,19 +37,6 @@ FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
 
 class DataError(ValueError):
     """A training-data problem, with the source, row and field it concerns."""
-
-
-@dataclass(frozen=True)
-class DataReport:
-    """Counts from loading and filtering, logged so that no row disappears silently."""
-
-    source: str
-    rows_loaded: int
-    prompts_dropped_too_long: int = 0
-
-    @property
-    def rows_kept(self) -> int:
-        return self.rows_loaded - self.prompts_dropped_too_long
 
 
 def with_suffix(problem: str, separator: str = TRAIN_SUFFIX_SEPARATOR) -> str:
