@@ -56,3 +56,23 @@ def tiny_model_path(tmp_path_factory, tokenizer) -> Path:
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_path):
+    """One short real JustRLTrainer run, shared: 2 JustRL steps of 2 prompts x 4 rollouts, 2 optimizer updates each
+    (steps_per_generation = 2), one log entry per step, trainer_state.json saved in its output_dir."""
+    from trl_justrl import JustRLConfig, JustRLTrainer
+    from trl_justrl.data import load_training_data
+
+    args = JustRLConfig(
+        output_dir=str(tmp_path_factory.mktemp("tiny-run")), use_cpu=True, bf16=False, report_to="none",
+        prompts_per_step=2, prompts_per_update=1, num_generations=4, per_device_train_batch_size=4,
+        max_completion_length=8, learning_rate=1e-2, warmup_rl_steps=0, save_every_rl_steps=None, save_strategy="no",
+        max_steps=4, logging_steps=2, gradient_checkpointing=False, seed=0,
+    )
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=16))
+    trainer.train()
+    trainer.save_state()
+    return trainer

@@ -83,9 +83,15 @@ def test_two_processes_under_torchrun(tmp_path, tiny_model_path):
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(TRAIN), "--config", str(recipe)]
     result = run(cmd, tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
-    check_outputs(tmp_path / "out", steps=4)
+    state = check_outputs(tmp_path / "out", steps=4)
     # 1 prompt x 4 generations per update over 2 processes: micro-batch 2, no accumulation, 2 updates per step
     assert "'world_size': 2" in result.stderr and "'per_device_train_batch_size': 2" in result.stderr
+    # the token budget sums both processes: trained = TRL's gathered num_tokens; generated = 8 completions per step
+    # (4 per process) x TRL's gathered mean length
+    logs = [h for h in state["log_history"] if "reward" in h]
+    assert [h["budget/tokens_trained"] for h in logs] == [h["num_tokens"] for h in logs]
+    generated = sum(h["completions/mean_length"] * 8 for h in logs)
+    assert logs[-1]["budget/tokens_generated"] == pytest.approx(generated)
 
 
 def test_impossible_world_size_fails_before_loading_a_model(tmp_path, tiny_model_path):

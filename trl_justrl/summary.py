@@ -1,13 +1,20 @@
-"""The end-of-run summary: first and last step of reward, accuracy, entropy and length, read from trainer_state.json."""
+"""The end-of-run summary: first and last step of reward, accuracy, entropy and length, the tokens spent, the health
+alerts, and (optionally) the dynamics plot, read from trainer_state.json."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 # trainer_state.json keys (TRL's metrics, plus `accuracy` from the dapo_strict reward)
 REWARD, ACCURACY, ENTROPY, LENGTH = "reward", "accuracy", "entropy", "completions/mean_length"
+# logged by JustRLTrainer (trl_justrl.budget.TokenBudget) and trl_justrl.health.HealthMonitor
+TOKENS_GENERATED, TOKENS_TRAINED = "budget/tokens_generated", "budget/tokens_trained"
+PAPER_ESTIMATE, HEALTH_PREFIX = "budget/paper_estimate_tokens", "health/"
 
 
 @dataclass
@@ -22,6 +29,11 @@ class RunSummary:
     mean_entropy: float | None
     mean_length: float | None
     train_runtime_s: float | None
+    tokens_generated: int | None = None
+    tokens_trained: int | None = None
+    paper_estimate_tokens: int | None = None
+    health_alerts: list[tuple[int, str]] = field(default_factory=list)  # (optimizer step, signature)
+    dynamics_plot: str | None = None
 
     @property
     def reward_rose(self) -> bool | None:
@@ -33,18 +45,35 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize_run(output_dir: str | Path) -> RunSummary:
-    """Read `<output_dir>/trainer_state.json` and collect the summary numbers."""
+def load_trainer_state(output_dir: str | Path) -> dict:
+    """The parsed `<output_dir>/trainer_state.json` (FileNotFoundError naming the file when it is missing)."""
     state_file = Path(output_dir) / "trainer_state.json"
     if not state_file.is_file():
         raise FileNotFoundError(f"{state_file} not found: did the run finish?")
-    state = json.loads(state_file.read_text())
+    return json.loads(state_file.read_text())
+
+
+def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary:
+    """Read `<output_dir>/trainer_state.json` and collect the summary numbers; with `draw_plot`, also draw
+    `<output_dir>/dynamics.png` (trl_justrl.plot; a failure to draw is logged, not raised)."""
+    state = load_trainer_state(output_dir)
     history = state.get("log_history", [])
     rollouts = [h for h in history if REWARD in h]  # one entry per logged generation
     keys = (REWARD, ACCURACY, ENTROPY, LENGTH)
     first = {k: rollouts[0].get(k) for k in keys} if rollouts else dict.fromkeys(keys)
     last = {k: rollouts[-1].get(k) for k in keys} if rollouts else dict.fromkeys(keys)
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
+    budget = next((h for h in reversed(history) if TOKENS_GENERATED in h), {})
+    alerts = [(int(h.get("step", 0)), key[len(HEALTH_PREFIX):]) for h in history for key in h
+              if key.startswith(HEALTH_PREFIX)]
+    plot = None
+    if draw_plot:
+        try:
+            from .plot import plot_dynamics
+
+            plot = str(plot_dynamics(output_dir))
+        except Exception as error:  # the summary must not fail over the figure
+            logger.warning("No dynamics plot: %s", error)
     return RunSummary(
         output_dir=str(output_dir),
         optimizer_steps=int(state.get("global_step", 0)),
@@ -54,6 +83,11 @@ def summarize_run(output_dir: str | Path) -> RunSummary:
         mean_entropy=_mean([h[ENTROPY] for h in rollouts if h.get(ENTROPY) is not None]),
         mean_length=_mean([h[LENGTH] for h in rollouts if h.get(LENGTH) is not None]),
         train_runtime_s=runtime,
+        tokens_generated=budget.get(TOKENS_GENERATED),
+        tokens_trained=budget.get(TOKENS_TRAINED),
+        paper_estimate_tokens=budget.get(PAPER_ESTIMATE),
+        health_alerts=alerts,
+        dynamics_plot=plot,
     )
 
 
@@ -61,9 +95,14 @@ def _fmt(value: float | None, spec: str = "+.3f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _tokens(value: int | None) -> str:
+    return "n/a" if value is None else f"{int(value):,}"
+
+
 def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str:
     """A short human-readable report."""
     rose = {True: "yes", False: "no", None: "n/a"}[summary.reward_rose]
+    alerts = ", ".join(f"{signature} (step {step})" for step, signature in summary.health_alerts) or "none"
     lines = [
         "=" * 64,
         "JustRL run summary",
@@ -78,7 +117,13 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
         f"{_fmt(summary.last[LENGTH], '.1f')} tokens   (mean {_fmt(summary.mean_length, '.1f')})",
         f"  training time          {_fmt(summary.train_runtime_s, '.0f')} s"
         + (f"   (wall time with loading: {wall_time_s:.0f} s)" if wall_time_s is not None else ""),
+        f"  tokens                 generated {_tokens(summary.tokens_generated)}, trained "
+        f"{_tokens(summary.tokens_trained)}   (paper-style estimate for this run: "
+        f"{_tokens(summary.paper_estimate_tokens)})",
+        f"  health alerts          {alerts}",
         f"  outputs                {summary.output_dir} (model, trainer_state.json with the full log history)",
-        "=" * 64,
     ]
+    if summary.dynamics_plot:
+        lines.append(f"  dynamics plot          {summary.dynamics_plot}")
+    lines.append("=" * 64)
     return "\n".join(lines)

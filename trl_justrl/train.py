@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers.trainer_utils import IntervalStrategy
+from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from .config import JustRLConfig
@@ -96,9 +96,10 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
+    trainer.training_data_name = script_args.dataset_name
     if script_args.validation_benchmarks:
         trainer.add_callback(make_validation_callback(trainer, script_args))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
 
     output_dir = Path(training_args.output_dir)
     trainer.save_model(str(output_dir))  # also when save_strategy is "no"
@@ -106,8 +107,34 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process and script_args.print_summary:
-        print(format_summary(summarize_run(output_dir), wall_time_s=time.time() - start), flush=True)
+        print(format_summary(summarize_run(output_dir, draw_plot=True), wall_time_s=time.time() - start), flush=True)
     return output_dir
+
+
+RESUME_LATEST = ("latest", "last", "auto", "true")
+
+
+def resolve_resume_checkpoint(args: JustRLConfig) -> str | None:
+    """`--resume_from_checkpoint latest`: the newest checkpoint-N in output_dir, or None (a fresh start) if none.
+
+    That one flag makes a relaunched or requeued job continue where it stopped. A path must exist.
+    """
+    value = args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in RESUME_LATEST:
+        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+        if last is None:
+            logger.info("No checkpoint in %s yet: starting from scratch.", args.output_dir)
+        else:
+            logger.info("Resuming from %s", last)
+        return last
+    if not Path(value).is_dir():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint-N folder, or 'latest' for the newest "
+            f"one in output_dir ({args.output_dir})."
+        )
+    return str(value)
 
 
 def make_validation_callback(trainer: JustRLTrainer, script_args: JustRLScriptArguments):

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import AutoProcessor, PreTrainedModel
 from trl import GRPOTrainer
 
+from .budget import TokenBudget
 from .config import OBJECTIVE_INVARIANTS, JustRLConfig
 from .data import filter_long_prompts
+from .health import HealthMonitor
 from .loss import clip_indicators, per_token_policy_loss
+from .model_card import insert_section, justrl_card_section
 from .models import resolve_model
 from .rewards import available_rewards, get_reward_funcs
+from .vllm_server import SyncWatchdog, check_vllm_server
 
 logger = logging.getLogger(__name__)
 
@@ -39,14 +44,20 @@ def check_objective(args: JustRLConfig) -> None:
         )
 
 
-def _resolve_rewards(reward_funcs: Any) -> list[Callable | str | PreTrainedModel]:
-    """Registered reward names become functions; callables and reward-model ids pass through to TRL."""
+def _resolve_rewards(
+    reward_funcs: Any, args: JustRLConfig | None = None, processing_class: Any = None
+) -> list[Callable | str | PreTrainedModel]:
+    """Registered reward names become functions (those with settings built from `args`, e.g. the ablation rewards);
+    callables and reward-model ids pass through to TRL."""
     if reward_funcs is None:
         reward_funcs = list(DEFAULT_REWARDS)
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
     registered = set(available_rewards())
-    return [get_reward_funcs([f])[0] if isinstance(f, str) and f in registered else f for f in reward_funcs]
+    return [
+        get_reward_funcs([f], args, processing_class)[0] if isinstance(f, str) and f in registered else f
+        for f in reward_funcs
+    ]
 
 
 class JustRLTrainer(GRPOTrainer):
@@ -69,6 +80,14 @@ class JustRLTrainer(GRPOTrainer):
         if not isinstance(args, JustRLConfig):
             raise TypeError(f"JustRLTrainer needs a JustRLConfig, got {type(args).__name__}.")
         check_objective(args)
+        if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
+            check_vllm_server(
+                args.vllm_server_host,
+                args.vllm_server_port,
+                args.vllm_server_timeout,
+                required_context=args.max_prompt_length + (args.max_completion_length or 0),
+                base_url=args.vllm_server_base_url,
+            )
         if isinstance(model, str):
             model = resolve_model(model)
         if processing_class is None:
@@ -91,13 +110,22 @@ class JustRLTrainer(GRPOTrainer):
 
         super().__init__(
             model=model,
-            reward_funcs=_resolve_rewards(reward_funcs),
+            reward_funcs=_resolve_rewards(reward_funcs, args, processing_class),
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             **kwargs,
         )
+        self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
+        if args.health_monitor:
+            self.add_callback(HealthMonitor.from_config(args))  # warnings on the paper's failure signatures
+        if self.use_vllm and args.vllm_mode == "server":  # a weight sync past its limit ends the run, loudly
+            generation = self.vllm_generation
+            generation.sync_weights = SyncWatchdog(args.vllm_weight_sync_timeout, "vLLM weight sync").wrap(
+                generation.sync_weights
+            )
+        self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("JustRL batch geometry: %s", args.batch_geometry.to_dict())
 
@@ -146,7 +174,47 @@ class JustRLTrainer(GRPOTrainer):
         totals = self.accelerator.reduce(totals, reduction="sum")
         return (totals[0] / totals[1].clamp(min=1.0)).item()
 
+    # ---- compute budget: tokens generated and trained --------------------------------------------------------
+
+    @property
+    def token_budget(self) -> TokenBudget | None:
+        """The run's TokenBudget callback (looked up each time: restoring callback states replaces the instance)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenBudget)), None)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's generation and scoring, once per generation batch; training batches are counted into the budget."""
+        seen = self.state.num_input_tokens_seen
+        output = super()._generate_and_score_completions(inputs)
+        budget = self.token_budget
+        if self.model.training and budget is not None:
+            # TRL adds prompt + model-generated completion tokens of all processes to num_input_tokens_seen; the
+            # prompt tokens (prompt_mask) and the completion tokens the training forward attends to (completion_mask,
+            # without those mask_truncated_completions removes) are summed over the processes here.
+            local = torch.stack([output["prompt_mask"].sum(), output["completion_mask"].sum()]).long()
+            prompt, completion = self.accelerator.reduce(local, reduction="sum").tolist()
+            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion)
+        return output
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
+        """TRL's card (written at every checkpoint and pushed with it) plus the JustRL recipe and metrics so far."""
+        dataset_name = dataset_name or self.training_data_name
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        card = Path(self.args.output_dir) / "README.md"
+        if not self.is_world_process_zero() or not card.is_file():
+            return
+        section = justrl_card_section(
+            self.args,
+            base_model=getattr(self.model.config, "_name_or_path", None),
+            dataset_name=dataset_name,
+            reward_names=list(self.reward_func_names),
+            log_history=self.state.log_history,
+            global_step=self.state.global_step,
+        )
+        card.write_text(insert_section(card.read_text(), section))
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:
             logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
+            if (budget := self.token_budget) is not None:
+                logs.update(budget.logs(self.state.global_step))
         super().log(logs, start_time)

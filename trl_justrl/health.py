@@ -1,0 +1,249 @@
+"""Training-health monitor: warn on the failure signatures of JustRL runs while they train.
+
+`HealthMonitor` is a transformers `TrainerCallback`: on every log entry (`on_log`) it reads the metrics TRL and
+`JustRLTrainer` log and checks five signatures:
+
+- `entropy_collapse`: policy entropy (`entropy`) under `health_entropy_floor` for `health_patience` consecutive logged
+  values. The paper's healthy runs oscillate around 1.2-1.4 (range 1.0-1.6); its failed ablations collapse to 0.5-0.6.
+- `reward_flat`: the last `health_reward_flat_window` logged mean rewards (`reward`) all lie within
+  `health_reward_flat_tolerance` of each other (max - min <= tolerance): the reward is stuck, e.g. every rollout
+  wrong (-1) or every rollout right (+1), where GRPO's group advantages are all zero and nothing is learned.
+- `truncation_high`: the fraction of completions cut at `max_completion_length` (TRL's `completions/clipped_ratio`)
+  above `health_max_truncation_ratio` for `health_patience` consecutive logged values.
+- `clip_fraction_high`: a clip fraction (`clip_ratio/{low,high,dual}_mean`, logged by `JustRLTrainer`) above
+  `health_max_clip_fraction` for `health_patience` consecutive logged values: the policy moves too far per update.
+- `non_finite`: `loss`, `grad_norm` or a watched metric is NaN or infinite (fires at once). Note that transformers'
+  `logging_nan_inf_filter` (on by default) keeps a non-finite loss out of the logged `loss`; `grad_norm` still shows it.
+
+Each signature warns once per episode: it fires when its condition starts to hold and re-arms only after a logged
+value where the condition no longer holds. A fired alert is a `logger.warning` line (main process), a tracker alert
+where the run reports to one that has alerts (`wandb.alert`, `trackio.alert`), a `health/<signature>: 1.0` entry
+added to the log-history entry that triggered it (so trainer_state.json keeps it), and a `HealthAlert` kept in
+`HealthMonitor.alerts`. Training stops (`control.should_training_stop`) only when `health_stop_training` is set.
+Every process sees the same (already reduced) logs, so all processes take the same decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+# The logged keys the monitor reads (TRL's and JustRLTrainer's metric names).
+ENTROPY = "entropy"
+REWARD = "reward"
+LENGTH = "completions/mean_length"
+TRUNCATION = "completions/clipped_ratio"
+CLIP_FRACTIONS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/dual_mean")
+LOSS, GRAD_NORM = "loss", "grad_norm"
+WATCHED = (LOSS, GRAD_NORM, ENTROPY, REWARD, LENGTH, TRUNCATION, *CLIP_FRACTIONS)
+
+SIGNATURES = ("entropy_collapse", "reward_flat", "truncation_high", "clip_fraction_high", "non_finite")
+HISTORY_PREFIX = "health/"  # log-history key of a fired alert: health/<signature>
+TRACKERS_WITH_ALERTS = ("wandb", "trackio")
+
+
+@dataclass(frozen=True)
+class HealthAlert:
+    """One fired alert: the optimizer step of the log entry that triggered it, the signature, and a message."""
+
+    step: int
+    signature: str
+    message: str
+
+
+@dataclass(frozen=True)
+class HealthThresholds:
+    """The monitor's thresholds: JustRLConfig's `health_*` fields (defaults and their sources are in config.py)."""
+
+    entropy_floor: float
+    patience: int
+    reward_flat_window: int
+    reward_flat_tolerance: float
+    max_truncation_ratio: float
+    max_clip_fraction: float
+
+    def __post_init__(self):
+        if self.patience < 1:
+            raise ValueError(f"health_patience must be at least 1, got {self.patience}.")
+        if self.reward_flat_window < 2:
+            raise ValueError(f"health_reward_flat_window must be at least 2, got {self.reward_flat_window}.")
+        if self.reward_flat_tolerance < 0:
+            raise ValueError(f"health_reward_flat_tolerance must not be negative, got {self.reward_flat_tolerance}.")
+        for name in ("max_truncation_ratio", "max_clip_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"health_{name} is a fraction in [0, 1], got {getattr(self, name)}.")
+
+    @classmethod
+    def from_config(cls, args: Any) -> HealthThresholds:
+        return cls(
+            entropy_floor=args.health_entropy_floor,
+            patience=args.health_patience,
+            reward_flat_window=args.health_reward_flat_window,
+            reward_flat_tolerance=args.health_reward_flat_tolerance,
+            max_truncation_ratio=args.health_max_truncation_ratio,
+            max_clip_fraction=args.health_max_clip_fraction,
+        )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def _number(logs: dict[str, Any], key: str) -> float | None:
+    """A logged value as a float; None when absent or not a number (TRL logs None for all-NaN metrics)."""
+    value = logs.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class HealthMonitor(TrainerCallback):
+    """Warn (and optionally stop training) on the JustRL failure signatures; see the module docstring."""
+
+    def __init__(self, thresholds: HealthThresholds, stop_training: bool = False):
+        self.thresholds = thresholds
+        self.stop_training = stop_training
+        self.reset()
+
+    @classmethod
+    def from_config(cls, args: Any) -> HealthMonitor:
+        return cls(HealthThresholds.from_config(args), stop_training=args.health_stop_training)
+
+    def reset(self) -> None:
+        self.alerts: list[HealthAlert] = []
+        self._streak = dict.fromkeys(("entropy_collapse", "truncation_high", "clip_fraction_high"), 0)
+        self._rewards: deque[float] = deque(maxlen=self.thresholds.reward_flat_window)
+        self._active: set[str] = set()  # signatures in an episode that has already been warned about
+
+    # ---- the checks (pure: no logging, no side effects beyond the monitor's own state) ------------------------
+
+    def observe(self, logs: dict[str, Any], step: int) -> list[HealthAlert]:
+        """Update the episode state with one log entry; return the alerts that fire on it."""
+        t = self.thresholds
+        fired: list[HealthAlert] = []
+        values = {key: _number(logs, key) for key in WATCHED}
+        finite = {key: v for key, v in values.items() if v is not None and math.isfinite(v)}
+        bad = {key: v for key, v in values.items() if v is not None and not math.isfinite(v)}
+
+        any_value = any(v is not None for v in values.values())
+        self._episode(fired, step, "non_finite", bool(bad) if any_value else None,
+                      "non-finite " + ", ".join(f"{k} = {v}" for k, v in bad.items()))
+
+        entropy = finite.get(ENTROPY)
+        self._episode(
+            fired, step, "entropy_collapse",
+            self._sustained("entropy_collapse", None if entropy is None else entropy < t.entropy_floor),
+            f"policy entropy {_fmt(entropy)} under the floor {t.entropy_floor} for {t.patience} consecutive logged "
+            "steps (the paper: healthy 1.0-1.6, collapsed 0.5-0.6)",
+        )
+
+        truncation = finite.get(TRUNCATION)
+        self._episode(
+            fired, step, "truncation_high",
+            self._sustained("truncation_high", None if truncation is None else truncation > t.max_truncation_ratio),
+            f"{_fmt(truncation)} of the completions truncated at max_completion_length (bound "
+            f"{t.max_truncation_ratio}) for {t.patience} consecutive logged steps; mean response length "
+            f"{_fmt(finite.get(LENGTH))} tokens",
+        )
+
+        clips = {key: finite[key] for key in CLIP_FRACTIONS if key in finite}
+        worst = max(clips, key=clips.get) if clips else None
+        self._episode(
+            fired, step, "clip_fraction_high",
+            self._sustained("clip_fraction_high", None if worst is None else clips[worst] > t.max_clip_fraction),
+            f"{worst} = {_fmt(clips.get(worst))} above {t.max_clip_fraction} for {t.patience} consecutive logged "
+            "steps: the policy moves too far per update",
+        )
+
+        reward = finite.get(REWARD)
+        if reward is not None:
+            self._rewards.append(reward)
+            spread = max(self._rewards) - min(self._rewards)
+            self._episode(
+                fired, step, "reward_flat",
+                len(self._rewards) == t.reward_flat_window and spread <= t.reward_flat_tolerance,
+                f"mean reward flat for {t.reward_flat_window} logged steps: range {spread:.4g} <= "
+                f"{t.reward_flat_tolerance} (last {reward:+.4f})",
+            )
+        return fired
+
+    def _sustained(self, signature: str, crossed: bool | None) -> bool | None:
+        """Count consecutive crossings; True once `patience` in a row (None: the metric is not in this entry)."""
+        if crossed is None:
+            return None
+        self._streak[signature] = self._streak[signature] + 1 if crossed else 0
+        return self._streak[signature] >= self.thresholds.patience
+
+    def _episode(self, fired: list[HealthAlert], step: int, signature: str, holds: bool | None, message: str) -> None:
+        """Fire when `holds` starts an episode; end the episode when it no longer holds (None: no information)."""
+        if holds is None:
+            return
+        if not holds:
+            self._active.discard(signature)
+        elif signature not in self._active:
+            self._active.add(signature)
+            fired.append(HealthAlert(step, signature, message))
+
+    # ---- the callback ------------------------------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Start afresh, or, on a resumed run, replay the checkpoint's log history quietly to restore the episodes."""
+        self.reset()
+        for entry in state.log_history:
+            self.alerts.extend(self.observe(entry, int(entry.get("step", 0))))
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        fired = self.observe(logs, state.global_step)
+        if not fired:
+            return control
+        self.alerts.extend(fired)
+        entry = state.log_history[-1] if state.log_history else None
+        if entry is not None and entry.get("step") == state.global_step and all(key in entry for key in logs):
+            for alert in fired:  # trainer.log appended this entry just before calling the callbacks
+                entry[HISTORY_PREFIX + alert.signature] = 1.0
+        stop = self.stop_training
+        if state.is_world_process_zero:
+            for alert in fired:
+                logger.warning("JustRL health [%s] at step %d: %s%s", alert.signature, alert.step, alert.message,
+                               " -- stopping training (health_stop_training)" if stop else "")
+                send_tracker_alert(args, alert)
+        if stop:
+            control.should_training_stop = True
+        return control
+
+
+def send_tracker_alert(args: Any, alert: HealthAlert) -> list[str]:
+    """Alert the trackers the run reports to that have alerts (wandb, trackio); return the ones alerted.
+
+    Only trackers already imported (by their transformers integration) are used, and wandb only with an active run.
+    A tracker error is logged, never raised: the alert must not break training.
+    """
+    report_to = getattr(args, "report_to", None) or []
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+    alerted = []
+    for name in TRACKERS_WITH_ALERTS:
+        module = sys.modules.get(name)
+        if ("all" not in report_to and name not in report_to) or module is None or not hasattr(module, "alert"):
+            continue
+        if name == "wandb" and getattr(module, "run", None) is None:
+            continue
+        kwargs = {"title": f"JustRL health: {alert.signature}", "text": f"step {alert.step}: {alert.message}"}
+        level = getattr(getattr(module, "AlertLevel", None), "WARN", None)
+        if level is not None:
+            kwargs["level"] = level
+        try:
+            module.alert(**kwargs)
+            alerted.append(name)
+        except Exception as error:  # a tracker failure must not stop training
+            logger.warning("Could not send the %s alert: %s", name, error)
+    return alerted
