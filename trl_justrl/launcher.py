@@ -13,7 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
@@ -154,20 +154,29 @@ def run_node(commands: Sequence[Command]) -> int:
                     proc.kill()
 
 
-def multinode_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = _common_parser("launch/multinode.sh").parse_args(argv)
-    env = os.environ if env is None else env
+def _cli(prog: str, body: Callable[[argparse.Namespace, Mapping[str, str]], int], argv: Sequence[str] | None,
+         env: Mapping[str, str] | None) -> int:
+    """Parse the launcher's arguments and run `body`; a PlanError becomes `error: ...` and exit status 2."""
+    args = _common_parser(prog).parse_args(argv)
     try:
-        plan, commands, node_rank = multinode_commands(env, args.recipe, args.accelerate_config, not args.no_resume,
-                                                       _train_args(args.train_args))
-        if args.dry_run:
-            print(format_plan(plan, commands))
-            print(f"\nThis node: NODE_RANK={node_rank}. Dry run: nothing was started.")
-            return 0
-        return run_node([c for c in commands if c.node == node_rank])
+        return body(args, os.environ if env is None else env)
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def _multinode(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    plan, commands, node_rank = multinode_commands(env, args.recipe, args.accelerate_config, not args.no_resume,
+                                                   _train_args(args.train_args))
+    if args.dry_run:
+        print(format_plan(plan, commands))
+        print(f"\nThis node: NODE_RANK={node_rank}. Dry run: nothing was started.")
+        return 0
+    return run_node([c for c in commands if c.node == node_rank])
+
+
+def multinode_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    return _cli("launch/multinode.sh", _multinode, argv, env)
 
 
 # ---- SLURM --------------------------------------------------------------------------------------------------------
@@ -217,26 +226,23 @@ def slurm_commands(env: Mapping[str, str], recipe: str | None, accelerate_config
     return plan, per_node, steps
 
 
+def _slurm(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    plan, per_node, steps = slurm_commands(env, args.recipe, args.accelerate_config, not args.no_resume,
+                                           _train_args(args.train_args))
+    if args.dry_run:
+        print(format_plan(plan, per_node))
+        print("\nsrun steps (the job runs these; $SLURM_PROCID is each training node's machine rank)")
+        for step in steps:
+            print(f"  {step.role}{' [background]' if step.background else ''}: {step.shell()}")
+        print("\nDry run: nothing was started.")
+        return 0
+    if "SLURM_JOB_ID" not in env:
+        raise PlanError("Not inside a SLURM job: submit with `sbatch launch/slurm/train.slurm` (or use --dry-run).")
+    return run_node(steps)
+
+
 def slurm_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
-    args = _common_parser("launch/slurm/train.slurm").parse_args(argv)
-    env = os.environ if env is None else env
-    try:
-        plan, per_node, steps = slurm_commands(env, args.recipe, args.accelerate_config, not args.no_resume,
-                                               _train_args(args.train_args))
-        if args.dry_run:
-            print(format_plan(plan, per_node))
-            print("\nsrun steps (the job runs these; $SLURM_PROCID is each training node's machine rank)")
-            for step in steps:
-                tag = " [background]" if step.background else ""
-                print(f"  {step.role}{tag}: {step.shell()}")
-            print("\nDry run: nothing was started.")
-            return 0
-        if "SLURM_JOB_ID" not in env:
-            raise PlanError("Not inside a SLURM job: submit with `sbatch launch/slurm/train.slurm` (or use --dry-run).")
-        return run_node(steps)
-    except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _cli("launch/slurm/train.slurm", _slurm, argv, env)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

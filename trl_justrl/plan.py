@@ -77,17 +77,7 @@ class RecipeBatch:
 
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
-        values: dict[str, Any] = {}
-        if path is not None:
-            file = Path(path)
-            if not file.is_file():
-                raise PlanError(f"Recipe {file} not found.")
-            try:
-                values = yaml.safe_load(file.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise PlanError(f"Recipe {file} is not valid YAML: {err}") from err
-            if not isinstance(values, dict):
-                raise PlanError(f"Recipe {file} must be a mapping of option: value, got {type(values).__name__}.")
+        values = load_yaml_mapping(Path(path), "Recipe", "") if path is not None else {}
 
         def get(name: str) -> Any:
             return values[name] if name in values else _config_default(name)
@@ -355,6 +345,19 @@ def make_plan(
     return plan
 
 
+def load_yaml_mapping(file: Path, what: str, hint: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; PlanError naming the file otherwise."""
+    if not file.is_file():
+        raise PlanError(f"{what} {file} not found{hint}.")
+    try:
+        values = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise PlanError(f"{what} {file} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise PlanError(f"{what} {file} must be a mapping of option: value, got {type(values).__name__}.")
+    return values
+
+
 def _resolve(path: str | Path) -> Path:
     """A repository-relative path works from any working directory."""
     path = Path(path)
@@ -371,14 +374,7 @@ LAUNCHER_FILLED_KEYS = ("num_machines", "num_processes", "machine_rank", "main_p
 def check_accelerate_config(path: str | Path, num_machines: int, num_processes: int) -> dict[str, Any]:
     """Load an accelerate config and refuse one that contradicts the plan's machine or process counts."""
     file = _resolve(path)
-    if not file.is_file():
-        raise PlanError(f"accelerate config {path} not found (shipped ones: accelerate_configs/*.yaml).")
-    try:
-        config = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise PlanError(f"accelerate config {file} is not valid YAML: {err}") from err
-    if not isinstance(config, dict):
-        raise PlanError(f"accelerate config {file} must be a mapping, got {type(config).__name__}.")
+    config = load_yaml_mapping(file, "accelerate config", " (shipped ones: accelerate_configs/*.yaml)")
     expected = {"num_machines": num_machines, "num_processes": num_processes}
     for key, value in expected.items():
         if key in config and config[key] != value:
