@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import subprocess
 from pathlib import Path
@@ -27,7 +28,7 @@ from trl_justrl.serve import main as serve_main
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))
 PAPER_RECIPE = "launch/recipes/justrl_deepseek_1.5b.yaml"
-SECRET = "hf_notARealTokenButNeverPrintIt"
+SECRET = secrets.token_hex(16)  # a stand-in token made at run time, so none is committed
 
 
 def test_four_by_eight_with_a_serving_node_cannot_split_the_batch_and_proposes_valid_layouts():

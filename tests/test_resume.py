@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from trl_justrl.train import resolve_resume_checkpoint
 pytestmark = pytest.mark.slow
 
 SEEN_PROMPTS: list[str] = []
-SECRET = "hf_thisIsNotARealTokenButMustNeverBeWritten"
+SECRET = secrets.token_hex(16)  # a stand-in token made at run time, so none is committed
 
 
 @register_reward("test_record_prompts")

@@ -16,17 +16,12 @@ class BatchGeometryError(ValueError):
     """The requested batch cannot be reproduced exactly on this many training processes."""
 
 
-@dataclass(frozen=True)
-class BatchGeometry:
-    """TRL batch settings that reproduce one JustRL training step on `world_size` training processes."""
+class PromptBatch:
+    """Counts derived from a batch given as prompts per step / per update and rollouts per prompt."""
 
-    world_size: int
     prompts_per_step: int
     prompts_per_update: int
     num_generations: int
-    per_device_train_batch_size: int
-    gradient_accumulation_steps: int
-    steps_per_generation: int
 
     @property
     def updates_per_step(self) -> int:
@@ -42,6 +37,19 @@ class BatchGeometry:
     def completions_per_update(self) -> int:
         """Completions per optimizer update (512 in the paper)."""
         return self.prompts_per_update * self.num_generations
+
+
+@dataclass(frozen=True)
+class BatchGeometry(PromptBatch):
+    """TRL batch settings that reproduce one JustRL training step on `world_size` training processes."""
+
+    world_size: int
+    prompts_per_step: int
+    prompts_per_update: int
+    num_generations: int
+    per_device_train_batch_size: int
+    gradient_accumulation_steps: int
+    steps_per_generation: int
 
     @property
     def generation_batch_size(self) -> int:

@@ -89,6 +89,20 @@ def _plan_from_env(env: Mapping[str, str], nodes: int, gpus_per_node: int, recip
     return plan
 
 
+def _settings(env: Mapping[str, str], hosts: list[str], accelerate_config: str | None, resume: bool,
+              train_args: Sequence[str], **extra: str | None) -> LaunchSettings:
+    """Launch settings from the launcher's options and the environment (MASTER_PORT, VLLM_PORT, ACCELERATE_CONFIG)."""
+    return LaunchSettings(
+        hosts=hosts,
+        main_port=_int_env(env, "MASTER_PORT", DEFAULT_MAIN_PORT),
+        vllm_port=_int_env(env, "VLLM_PORT", DEFAULT_VLLM_PORT),
+        accelerate_config=accelerate_config or env.get("ACCELERATE_CONFIG") or DEFAULT_ACCELERATE_CONFIG,
+        resume=resume,
+        train_args=tuple(train_args),
+        **extra,
+    )
+
+
 # ---- plain multi-node (environment driven) -----------------------------------------------------------------------
 
 
@@ -114,15 +128,7 @@ def multinode_commands(env: Mapping[str, str], recipe: str | None, accelerate_co
                 "address (MASTER_ADDR stays node 0's, where the vLLM server listens)."
             )
         hosts[1] = train_master
-    settings = LaunchSettings(
-        hosts=hosts,
-        train_main_address=train_master,
-        main_port=_int_env(env, "MASTER_PORT", DEFAULT_MAIN_PORT),
-        vllm_port=_int_env(env, "VLLM_PORT", DEFAULT_VLLM_PORT),
-        accelerate_config=accelerate_config or env.get("ACCELERATE_CONFIG") or DEFAULT_ACCELERATE_CONFIG,
-        resume=resume,
-        train_args=tuple(train_args),
-    )
+    settings = _settings(env, hosts, accelerate_config, resume, train_args, train_main_address=train_master)
     return plan, launch_commands(plan, settings), node_rank
 
 
@@ -208,17 +214,10 @@ def slurm_commands(env: Mapping[str, str], recipe: str | None, accelerate_config
     gpus = _int_env(env, "SLURM_GPUS_ON_NODE", _int_env(env, "GPUS_PER_NODE", DEFAULT_GPUS_PER_NODE))
     plan = _plan_from_env(env, nodes, gpus, recipe or env.get("RECIPE") or DEFAULT_RECIPE)
     hosts = slurm_hosts(env, nodes)
-    common = dict(
-        hosts=hosts,
-        main_port=_int_env(env, "MASTER_PORT", DEFAULT_MAIN_PORT),
-        vllm_port=_int_env(env, "VLLM_PORT", DEFAULT_VLLM_PORT),
-        accelerate_config=accelerate_config or env.get("ACCELERATE_CONFIG") or DEFAULT_ACCELERATE_CONFIG,
-        resume=resume,
-        train_args=tuple(train_args),
-    )
-    per_node = launch_commands(plan, LaunchSettings(**common))
+    per_node = launch_commands(plan, _settings(env, hosts, accelerate_config, resume, train_args))
     steps: list[Command] = []
-    for cmd in launch_commands(plan, LaunchSettings(**common, machine_rank_expr="$SLURM_PROCID")):
+    one_line = _settings(env, hosts, accelerate_config, resume, train_args, machine_rank_expr="$SLURM_PROCID")
+    for cmd in launch_commands(plan, one_line):
         step_hosts = [cmd.host] if cmd.role == "vllm" else [hosts[n] for n in plan.topology.training_nodes]
         steps.append(Command(cmd.node, ",".join(step_hosts), cmd.role, {},
                              _srun(step_hosts, cmd.exec_line()),

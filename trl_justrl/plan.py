@@ -26,7 +26,7 @@ import yaml
 
 from .budget import paper_budget_tokens
 from .config import JustRLConfig
-from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
+from .geometry import BatchGeometry, BatchGeometryError, PromptBatch, compute_batch_geometry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RECIPE = "launch/recipes/justrl_deepseek_1.5b.yaml"
@@ -57,7 +57,7 @@ def _config_default(name: str) -> Any:
 
 
 @dataclass(frozen=True)
-class RecipeBatch:
+class RecipeBatch(PromptBatch):
     """What the planner needs from a recipe file; missing keys take JustRLConfig's defaults (the paper's values)."""
 
     path: str | None
@@ -248,7 +248,7 @@ class ClusterPlan:
         """Training steps (generation batches) of the recipe's run, from its max_steps in optimizer updates."""
         if self.recipe.max_steps is None:
             return None
-        return self.recipe.max_steps // (self.recipe.prompts_per_step // self.recipe.prompts_per_update)
+        return self.recipe.max_steps // self.recipe.updates_per_step
 
     def budget(self) -> dict[str, Any]:
         steps = self.rl_steps
@@ -268,13 +268,8 @@ class ClusterPlan:
 
     def to_dict(self) -> dict[str, Any]:
         recipe = asdict(self.recipe)
-        updates = self.recipe.prompts_per_step // self.recipe.prompts_per_update
-        recipe.update(
-            max_context=self.recipe.max_context,
-            updates_per_step=updates,
-            completions_per_step=self.recipe.prompts_per_step * self.recipe.num_generations,
-            completions_per_update=self.recipe.prompts_per_update * self.recipe.num_generations,
-        )
+        for name in ("max_context", "updates_per_step", "completions_per_step", "completions_per_update"):
+            recipe[name] = getattr(self.recipe, name)
         return {
             "topology": self.topology.to_dict(),
             "recipe": recipe,
@@ -567,12 +562,9 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
                   else "vLLM colocated in every training process (TRL colocate mode)")
     lines.append(f"  {topo.training_processes} training processes; generation by {generation}")
     lines.append("")
-    per_step = recipe.prompts_per_step * recipe.num_generations
-    per_update = recipe.prompts_per_update * recipe.num_generations
-    updates = recipe.prompts_per_step // recipe.prompts_per_update
-    lines.append(f"Recipe batch: {recipe.prompts_per_step} prompts x {recipe.num_generations} rollouts = {per_step:,} "
-                 f"completions per step; {updates} updates of {recipe.prompts_per_update} prompts ({per_update:,} "
-                 "completions) each")
+    lines.append(f"Recipe batch: {recipe.prompts_per_step} prompts x {recipe.num_generations} rollouts = "
+                 f"{recipe.completions_per_step:,} completions per step; {recipe.updates_per_step} updates of "
+                 f"{recipe.prompts_per_update} prompts ({recipe.completions_per_update:,} completions) each")
     if plan.geometry is not None:
         g = plan.geometry
         lines.append(f"  reproduced exactly: per_device_train_batch_size {g.per_device_train_batch_size}, "

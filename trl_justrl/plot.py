@@ -20,15 +20,16 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from .budget import RL_STEP
+from .health import ENTROPY, LENGTH, REWARD
 from .summary import load_trainer_state
 
 # (log key, panel title, y label): TRL's metric names
 PANELS = (
-    ("entropy", "Policy entropy", "entropy (nats / token)"),
-    ("reward", "Mean reward", "mean reward"),
-    ("completions/mean_length", "Mean response length", "tokens"),
+    (ENTROPY, "Policy entropy", "entropy (nats / token)"),
+    (REWARD, "Mean reward", "mean reward"),
+    (LENGTH, "Mean response length", "tokens"),
 )
-RL_STEP = "budget/rl_step"  # trl_justrl.budget.RL_STEP
 VALIDATION = re.compile(r"^eval/(?P<benchmark>.+)/avg@(?P<n>\d+)$")  # evaluation.callback.ValidationCallback's keys
 PAPER_HEALTHY_ENTROPY = (1.0, 1.6)  # RECIPE: healthy JustRL-DeepSeek-1.5B entropy ranges 1.0-1.6 (Figure 2)
 DEFAULT_NAME = "dynamics.png"

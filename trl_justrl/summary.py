@@ -8,13 +8,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
+from .health import ENTROPY, LENGTH, REWARD
+from .health import HISTORY_PREFIX as HEALTH_PREFIX
+
 logger = logging.getLogger(__name__)
 
-# trainer_state.json keys (TRL's metrics, plus `accuracy` from the dapo_strict reward)
-REWARD, ACCURACY, ENTROPY, LENGTH = "reward", "accuracy", "entropy", "completions/mean_length"
-# logged by JustRLTrainer (trl_justrl.budget.TokenBudget) and trl_justrl.health.HealthMonitor
-TOKENS_GENERATED, TOKENS_TRAINED = "budget/tokens_generated", "budget/tokens_trained"
-PAPER_ESTIMATE, HEALTH_PREFIX = "budget/paper_estimate_tokens", "health/"
+
+ACCURACY = "accuracy"  # logged by the dapo_strict reward
 
 
 @dataclass
