@@ -9,8 +9,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from .benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
-from .generation import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, SamplingSettings
+from trl_justrl.models import resolve_model
+from trl_justrl.shared.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
+from trl_justrl.shared.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, SamplingSettings
+
 from .runner import EvalOptions, format_report, run_evaluation
 
 
@@ -80,14 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def backend():
+        model = resolve_model(args.model)  # the embedded model's name -> its cached checkpoint folder
         if args.backend == "vllm":
-            from .generation import VLLMBackend
+            from trl_justrl.shared.sampling import VLLMBackend
 
-            return VLLMBackend(args.model, tensor_parallel_size=args.tensor_parallel_size,
+            return VLLMBackend(model, tensor_parallel_size=args.tensor_parallel_size,
                                gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype)
-        from .generation import TransformersBackend
+        from trl_justrl.shared.sampling import TransformersBackend
 
-        return TransformersBackend.from_pretrained(args.model, dtype=args.dtype)
+        return TransformersBackend.from_pretrained(model, dtype=args.dtype)
 
     try:
         if args.data_parallel_size > 1 and shard is None:

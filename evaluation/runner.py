@@ -9,9 +9,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .benchmarks import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
-from .generation import Backend, Sample, SamplingSettings
-from .grader import grade_answer
+from trl_justrl.shared.benchmarks import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
+from trl_justrl.shared.grading import grade_answer
+from trl_justrl.shared.sampling import Backend, Sample, SamplingSettings
+
 from .stats import BenchmarkStats, compute_stats
 from .store import GenerationStore, read_json, write_json_atomic
 from .table import render_table

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from .generation import Sample
-from .grader import extract_answer
+from trl_justrl.shared.grading import extract_answer
+from trl_justrl.shared.sampling import Sample
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .generation import Sample
+from trl_justrl.shared.sampling import Sample
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:

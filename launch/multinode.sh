@@ -15,4 +15,4 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-exec "$PYTHON" -m trl_justrl.launcher multinode "$@"
+exec "$PYTHON" -m trl_justrl.cluster.launcher multinode "$@"

@@ -15,6 +15,18 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach t
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def _register_test_rewards() -> None:
+    from trl_justrl.rewards import register_reward
+
+    @register_reward("test_length_parity")
+    def test_length_parity(completions, **kwargs):
+        """Varies for a random model (even / odd text length), so advantages are non-zero."""
+        return [1.0 if len(c if isinstance(c, str) else c[0]["content"]) % 2 else -1.0 for c in completions]
+
+
+_register_test_rewards()
+
+
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The embedded SmolLM2-135M-Instruct, converted once into the cache (about 20 s the first time)."""
@@ -58,19 +70,35 @@ def tiny_model_path(tmp_path_factory, tokenizer) -> Path:
     return path
 
 
+TINY_RUN = dict(
+    use_cpu=True, bf16=False, report_to="none", prompts_per_step=2, prompts_per_update=1, num_generations=4,
+    per_device_train_batch_size=4, max_completion_length=8, learning_rate=1e-2, warmup_rl_steps=0,
+    save_every_rl_steps=None, save_strategy="no", max_steps=4, logging_steps=2, gradient_checkpointing=False, seed=0,
+)
+
+
+def tiny_config(output_dir, **overrides):
+    """A JustRLConfig for a short CPU run: 2 JustRL steps of 2 prompts x 4 rollouts, 2 optimizer updates each (4
+    updates in all), 8-token completions, one log entry per step."""
+    from trl_justrl import JustRLConfig
+
+    return JustRLConfig(**(TINY_RUN | {"output_dir": str(output_dir)} | overrides))
+
+
+@pytest.fixture(name="tiny_config", scope="session")
+def tiny_config_fixture():
+    """`tiny_config(output_dir, **overrides)`, for tests that train."""
+    return tiny_config
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_model_path):
     """One short real JustRLTrainer run, shared: 2 JustRL steps of 2 prompts x 4 rollouts, 2 optimizer updates each
     (steps_per_generation = 2), one log entry per step, trainer_state.json saved in its output_dir."""
-    from trl_justrl import JustRLConfig, JustRLTrainer
+    from trl_justrl import JustRLTrainer
     from trl_justrl.data import load_training_data
 
-    args = JustRLConfig(
-        output_dir=str(tmp_path_factory.mktemp("tiny-run")), use_cpu=True, bf16=False, report_to="none",
-        prompts_per_step=2, prompts_per_update=1, num_generations=4, per_device_train_batch_size=4,
-        max_completion_length=8, learning_rate=1e-2, warmup_rl_steps=0, save_every_rl_steps=None, save_strategy="no",
-        max_steps=4, logging_steps=2, gradient_checkpointing=False, seed=0,
-    )
+    args = tiny_config(tmp_path_factory.mktemp("tiny-run"))
     trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict"], args=args,
                             train_dataset=load_training_data("synthetic", synthetic_size=16))
     trainer.train()

@@ -175,7 +175,7 @@ def test_robust_verifier_accepts_what_strict_matching_rejects():
 
 def test_robust_verifier_logs_accuracy_and_predictions(tmp_path):
     (reward,) = get_reward_funcs(["robust_math"], make_config(tmp_path))
-    from evaluation.grader import DEFAULT_TIMEOUT_S
+    from trl_justrl.shared.grading import DEFAULT_TIMEOUT_S
 
     assert reward.__name__ == "robust_math" and reward.timeout_s == DEFAULT_TIMEOUT_S  # the evaluation's limit
     logged, extra = {}, {}
@@ -207,16 +207,14 @@ def test_robust_verifier_time_limit_on_a_pathological_answer():
     assert elapsed < 30  # a bound, not a speed claim: a few 1 s limits (parses and comparisons) plus overhead
 
 
-def test_symbolic_rewards_call_the_evaluation_grader_with_the_configured_limit(tmp_path, monkeypatch):
-    import evaluation.grader
-
+def test_symbolic_rewards_call_the_shared_grader_with_the_configured_limit(tmp_path, monkeypatch):
     seen = []
 
     def spy(response, ground_truth, *, timeout_s):
         seen.append((response, ground_truth, timeout_s))
         return True
 
-    monkeypatch.setattr(evaluation.grader, "grade_answer", spy)
+    monkeypatch.setattr(rewards_module, "grade_answer", spy)
     config = make_config(tmp_path, robust_verifier_timeout_s=3, max_completion_length=10)
     robust, cosine = get_reward_funcs(["robust_math", "open_rs_cosine"], config)
     assert robust(["r1"], answer=["a"]) == [1.0]

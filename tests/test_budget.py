@@ -6,7 +6,7 @@ import pytest
 from transformers import TrainerControl, TrainerState
 
 from trl_justrl import JustRLConfig
-from trl_justrl.budget import (
+from trl_justrl.reporting.budget import (
     PAPER_ESTIMATE,
     RL_STEP,
     TOKENS_GENERATED,
@@ -15,7 +15,7 @@ from trl_justrl.budget import (
     paper_budget_tokens,
     run_paper_estimate,
 )
-from trl_justrl.summary import format_summary, summarize_run
+from trl_justrl.reporting.summary import format_summary, summarize_run
 
 
 def test_the_papers_budget():

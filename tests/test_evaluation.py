@@ -9,15 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
 from evaluation.cli import main as cli_main
 from evaluation.compass import CompassVerifier, build_prompt, parse_verdict
-from evaluation.generation import Sample, SamplingSettings, TransformersBackend, eval_messages
-from evaluation.grader import grade_answer
 from evaluation.runner import EvalOptions, run_evaluation
 from evaluation.stats import compute_stats, distinct_ngrams
 from evaluation.store import GenerationStore
 from evaluation.table import render_table
+from trl_justrl.shared.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
+from trl_justrl.shared.grading import grade_answer
+from trl_justrl.shared.prompts import eval_messages
+from trl_justrl.shared.sampling import Sample, SamplingSettings, TransformersBackend
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
@@ -275,9 +276,9 @@ def test_compass_prompt_and_verdicts():
 
 @pytest.mark.slow
 def test_validation_callback_in_a_training_run(tmp_path, tiny_model_path):
-    from evaluation.callback import ValidationCallback
     from trl_justrl import JustRLConfig, JustRLTrainer
     from trl_justrl.data import load_training_data
+    from trl_justrl.shared.validation import ValidationCallback
 
     args = JustRLConfig(
         output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, report_to="none", prompts_per_step=2,

@@ -15,8 +15,8 @@ from transformers import TrainerControl, TrainerState
 
 from trl_justrl import JustRLConfig, JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.health import HealthMonitor, HealthThresholds, send_tracker_alert
-from trl_justrl.summary import format_summary, summarize_run
+from trl_justrl.reporting.health import HealthMonitor, HealthThresholds, send_tracker_alert
+from trl_justrl.reporting.summary import format_summary, summarize_run
 
 THRESHOLDS = HealthThresholds(entropy_floor=0.8, patience=5, reward_flat_window=20, reward_flat_tolerance=0.02,
                               max_truncation_ratio=0.2, max_clip_fraction=0.1)
@@ -68,7 +68,7 @@ def signatures(monitor: HealthMonitor) -> list[tuple[int, str]]:
 
 def test_a_healthy_run_stays_quiet(caplog):
     monitor = HealthMonitor(THRESHOLDS, stop_training=True)
-    with caplog.at_level(logging.WARNING, logger="trl_justrl.health"):
+    with caplog.at_level(logging.WARNING, logger="trl_justrl.reporting.health"):
         state, stops = feed(monitor, stream(400))
     assert monitor.alerts == [] and not any(stops) and not caplog.records
     assert not any(key.startswith("health/") for entry in state.log_history for key in entry)
@@ -88,7 +88,7 @@ def test_entropy_collapse_fires_once_per_episode(caplog):
         return 0.55 if collapsed else 1.3
 
     monitor = HealthMonitor(THRESHOLDS)
-    with caplog.at_level(logging.WARNING, logger="trl_justrl.health"):
+    with caplog.at_level(logging.WARNING, logger="trl_justrl.reporting.health"):
         state, stops = feed(monitor, stream(150, entropy=entropy))
     assert signatures(monitor) == [(55, "entropy_collapse"), (125, "entropy_collapse")]
     assert not any(stops)  # warns only
@@ -157,7 +157,7 @@ def test_a_resumed_run_replays_its_history_without_warning_again(caplog):
     control = resumed.on_train_begin(NO_TRACKER, state, TrainerControl())
     assert signatures(resumed) == [(14, "entropy_collapse")]  # restored from the log history
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="trl_justrl.health"):
+    with caplog.at_level(logging.WARNING, logger="trl_justrl.reporting.health"):
         for step, logs in enumerate(entries[30:], start=31):
             state.global_step = step
             state.log_history.append({**logs, "step": step})

@@ -1,13 +1,15 @@
-"""per_token_policy_loss against an independent element-wise computation of RECIPE.md's formula, with gradients."""
+"""The objective: per_token_policy_loss against an independent element-wise computation of RECIPE.md's formula, and
+TRL's own loss path (loss_type="dapo", delta = c), as JustRLTrainer runs it, against per_token_policy_loss."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from trl_justrl.loss import clip_indicators, per_token_policy_loss
+from trl_justrl.loss import dual_clip_mask, per_token_policy_loss
 
 LO, HI, C = 0.2, 0.28, 10.0
 CLIP = dict(epsilon_low=LO, epsilon_high=HI, clip_ratio_c=C)
@@ -98,12 +100,10 @@ def test_on_policy_gradient_is_minus_the_advantage():
     torch.testing.assert_close(logps.grad, torch.tensor([[-0.5] * 3, [2.0] * 3]))
 
 
-def test_clip_indicators_mark_the_bounds():
+def test_dual_clip_mask_marks_negative_advantages_above_c():
     logps = torch.log(torch.tensor([[0.5, 1.0, 1.5, 20.0], [0.5, 1.0, 1.5, 20.0]]))
-    hits = clip_indicators(logps, torch.zeros_like(logps), torch.tensor([1.0, -1.0]), **CLIP)
-    assert hits["high"].tolist() == [[False, False, True, True], [False] * 4]
-    assert hits["low"].tolist() == [[False] * 4, [True, False, False, False]]
-    assert hits["dual"].tolist() == [[False] * 4, [False, False, False, True]]
+    held = dual_clip_mask(logps, torch.zeros_like(logps), torch.tensor([1.0, -1.0]), C)
+    assert held.tolist() == [[False] * 4, [False, False, False, True]]
 
 
 def test_bad_advantage_shape_is_an_error():
@@ -112,3 +112,84 @@ def test_bad_advantage_shape_is_an_error():
         per_token_policy_loss(logps, logps, torch.zeros(3), **CLIP)
     with pytest.raises(ValueError, match="B = 2"):
         per_token_policy_loss(logps, logps, torch.zeros(2, 3), **CLIP)
+
+
+# ---- TRL's loss path as JustRLTrainer runs it ---------------------------------------------------------------------
+
+# Rows: advantage; columns: ratio r = exp(logp - old). Together they hit every branch: A < 0 with r above c, below
+# 1 - 0.2 and in between; A > 0 above 1.28, below 0.8 and inside; A = 0. The last column is padding (mask 0).
+BRANCH_ADVANTAGES = [-1.5, -0.3, 0.0, 0.8, 2.0, -0.9]
+BRANCH_RATIOS = [0.3, 0.79, 0.9, 1.0, 1.2, 1.3, 4.0, 9.9, 10.5, 60.0, 1.1]
+
+
+class FixedLogProbs(torch.nn.Module):
+    """Stands in for the policy under TRL's fused-lm-head forward: its completion log-probs are a parameter (the
+    trainer may trim all-padding completion columns on the right; the prompt columns come first)."""
+
+    def __init__(self, logps: torch.Tensor, prompt_width: int):
+        super().__init__()
+        self.logps = torch.nn.Parameter(logps.clone())
+        self.prompt_width = prompt_width
+
+    def forward(self, input_ids, attention_mask=None, labels=None, fused_lm_head=False, **_):
+        assert fused_lm_head, "TRL asks for per-token log-probs from the fused LM head"
+        batch, width = input_ids.shape
+        pad = torch.zeros(batch, self.prompt_width, dtype=self.logps.dtype)
+        log_probs = torch.cat([pad, self.logps[:, : width - self.prompt_width]], dim=1)
+        return SimpleNamespace(log_probs=log_probs, entropy=torch.zeros_like(log_probs), aux_loss=None)
+
+
+def test_trls_dapo_loss_with_delta_is_the_recipes_objective(tmp_path, tiny_model_path):
+    """One real compute_loss + backward through GRPOTrainer's code: same loss and gradients as the reference."""
+    from trl_justrl import JustRLConfig, JustRLTrainer
+    from trl_justrl.data import load_training_data
+
+    rows, width = len(BRANCH_ADVANTAGES), len(BRANCH_RATIOS)
+    args = JustRLConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", prompts_per_step=1,
+        prompts_per_update=1, num_generations=rows, per_device_train_batch_size=rows, max_completion_length=width,
+        warmup_rl_steps=0, save_every_rl_steps=None, save_strategy="no", max_steps=1, gradient_checkpointing=False,
+    )
+    assert (args.loss_type, args.delta, args.epsilon, args.epsilon_high, args.beta) == ("dapo", C, LO, HI, 0.0)
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=4))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = args.gradient_accumulation_steps  # set by Trainer.train() per update
+
+    generator = torch.Generator().manual_seed(0)
+    old = -torch.rand(rows, width, generator=generator) * 3 - 0.5
+    logps = old + torch.log(torch.tensor(BRANCH_RATIOS)).expand(rows, width)
+    mask = torch.ones(rows, width)
+    mask[:, -1] = 0.0
+    mask[1, -3:] = 0.0  # a shorter completion
+    advantages = torch.tensor(BRANCH_ADVANTAGES)
+    policy = FixedLogProbs(logps, prompt_width=3)
+    inputs = {
+        "prompt_ids": torch.ones(rows, 3, dtype=torch.long), "prompt_mask": torch.ones(rows, 3, dtype=torch.long),
+        "completion_ids": torch.ones(rows, width, dtype=torch.long), "completion_mask": mask.long(),
+        "advantages": advantages, "old_per_token_logps": old, "num_items_in_batch": mask.sum(),
+    }
+    loss = trainer.compute_loss(policy, inputs)
+    loss.backward()
+
+    reference_logps = logps.clone().requires_grad_(True)
+    per_token = per_token_policy_loss(reference_logps, old, advantages, **CLIP)
+    reference = (per_token * mask).sum() / mask.sum()  # the token mean over the update
+    reference.backward()
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(policy.logps.grad, reference_logps.grad, rtol=1e-6, atol=1e-6)
+    # the grid really hits the clipped branches: zero gradient there, non-zero elsewhere
+    assert (reference_logps.grad == 0).sum() > 10 and (reference_logps.grad != 0).sum() > 10
+
+    held = dual_clip_mask(logps, old, advantages, C).float()
+    expected_dual = ((held * mask).sum() / mask.sum()).item()
+    assert expected_dual > 0
+    assert trainer._metrics["train"]["clip_ratio/dual_mean"][-1] == pytest.approx(expected_dual)
+    assert "clip_ratio/low_mean" in trainer._metrics["train"]  # TRL's own clip metrics keep coming
+
+    # the check can fail: without TRL's delta the tokens held at the dual clip get a gradient again
+    trainer.args.delta = None
+    policy.logps.grad = None
+    trainer.compute_loss(policy, inputs).backward()
+    differs = (policy.logps.grad - reference_logps.grad).abs() > 1e-6
+    assert differs.any() and torch.equal(differs, held.bool() & mask.bool())

@@ -13,17 +13,17 @@ import pytest
 import yaml
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-from trl_justrl import plan as plan_module
-from trl_justrl.config import JustRLConfig
-from trl_justrl.launcher import multinode_commands, multinode_main, slurm_commands, slurm_main
-from trl_justrl.plan import (
+from trl_justrl.cluster import plan as plan_module
+from trl_justrl.cluster.launcher import multinode_commands, multinode_main, slurm_commands, slurm_main
+from trl_justrl.cluster.plan import (
     LaunchSettings,
     PlanError,
     check_accelerate_config,
     launch_commands,
     make_plan,
 )
-from trl_justrl.serve import main as serve_main
+from trl_justrl.cluster.serve import main as serve_main
+from trl_justrl.config import JustRLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "accelerate_configs").glob("*.yaml"))

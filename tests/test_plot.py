@@ -8,8 +8,8 @@ import shutil
 import matplotlib.image
 import pytest
 
-from trl_justrl.plot import dynamics_series, main, make_figure, plot_dynamics
-from trl_justrl.summary import format_summary, summarize_run
+from trl_justrl.reporting.plot import dynamics_series, main, make_figure, plot_dynamics
+from trl_justrl.reporting.summary import format_summary, summarize_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trl_justrl.summary import format_summary, summarize_run
+from trl_justrl.reporting.summary import format_summary, summarize_run
 
 
 def write_state(path, history, step=8):

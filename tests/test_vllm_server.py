@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from trl_justrl import JustRLConfig, JustRLTrainer
-from trl_justrl.vllm_server import SyncWatchdog, VLLMServerUnavailable, check_vllm_server
+from trl_justrl.cluster.vllm_server import SyncWatchdog, VLLMServerUnavailable, check_vllm_server
 
 
 def closed_port() -> int:
@@ -114,7 +114,7 @@ def test_watchdog_fires_only_past_its_limit():
 
 
 def test_a_hung_sync_ends_the_process_with_a_clear_error():
-    import trl_justrl.vllm_server as module
+    import trl_justrl.cluster.vllm_server as module
 
     # load the stdlib-only module by path, not the package (which imports TRL), to keep the child fast
     code = (

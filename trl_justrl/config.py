@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
-from .health import HealthThresholds
-from .rewards import OVERLONG_BUFFER_TOKENS, OVERLONG_PENALTY_FACTOR
+from .reporting.health import HealthMonitorSettings, HealthThresholds
+from .rewards import RewardSettings
 
 # Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
 OBJECTIVE_INVARIANTS: dict[str, object] = {
@@ -26,8 +26,9 @@ OBJECTIVE_INVARIANTS: dict[str, object] = {
     "use_adaptive_entropy": False,  # RECIPE: no entropy regularisation
     "top_entropy_quantile": 1.0,  # every completion token contributes
     "off_policy_mask_threshold": None,  # not part of the recipe
-    "delta": None,  # the recipe's dual-clip is `clip_ratio_c`, not TRL's two-sided `delta`
+    "scale_rewards": "group",  # RECIPE: advantage = (r - mean(group)) / (std(group) + eps)
 }
+# TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
 
 
 def _world_size_from_env() -> int:
@@ -36,8 +37,13 @@ def _world_size_from_env() -> int:
 
 
 @dataclass
-class JustRLConfig(GRPOConfig):
-    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps")."""
+class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
+    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps").
+
+    Its own fields: the paper's batch semantics and step-counted schedules, the prompt cap and the dual-clip constant.
+    It also carries the ablation rewards' settings (`rewards.RewardSettings`) and the health monitor's
+    (`reporting.health.HealthMonitorSettings`), defined next to the code that uses them.
+    """
 
     # ---- What GRPOConfig lacks -------------------------------------------------------------------------------
     prompts_per_step: int | None = field(
@@ -58,7 +64,10 @@ class JustRLConfig(GRPOConfig):
     )
     clip_ratio_c: float = field(
         default=10.0,  # RECIPE: dual-clip constant c = 10.0
-        metadata={"help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c."},
+        metadata={
+            "help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c. Mapped onto "
+            "TRL's two-sided clip `delta` (the same objective); leave `delta` unset or equal to this."
+        },
     )
     warmup_rl_steps: int | None = field(
         default=10,  # RECIPE: the script adds a 10-step linear warm-up (verl steps its scheduler once per step)
@@ -74,58 +83,19 @@ class JustRLConfig(GRPOConfig):
             "optimizer updates. Null leaves save_steps / eval_steps as given."
         },
     )
+    remove_padding: bool = field(
+        default=True,  # RECIPE: the script removed padding (use_remove_padding=True); exact, so on by default
+        metadata={
+            "help": "Run every policy forward (the old-log-prob pass and the training forward) over each micro-batch's "
+            "real extent only, and group completions of similar length into the same micro-batch within an "
+            "optimizer update. Exact: the same log-probs, loss and gradients as TRL's padded path, less compute."
+        },
+    )
     vllm_weight_sync_timeout: float = field(
         default=600.0,  # project's choice: a 1.5B bf16 sync takes seconds; ten minutes means the server is gone
         metadata={
             "help": "Seconds a weight sync to the vLLM server may take before the run stops with an error (server "
             "mode). The wait for the server at start-up is TRL's vllm_server_timeout."
-        },
-    )
-
-    # ---- Ablation switches (off by default) -------------------------------------------------------------------
-    # The recipe's reward is dapo_strict alone. An ablation reward is on when its name is in `reward_funcs` (see
-    # trl_justrl/rewards.py; TRL sums the rewards, weighted by its own `reward_weights`); these fields only set its
-    # parameters. They are reward choices, not objective changes, so check_objective accepts any of them.
-    overlong_buffer_length: int = field(
-        default=OVERLONG_BUFFER_TOKENS,  # RECIPE: overlong-penalty ablation, buffer B (rewards.OVERLONG_BUFFER_TOKENS)
-        metadata={
-            "help": "Reward `dapo_overlong_penalty`: buffer B in tokens. Responses longer than "
-            "max_completion_length - B get a penalty falling linearly from 0 to -overlong_penalty_factor at "
-            "max_completion_length."
-        },
-    )
-    overlong_penalty_factor: float = field(
-        default=OVERLONG_PENALTY_FACTOR,  # RECIPE: overlong-penalty ablation, factor (rewards.OVERLONG_PENALTY_FACTOR)
-        metadata={"help": "Reward `dapo_overlong_penalty`: the penalty at max_completion_length is -factor."},
-    )
-    robust_verifier_timeout_s: int | None = field(
-        default=None,  # the evaluation grader's own limit (evaluation.grader.DEFAULT_TIMEOUT_S): train and eval alike
-        metadata={
-            "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to each math-verify parse and each "
-            "comparison of one response (SIGALRM, main thread). Null: evaluation.grader.DEFAULT_TIMEOUT_S."
-        },
-    )
-    cosine_min_value_wrong: float = field(
-        default=0.0,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default (open-r1's own default is -1.0)
-        metadata={"help": "Reward `open_rs_cosine`: a wrong answer's reward at length 0 (open-r1's naming)."},
-    )
-    cosine_max_value_wrong: float = field(
-        default=-0.5,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
-        metadata={"help": "Reward `open_rs_cosine`: a wrong answer's reward at cosine_max_len (open-r1's naming)."},
-    )
-    cosine_min_value_correct: float = field(
-        default=0.5,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
-        metadata={"help": "Reward `open_rs_cosine`: a correct answer's reward at cosine_max_len."},
-    )
-    cosine_max_value_correct: float = field(
-        default=1.0,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
-        metadata={"help": "Reward `open_rs_cosine`: a correct answer's reward at length 0."},
-    )
-    cosine_max_len: int | None = field(
-        default=None,  # Open-RS Experiment 3 (README: `--cosine_max_len 3584`) sets it to its max_completion_length
-        metadata={
-            "help": "Reward `open_rs_cosine`: length in tokens where the cosine reaches its end value (clamped "
-            "beyond). Null: max_completion_length."
         },
     )
 
@@ -205,54 +175,13 @@ class JustRLConfig(GRPOConfig):
         },
     )
 
-    # ---- Health monitor (trl_justrl/health.py) ----------------------------------------------------------------
-    # Warnings on the paper's failure signatures while training (JustRLTrainer adds the monitor when health_monitor
-    # is on). "Logged steps" count the log entries that carry the metric (one per JustRL step with the recipes'
-    # logging_steps = updates per step).
-    health_monitor: bool = field(
-        default=True,  # project's choice: watch every run
-        metadata={"help": "Watch entropy, reward, truncation, clip fractions and non-finite loss / grad norm, and "
-                  "warn (log line, wandb / trackio alert) on the paper's failure signatures."},
-    )
-    health_stop_training: bool = field(
-        default=False,  # project's choice: warn only
-        metadata={"help": "Stop training when a health alert fires (otherwise only warn)."},
-    )
-    health_entropy_floor: float = field(
-        # RECIPE: healthy entropy oscillates around 1.2-1.4 (range 1.0-1.6); the failed ablations collapse to
-        # 0.5-0.6. The floor 0.8, halfway between 0.6 and 1.0, is the project's choice.
-        default=0.8,
-        metadata={"help": "Entropy-collapse alert: policy entropy under this for health_patience logged steps."},
-    )
-    health_patience: int = field(
-        default=5,  # project's choice
-        metadata={"help": "Consecutive logged steps a threshold must be crossed (entropy floor, truncation and clip "
-                  "bounds) before the alert fires."},
-    )
-    health_reward_flat_window: int = field(
-        default=20,  # project's choice (RECIPE: the healthy reward is noisy but has no long plateaus)
-        metadata={"help": "Flat-reward alert: number of consecutive logged mean rewards looked at."},
-    )
-    health_reward_flat_tolerance: float = field(
-        default=0.02,  # project's choice: under the step-to-step noise of a 2,048-rollout mean of +-1 rewards
-        metadata={"help": "Flat-reward alert: fires when max - min of the last health_reward_flat_window logged "
-                  "mean rewards is at most this (a stuck reward, e.g. all -1 or all +1: zero advantages)."},
-    )
-    health_max_truncation_ratio: float = field(
-        default=0.2,  # project's choice (the paper gives no number; its lengths settle at 4-5K of a 15,360 cap)
-        metadata={"help": "Truncation alert: fraction of completions cut at max_completion_length (TRL's "
-                  "completions/clipped_ratio) above this for health_patience logged steps."},
-    )
-    health_max_clip_fraction: float = field(
-        default=0.1,  # project's choice (the paper gives no number)
-        metadata={"help": "Clip alert: a clip fraction (clip_ratio/low_mean, high_mean, dual_mean) above this for "
-                  "health_patience logged steps."},
-    )
-    # ---- end of Health monitor --------------------------------------------------------------------------------
 
     def __post_init__(self):
+        self._map_dual_clip()
         world_size = _world_size_from_env()
         geometry = self._map_recipe_batch(world_size)
+        if geometry is None:
+            self._check_trl_batch(world_size)
         super().__post_init__()
         if geometry is not None and self.world_size != world_size:
             raise BatchGeometryError(
@@ -268,18 +197,38 @@ class JustRLConfig(GRPOConfig):
         if self.max_prompt_length < 1:
             raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
         HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
-        self._check_ablation_switches()
+        self.check_reward_settings()
 
-    def _check_ablation_switches(self) -> None:
-        """Range checks of the ablation rewards' settings (the rewards check them against each other when built)."""
-        positive = {"overlong_buffer_length": self.overlong_buffer_length,
-                    "robust_verifier_timeout_s": self.robust_verifier_timeout_s, "cosine_max_len": self.cosine_max_len}
-        wrong = {name: value for name, value in positive.items() if value is not None and value < 1}
-        if self.overlong_penalty_factor < 0:
-            wrong["overlong_penalty_factor"] = self.overlong_penalty_factor
-        if wrong:
-            raise ValueError(f"Ablation settings out of range: {wrong}; lengths and time limits must be at least 1, "
-                             "the overlong penalty factor at least 0.")
+    def _map_dual_clip(self) -> None:
+        """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""
+        if self.delta is None:
+            self.delta = self.clip_ratio_c
+        elif float(self.delta) != float(self.clip_ratio_c):
+            raise ValueError(
+                f"delta ({self.delta}) and clip_ratio_c ({self.clip_ratio_c}) disagree: JustRLConfig sets TRL's "
+                "two-sided clip `delta` from the dual-clip constant `clip_ratio_c`. Set only clip_ratio_c (the recipe "
+                "uses 10.0), or both to the same value."
+            )
+
+    def _check_trl_batch(self, world_size: int) -> None:
+        """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
+        per_device = self.per_device_train_batch_size
+        if self.generation_batch_size is not None:
+            completions = self.generation_batch_size
+            how = f"generation_batch_size = {completions}"
+        else:
+            steps = self.steps_per_generation or self.gradient_accumulation_steps
+            completions = per_device * world_size * steps
+            how = (f"per_device_train_batch_size ({per_device}) x {world_size} process(es) x steps_per_generation "
+                   f"({steps}) = {completions} completions")
+        groups = self.num_generations
+        if groups and completions % groups:
+            raise BatchGeometryError(
+                f"The generation batch cannot hold whole groups of num_generations = {groups} completions: {how}, "
+                f"not a multiple of {groups}. Fix: set per_device_train_batch_size to a multiple of {groups} (TRL's "
+                f"own default is 8), or steps_per_generation / generation_batch_size so that the generation batch is "
+                f"a multiple of {groups}; or set prompts_per_step and prompts_per_update to map the paper's batch."
+            )
 
     def _map_recipe_batch(self, world_size: int) -> BatchGeometry | None:
         """Set TRL's batch fields and step-counted schedules from the recipe's semantics (None when opted out)."""

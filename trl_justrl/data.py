@@ -13,15 +13,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset, concatenate_datasets, load_dataset
+from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
-from .rewards import BOX_OPENER, last_boxed_content
+from .shared.answers import DataError as DataError  # re-exported: the data errors users catch
+from .shared.answers import row_ground_truth
+from .shared.prompts import PROMPT_SUFFIX as PROMPT_SUFFIX  # re-exported: the recipe's suffix
+from .shared.prompts import with_suffix
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DATASET = "BytedTsinghua-SIA/DAPO-Math-17k"  # RECIPE: training data
-PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."  # RECIPE: prompt suffix
-TRAIN_SUFFIX_SEPARATOR = "\n\n"  # RECIPE: the training data path appends the suffix after a blank line
 SYNTHETIC = "synthetic"
 
 # DAPO-Math-17k wraps each problem in an "Answer:"-style instruction; the recipe's user turn is the bare problem
@@ -33,18 +34,6 @@ DAPO_INSTRUCTION_PREFIX = (
 DAPO_INSTRUCTION_SUFFIX = '\n\nRemember to put your answer on its own line after "Answer:".'
 
 FILE_FORMATS = {".parquet": "parquet", ".jsonl": "json", ".json": "json"}
-
-
-class DataError(ValueError):
-    """A training-data problem, with the source, row and field it concerns."""
-
-
-def with_suffix(problem: str, separator: str = TRAIN_SUFFIX_SEPARATOR) -> str:
-    """The recipe's user turn: the problem text, the separator, then PROMPT_SUFFIX (never appended twice)."""
-    problem = problem.rstrip()
-    if problem.endswith(PROMPT_SUFFIX):
-        return problem
-    return f"{problem}{separator}{PROMPT_SUFFIX}"
 
 
 def strip_dapo_instruction(text: str) -> str:
@@ -92,31 +81,6 @@ def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = True) -
     content = strip_dapo_instruction(messages[last]["content"]) if strip_dapo else messages[last]["content"]
     messages[last]["content"] = with_suffix(content)
     return {"prompt": messages, "ground_truth": row_ground_truth(row, where=where)}
-
-
-def row_ground_truth(row: dict[str, Any], *, where: str) -> str:
-    """The answer of a row in either layout (verl `reward_model.ground_truth`, plain `answer`), unboxed."""
-    reward_model = row.get("reward_model")
-    if isinstance(reward_model, dict) and "ground_truth" in reward_model:
-        field, truth = "reward_model.ground_truth", reward_model["ground_truth"]
-    elif "answer" in row:
-        field, truth = "answer", row["answer"]
-    elif "ground_truth" in row:
-        field, truth = "ground_truth", row["ground_truth"]
-    else:
-        raise DataError(f"{where}: no answer (expected 'reward_model.ground_truth' or 'answer'; got {sorted(row)}).")
-    if truth is None or (isinstance(truth, str) and not truth.strip()):
-        raise DataError(f"{where}: field '{field}' is missing or empty.")
-    if isinstance(truth, float) and truth.is_integer():
-        truth = int(truth)  # parquet may store integer answers as floats
-    return unbox_ground_truth(str(truth).strip())
-
-
-def unbox_ground_truth(truth: str) -> str:
-    """`\\boxed{204}` -> `204` when the whole ground truth is one box (some released sets store it so)."""
-    if truth.startswith(BOX_OPENER) and last_boxed_content(truth) == truth[len(BOX_OPENER) : -1]:
-        return truth[len(BOX_OPENER) : -1]
-    return truth
 
 
 def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
@@ -174,38 +138,97 @@ def load_training_data(
     return dataset
 
 
-def prompt_lengths(dataset: Dataset, tokenizer: Any, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token count of each prompt after the chat template with the generation prompt (as TRL renders it)."""
-    kwargs = chat_template_kwargs or {}
+class PromptLengthFilter:
+    """Drop prompts longer than `max_prompt_length` tokens, measured the way TRL's GRPOTrainer renders them.
 
-    def measure(batch: dict[str, list]) -> dict[str, list[int]]:
-        ids = [
-            tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=False, **kwargs)
-            for m in batch["prompt"]
-        ]
-        return {"_prompt_length": [len(x) for x in ids]}
+    The recipe never truncates a prompt: longer ones leave the data set (verl's `filter_overlong_prompts`). A plain
+    string prompt (TRL's "standard" format) is tokenized as is, like `processing_class(text=prompts)`; a conversation
+    goes through the chat template with the generation prompt (and `tools` / `chat_template`, as TRL passes them).
+    Multimodal conversations (content parts rather than text) are kept unmeasured: their image tokens depend on the
+    processor, so one warning says the cap is not enforced for them. `dropped` counts the prompts removed so far: all
+    of them at once for a map-style `Dataset`, as the stream is read for an `IterableDataset` (filtered lazily).
+    """
 
-    measured = dataset.map(measure, batched=True, batch_size=256, desc="Measuring prompt lengths")
-    return list(measured["_prompt_length"])
+    def __init__(
+        self,
+        processing_class: Any,
+        max_prompt_length: int,
+        chat_template_kwargs: dict | None = None,
+        *,
+        tools: list | None = None,
+        chat_template: str | None = None,
+        batch_size: int = 256,
+    ):
+        self.processing_class = processing_class
+        self.max_prompt_length = max_prompt_length
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.tools = tools or None  # TRL passes `tools or None` (an empty list renders tool boilerplate in Llama)
+        self.chat_template = chat_template
+        self.batch_size = batch_size
+        self.dropped = 0
+        self._warned_multimodal = False
+
+    def lengths(self, prompts: list[Any]) -> list[int | None]:
+        """Token count of each prompt as TRL renders it; None for a multimodal conversation (not measured)."""
+        lengths: list[int | None] = [None] * len(prompts)
+        texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
+        chats = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, str) and _is_text_chat(p)]
+        if texts:
+            ids = self.processing_class(text=[p for _, p in texts])["input_ids"]
+            for (i, _), row in zip(texts, ids, strict=True):
+                lengths[i] = len(row)
+        if chats:
+            rendered = self.processing_class.apply_chat_template(
+                conversation=[p for _, p in chats], tools=self.tools, chat_template=self.chat_template,
+                add_generation_prompt=True, tokenize=True, return_dict=True, **self.chat_template_kwargs,
+            )
+            for (i, _), row in zip(chats, rendered["input_ids"], strict=True):
+                lengths[i] = len(row)
+        if len(texts) + len(chats) < len(prompts) and not self._warned_multimodal:
+            logger.warning("Multimodal prompts are not length-filtered: max_prompt_length=%d is not enforced for them.",
+                           self.max_prompt_length)
+            self._warned_multimodal = True
+        return lengths
+
+    def _keep(self, batch: dict[str, list]) -> list[bool]:
+        keep = [n is None or n <= self.max_prompt_length for n in self.lengths(batch["prompt"])]
+        self.dropped += keep.count(False)
+        return keep
+
+    def apply(self, dataset: Dataset | IterableDataset, name: str = "training") -> Dataset | IterableDataset:
+        """The data set without its long prompts; `name` only labels the log lines."""
+        if isinstance(dataset, IterableDataset):
+            return dataset.filter(self._keep, batched=True, batch_size=self.batch_size)
+        if "prompt" not in dataset.column_names:
+            return dataset  # TRL itself will say that the data set has no prompt column
+        lengths: list[int | None] = []
+        for start in range(0, len(dataset), self.batch_size):
+            lengths += self.lengths(dataset[start : start + self.batch_size]["prompt"])
+        keep = [i for i, n in enumerate(lengths) if n is None or n <= self.max_prompt_length]
+        dropped = len(lengths) - len(keep)
+        self.dropped += dropped
+        if dropped:
+            logger.warning("Dropped %d of %d %s prompts longer than max_prompt_length=%d tokens",
+                           dropped, len(lengths), name, self.max_prompt_length)
+        if not keep:
+            measured = [n for n in lengths if n is not None]
+            raise DataError(
+                f"All {len(lengths)} {name} prompts are longer than max_prompt_length={self.max_prompt_length} "
+                f"tokens (shortest: {min(measured)}); nothing is left to train on."
+            )
+        return dataset.select(keep) if dropped else dataset
+
+
+def _is_text_chat(prompt: Any) -> bool:
+    return isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
 
 
 def filter_long_prompts(
     dataset: Dataset, tokenizer: Any, max_prompt_length: int, chat_template_kwargs: dict | None = None
 ) -> tuple[Dataset, int]:
     """Drop prompts over `max_prompt_length` tokens (the recipe never truncates); return the rest and the count."""
-    lengths = prompt_lengths(dataset, tokenizer, chat_template_kwargs)
-    keep = [i for i, n in enumerate(lengths) if n <= max_prompt_length]
-    dropped = len(lengths) - len(keep)
-    if dropped:
-        logger.warning(
-            "Dropped %d of %d prompts longer than max_prompt_length=%d tokens", dropped, len(lengths), max_prompt_length
-        )
-    if not keep:
-        raise DataError(
-            f"All {len(lengths)} prompts are longer than max_prompt_length={max_prompt_length} tokens "
-            f"(shortest: {min(lengths)}); nothing is left to train on."
-        )
-    return (dataset.select(keep) if dropped else dataset), dropped
+    length_filter = PromptLengthFilter(tokenizer, max_prompt_length, chat_template_kwargs)
+    return length_filter.apply(dataset), length_filter.dropped
 
 
 # ---- The built-in demo data ----------------------------------------------------------------------------------

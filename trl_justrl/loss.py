@@ -6,7 +6,13 @@ With r = exp(logp - logp_old), A the sequence advantage, lo / hi the clip ratios
     loss      = min(loss_clip, -A * c)   where A < 0
               = loss_clip                otherwise
 
-The batch loss is the token mean over the update: sum(loss * mask) / sum(mask) (the trainer's job).
+The batch loss is the token mean over the update: sum(loss * mask) / sum(mask).
+
+This is the reference formula, written as the paper states it. Training runs TRL's own loss path, which computes the
+same values and gradients: `loss_type="dapo"` (token mean), `epsilon` / `epsilon_high` = lo / hi and its two-sided
+clip `delta` = c, where TRL clamps the ratio at `delta` before the PPO min. For A < 0 that is
+-A * max(min(r, c), clip(r)) = -A * min(max(r, clip(r)), c) = min(loss_clip, -A * c) since c > 1 + hi, and for A >= 0
+the clamp never binds. `tests/test_loss.py` checks the equivalence through a real `compute_loss` and backward.
 """
 
 from __future__ import annotations
@@ -46,23 +52,9 @@ def per_token_policy_loss(
 
 
 @torch.no_grad()
-def clip_indicators(
-    logps: torch.Tensor,
-    old_logps: torch.Tensor,
-    advantages: torch.Tensor,
-    *,
-    epsilon_low: float,
-    epsilon_high: float,
-    clip_ratio_c: float,
-) -> dict[str, torch.Tensor]:
-    """Boolean (B, T) masks of the tokens held at each bound (zero gradient), for logging.
-
-    `low`: A < 0 and r below 1 - lo; `high`: A > 0 and r above 1 + hi; `dual`: A < 0 and r above c.
-    """
+def dual_clip_mask(
+    logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor, clip_ratio_c: float
+) -> torch.Tensor:
+    """Boolean (B, T) mask of the tokens held at the dual clip (A < 0 and r > c: zero gradient), for logging."""
     adv = _as_column(advantages, logps)
-    ratio = torch.exp(logps - old_logps)
-    return {
-        "low": (adv < 0) & (ratio < 1.0 - epsilon_low),
-        "high": (adv > 0) & (ratio > 1.0 + epsilon_high),
-        "dual": (adv < 0) & (ratio > clip_ratio_c),
-    }
+    return (adv < 0) & (torch.exp(logps - old_logps) > clip_ratio_c)

@@ -17,8 +17,12 @@ import math
 import operator
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from .shared.answers import BOX_OPENER as BOX_OPENER  # re-exported for reward writers
+from .shared.answers import last_boxed_content
+from .shared.grading import DEFAULT_TIMEOUT_S, extract_answer, grade_answer
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +30,6 @@ RESPONSE_WINDOW_CHARS = 300  # RECIPE: only the last 300 characters of the decod
 BOX_WINDOW_CHARS = 100  # RECIPE: of those, the last 100
 CORRECT_SCORE = 1.0  # RECIPE: reward +1.0 when correct
 INCORRECT_SCORE = -1.0  # RECIPE: reward -1.0 otherwise
-BOX_OPENER = "\\boxed{"
 
 RewardFunc = Callable[..., list[float]]
 
@@ -38,22 +41,6 @@ class Verdict:
     score: float
     accuracy: float
     prediction: str | None
-
-
-def last_boxed_content(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` in `text`, braces matched by counting; None without a closed box."""
-    start = text.rfind(BOX_OPENER)
-    if start < 0:
-        return None
-    depth = 0
-    for i in range(start + len(BOX_OPENER) - 1, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + len(BOX_OPENER) : i]
-    return None
 
 
 def dapo_verify(response: str, ground_truth: str) -> Verdict:
@@ -192,6 +179,70 @@ THINK_CLOSE = "\n</think>\n"  # Open-RS format reward (knoveleng/open-rs src/ope
 FORMAT_SCORE = 1.0  # Open-RS format reward: 1.0 when the reasoning is closed exactly once, else 0.0
 
 
+@dataclass
+class RewardSettings:
+    """Settings of the ablation rewards, off by default (JustRLConfig inherits these fields).
+
+    The recipe's reward is dapo_strict alone. An ablation reward is on when its name is in `reward_funcs` (TRL sums
+    the rewards, weighted by its own `reward_weights`); these fields only set its parameters. They are reward choices,
+    not objective changes, so the trainer accepts any of them.
+    """
+
+    overlong_buffer_length: int = field(
+        default=OVERLONG_BUFFER_TOKENS,  # RECIPE: overlong-penalty ablation, buffer B (rewards.OVERLONG_BUFFER_TOKENS)
+        metadata={
+            "help": "Reward `dapo_overlong_penalty`: buffer B in tokens. Responses longer than "
+            "max_completion_length - B get a penalty falling linearly from 0 to -overlong_penalty_factor at "
+            "max_completion_length."
+        },
+    )
+    overlong_penalty_factor: float = field(
+        default=OVERLONG_PENALTY_FACTOR,  # RECIPE: overlong-penalty ablation, factor (rewards.OVERLONG_PENALTY_FACTOR)
+        metadata={"help": "Reward `dapo_overlong_penalty`: the penalty at max_completion_length is -factor."},
+    )
+    robust_verifier_timeout_s: int | None = field(
+        default=None,  # the shared grader's own limit (shared.grading.DEFAULT_TIMEOUT_S): train and eval alike
+        metadata={
+            "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to each math-verify parse and each "
+            "comparison of one response (SIGALRM, main thread). Null: trl_justrl.shared.grading.DEFAULT_TIMEOUT_S."
+        },
+    )
+    cosine_min_value_wrong: float = field(
+        default=0.0,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default (open-r1's own default is -1.0)
+        metadata={"help": "Reward `open_rs_cosine`: a wrong answer's reward at length 0 (open-r1's naming)."},
+    )
+    cosine_max_value_wrong: float = field(
+        default=-0.5,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
+        metadata={"help": "Reward `open_rs_cosine`: a wrong answer's reward at cosine_max_len (open-r1's naming)."},
+    )
+    cosine_min_value_correct: float = field(
+        default=0.5,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
+        metadata={"help": "Reward `open_rs_cosine`: a correct answer's reward at cosine_max_len."},
+    )
+    cosine_max_value_correct: float = field(
+        default=1.0,  # Open-RS: knoveleng/open-rs src/open_r1/grpo.py default
+        metadata={"help": "Reward `open_rs_cosine`: a correct answer's reward at length 0."},
+    )
+    cosine_max_len: int | None = field(
+        default=None,  # Open-RS Experiment 3 (README: `--cosine_max_len 3584`) sets it to its max_completion_length
+        metadata={
+            "help": "Reward `open_rs_cosine`: length in tokens where the cosine reaches its end value (clamped "
+            "beyond). Null: max_completion_length."
+        },
+    )
+
+    def check_reward_settings(self) -> None:
+        """Range checks of the ablation rewards' settings (the rewards check them against each other when built)."""
+        positive = {"overlong_buffer_length": self.overlong_buffer_length,
+                    "robust_verifier_timeout_s": self.robust_verifier_timeout_s, "cosine_max_len": self.cosine_max_len}
+        wrong = {name: value for name, value in positive.items() if value is not None and value < 1}
+        if self.overlong_penalty_factor < 0:
+            wrong["overlong_penalty_factor"] = self.overlong_penalty_factor
+        if wrong:
+            raise ValueError(f"Ablation settings out of range: {wrong}; lengths and time limits must be at least 1, "
+                             "the overlong penalty factor at least 0.")
+
+
 def _as_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}.")
@@ -293,9 +344,7 @@ _THREAD_WARNING_SHOWN = False
 
 
 def _grade(texts: Sequence[str], truths: Sequence[str], timeout_s: int) -> list[bool]:
-    """The evaluation's grader (evaluation.grader.grade_answer) on each response: one grading code for both."""
-    from evaluation.grader import grade_answer  # lazy: the grader imports this module
-
+    """The shared grader (trl_justrl.shared.grading.grade_answer) on each response: the evaluation's code too."""
     global _THREAD_WARNING_SHOWN
     if threading.current_thread() is not threading.main_thread() and not _THREAD_WARNING_SHOWN:
         logger.warning(
@@ -307,8 +356,6 @@ def _grade(texts: Sequence[str], truths: Sequence[str], timeout_s: int) -> list[
 
 
 def _timeout_from_config(args: Any, field_name: str = "robust_verifier_timeout_s") -> int:
-    from evaluation.grader import DEFAULT_TIMEOUT_S
-
     value = _setting(args, field_name)
     return _as_int(field_name, DEFAULT_TIMEOUT_S if value is None else value, minimum=1)
 
@@ -316,7 +363,7 @@ def _timeout_from_config(args: Any, field_name: str = "robust_verifier_timeout_s
 class RobustMathVerifier:
     """TRL reward: +1.0 / -1.0 from the evaluation's rule-based grader instead of strict DAPO matching.
 
-    `evaluation.grader.grade_answer`: the last `\\boxed{}` anywhere in the response, a light normalisation, then
+    `trl_justrl.shared.grading.grade_answer`: the last `\\boxed{}` anywhere in the response, a light normalisation, then
     symbolic equivalence with math-verify (e.g. `\\frac{1}{2}` = `0.5`, `2\\sqrt{2}` = `\\sqrt{8}`); each math-verify
     parse and comparison is limited to `timeout_s` seconds (SIGALRM, so in the main thread: TRL calls synchronous
     reward functions there). Logs `accuracy` and the extracted predictions, as dapo_strict does: use one of the two.
@@ -327,8 +374,6 @@ class RobustMathVerifier:
         self.__name__ = "robust_math"
 
     def __call__(self, completions: list[Any], log_metric=None, log_extra=None, **columns: Any) -> list[float]:
-        from evaluation.grader import extract_answer
-
         truths = ground_truths(columns, len(completions))
         texts = [completion_text(c) for c in completions]
         correct = _grade(texts, truths, self.timeout_s)

@@ -17,7 +17,9 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from .config import JustRLConfig
 from .data import DEFAULT_DATASET, load_training_data
-from .summary import format_summary, summarize_run
+from .reporting.summary import format_summary, summarize_run
+from .shared.sampling import SamplingSettings
+from .shared.validation import ValidationCallback
 from .trainer import DEFAULT_REWARDS, JustRLTrainer
 
 logger = logging.getLogger("trl_justrl")
@@ -138,9 +140,7 @@ def resolve_resume_checkpoint(args: JustRLConfig) -> str | None:
 
 
 def make_validation_callback(trainer: JustRLTrainer, script_args: JustRLScriptArguments):
-    """The evaluation package's in-training validation, at the recipe's evaluation temperature and top-p."""
-    from evaluation.callback import ValidationCallback
-    from evaluation.generation import SamplingSettings
+    """The in-training validation (trl_justrl.shared.validation), at the recipe's evaluation temperature and top-p."""
 
     settings = SamplingSettings(
         max_new_tokens=script_args.validation_max_new_tokens or trainer.args.max_completion_length,

@@ -1,10 +1,11 @@
-"""`JustRLTrainer`: TRL's `GRPOTrainer` training exactly the JustRL objective.
+"""`JustRLTrainer`: TRL's `GRPOTrainer` training exactly the JustRL objective, through TRL's own loss.
 
-What it changes in GRPOTrainer: the loss is `loss.per_token_policy_loss` (clip-higher + dual-clip) aggregated as a
-token mean over the update; settings that would change that objective (KL, entropy bonus, other loss types) are
-refused; embedded model names resolve to local checkpoints; prompts over `max_prompt_length` tokens are dropped
-and counted; the dual-clip fraction and the drop count are logged besides TRL's metrics. Generation, rewards,
-advantages, logging, checkpoints and the Hub are TRL's and transformers'.
+The objective is TRL's `loss_type="dapo"` with `delta = clip_ratio_c` (JustRLConfig maps it; `loss.py` shows the
+equivalence). What this class adds to GRPOTrainer: settings that would change the objective (KL, entropy bonus,
+other loss types) are refused; embedded model names resolve to local checkpoints; prompts over `max_prompt_length`
+tokens are dropped and counted; registered reward names resolve; the dual-clip fraction, the drop count and the token
+budget are logged; the health monitor, the vLLM server checks and the model card's recipe section are attached.
+Generation, rewards, advantages, the loss, logging, checkpoints and the Hub are TRL's and transformers'.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel
 from trl import GRPOTrainer
 
-from .budget import TokenBudget
+from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, JustRLConfig
-from .data import filter_long_prompts
-from .health import HealthMonitor
-from .loss import clip_indicators, per_token_policy_loss
-from .model_card import insert_section, justrl_card_section
+from .data import PromptLengthFilter
+from .loss import dual_clip_mask
+from .microbatch import forward_trimmed, group_by_length
 from .models import resolve_model
+from .reporting.budget import TokenBudget
+from .reporting.health import HealthMonitor
+from .reporting.model_card import insert_section, justrl_card_section
 from .rewards import available_rewards, get_reward_funcs
-from .vllm_server import SyncWatchdog, check_vllm_server
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +67,28 @@ class JustRLTrainer(GRPOTrainer):
     """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy."""
 
     _tag_names = ["trl", "grpo", "justrl"]
+    _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
+    _policy_logps: torch.Tensor | None = None
 
     def __init__(
         self,
         model: str | PreTrainedModel,
         reward_funcs: Any = None,
         args: JustRLConfig | None = None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        **kwargs: Any,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        tools: list[Callable] | None = None,
+        rollout_func: Callable | None = None,
+        environment_factory: Any = None,
     ):
+        """GRPOTrainer's arguments, in GRPOTrainer's order (a drop-in), with `args` a JustRLConfig and
+        `reward_funcs` defaulting to the recipe's `dapo_strict` (registered reward names are accepted too)."""
         if args is None:
             args = JustRLConfig(output_dir="justrl-output")
         if not isinstance(args, JustRLConfig):
@@ -96,17 +110,21 @@ class JustRLTrainer(GRPOTrainer):
                 source, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
             )
 
-        self.prompts_dropped_too_long = 0
-        if train_dataset is not None and "prompt" in getattr(train_dataset, "column_names", []):
-            train_dataset, self.prompts_dropped_too_long = filter_long_prompts(
-                train_dataset, processing_class, args.max_prompt_length, args.chat_template_kwargs
+        # The recipe drops prompts over max_prompt_length (never truncates); measured as TRL will render them.
+        self.prompt_filter = PromptLengthFilter(
+            processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
+        )
+        if train_dataset is not None:
+            train_dataset = self.prompt_filter.apply(train_dataset, "training")
+        if eval_dataset is not None:
+            eval_filter = PromptLengthFilter(
+                processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
             )
-        if eval_dataset is not None and "prompt" in getattr(eval_dataset, "column_names", []):
-            eval_dataset, dropped = filter_long_prompts(
-                eval_dataset, processing_class, args.max_prompt_length, args.chat_template_kwargs
-            )
-            if dropped:
-                logger.warning("Dropped %d evaluation prompts over max_prompt_length", dropped)
+            if isinstance(eval_dataset, (Dataset, IterableDataset)):
+                eval_dataset = eval_filter.apply(eval_dataset, "evaluation")
+            else:  # a dict of named eval sets (TRL logs each under its own prefix)
+                eval_dataset = {name: eval_filter.apply(ds, f"evaluation ({name})")
+                                for name, ds in eval_dataset.items()}
 
         super().__init__(
             model=model,
@@ -115,7 +133,14 @@ class JustRLTrainer(GRPOTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            **kwargs,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
         )
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
         if args.health_monitor:
@@ -129,50 +154,62 @@ class JustRLTrainer(GRPOTrainer):
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("JustRL batch geometry: %s", args.batch_geometry.to_dict())
 
-    # ---- the objective ---------------------------------------------------------------------------------------
+    # ---- the objective is TRL's: loss_type="dapo" with delta = clip_ratio_c (see loss.py); one extra metric -----
 
-    def _compute_loss(self, model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-        """Token-mean JustRL loss of one micro-batch, scaled so that the update's gradient is the token mean."""
-        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
-        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
-        logps, entropies, _ = self._get_per_token_logps_and_entropies(
-            model,
-            torch.cat([prompt_ids, completion_ids], dim=1),
-            torch.cat([prompt_mask, completion_mask], dim=1),
-            completion_ids.size(1),
-            compute_entropy=True,
-        )
-        # TRL leaves old log-probs out when the batch is still on-policy (ratio = 1).
-        old_logps = inputs.get("old_per_token_logps")
-        old_logps = logps.detach() if old_logps is None else old_logps
-        advantages = inputs["advantages"]
-        clip = dict(epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, clip_ratio_c=self.args.clip_ratio_c)
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
+        compute_aux_loss=False, **multimodal,
+    ):
+        """TRL's forward, each chunk over its real extent only (`remove_padding`, microbatch.py); inside
+        `compute_loss` the log-probs are kept (detached) for the dual-clip metric."""
+        forward = super()._get_per_token_logps_and_entropies
+        if self.args.remove_padding and all(value is None for value in multimodal.values()):
+            logps, entropies, aux_loss = forward_trimmed(
+                forward, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                compute_aux_loss,
+            )
+        else:  # image inputs are indexed by row and image, not by column: TRL's own path
+            logps, entropies, aux_loss = forward(
+                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
+                **multimodal,
+            )
+        if self._keep_policy_logps:
+            self._policy_logps = logps.detach()
+        return logps, entropies, aux_loss
 
-        per_token_loss = per_token_policy_loss(logps, old_logps, advantages, **clip)
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+    def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
+        """TRL's buffering of a generation batch into micro-batches; with `remove_padding`, each update's
+        completions are then regrouped by length (the same completions per update; microbatch.group_by_length)."""
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.model.training and self.args.remove_padding and self._buffered_inputs is not buffered:
+            self._buffered_inputs = group_by_length(self._buffered_inputs, self.args.gradient_accumulation_steps)
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
 
-        # Token mean over the update (TRL's "dapo" normaliser): `num_items_in_batch` counts the completion tokens of
-        # the whole generation batch on all processes; one update sees 1 / updates_per_step of it, and DDP averages
-        # the gradient over processes, hence the rescaling.
-        mode = "train" if self.model.training else "eval"
-        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
-        if mode == "train":
-            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
-        loss = (per_token_loss * mask).sum() / normalizer
-
-        metrics = self._metrics[mode]
-        metrics["entropy"].append(self._global_masked_mean(entropies, mask))
-        for bound, hit in clip_indicators(logps, old_logps, advantages, **clip).items():
-            metrics[f"clip_ratio/{bound}_mean"].append(self._global_masked_mean(hit.float(), mask))
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, unchanged; then logs `clip_ratio/dual_mean`, the fraction of tokens held at the dual clip."""
+        self._keep_policy_logps, self._policy_logps = True, None
+        try:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._keep_policy_logps = False
+        if self._policy_logps is not None:
+            self._log_dual_clip_fraction(inputs, self._policy_logps)
+            self._policy_logps = None
         return loss
 
-    def _global_masked_mean(self, values: torch.Tensor, mask: torch.Tensor) -> float:
-        """Mean of `values` over the masked tokens of all processes."""
-        totals = torch.stack([(values * mask).sum(), mask.sum().float()]).detach()
+    def _log_dual_clip_fraction(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
+        old_logps = inputs.get("old_per_token_logps")  # None when the batch is on-policy (ratio 1)
+        old_logps = logps if old_logps is None else old_logps
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:  # tool output tokens are not trained on (TRL masks them the same way)
+            mask = mask * inputs["tool_mask"]
+        held = dual_clip_mask(logps, old_logps, inputs["advantages"], self.args.clip_ratio_c)
+        totals = torch.stack([(held.float() * mask).sum(), mask.sum().float()])
         totals = self.accelerator.reduce(totals, reduction="sum")
-        return (totals[0] / totals[1].clamp(min=1.0)).item()
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
 
     # ---- compute budget: tokens generated and trained --------------------------------------------------------
 
@@ -211,6 +248,11 @@ class JustRLTrainer(GRPOTrainer):
             global_step=self.state.global_step,
         )
         card.write_text(insert_section(card.read_text(), section))
+
+    @property
+    def prompts_dropped_too_long(self) -> int:
+        """Training prompts dropped for length so far (all at once for a Dataset; as read for an IterableDataset)."""
+        return self.prompt_filter.dropped
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self.model.training:

@@ -1,8 +1,8 @@
 """Cluster launchers behind `launch/multinode.sh` and `launch/slurm/train.slurm`.
 
-Both read their cluster from the environment, ask the planner (`trl_justrl.plan`) for the commands, and either print
-every node's commands (`--dry-run`) or run this node's. A layout that cannot reproduce the recipe's batch, a
-contradicting accelerate config or a missing recipe fails here, before any GPU is used.
+Both read their cluster from the environment, ask the planner (`trl_justrl.cluster.plan`) for the commands, and
+either print every node's commands (`--dry-run`) or run this node's. A layout that cannot reproduce the recipe's
+batch, a contradicting accelerate config or a missing recipe fails here, before any GPU is used.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def run_node(commands: Sequence[Command]) -> int:
     background: list[subprocess.Popen] = []
     try:
         for cmd in commands:
-            print(f"[trl_justrl.launcher] node {cmd.node} {cmd.role}: {cmd.shell()}", flush=True)
+            print(f"[trl_justrl.cluster.launcher] node {cmd.node} {cmd.role}: {cmd.shell()}", flush=True)
             env = {**os.environ, **cmd.env}
             if cmd.background:
                 background.append(subprocess.Popen(cmd.argv, env=env))
@@ -247,7 +247,7 @@ def slurm_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("multinode", "slurm"):
-        print("usage: python -m trl_justrl.launcher {multinode,slurm} [--dry-run] [...]", file=sys.stderr)
+        print("usage: python -m trl_justrl.cluster.launcher {multinode,slurm} [--dry-run] [...]", file=sys.stderr)
         return 2
     return (multinode_main if argv[0] == "multinode" else slurm_main)(argv[1:])
 

@@ -8,9 +8,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from trl_justrl.data import DataError, row_ground_truth
-
-EVAL_PROMPT_SEPARATOR = " "  # RECIPE: the evaluation script appends the suffix after a space
+from .answers import DataError, row_ground_truth
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import logging
 import math
 import sys
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import TrainerCallback
@@ -59,9 +59,56 @@ class HealthAlert:
     message: str
 
 
+@dataclass
+class HealthMonitorSettings:
+    """The health monitor's settings (JustRLConfig inherits these fields; JustRLTrainer adds the monitor when
+    `health_monitor` is on). "Logged steps" count the log entries that carry the metric (one per JustRL step with the
+    recipes' logging_steps = updates per step)."""
+
+    health_monitor: bool = field(
+        default=True,  # project's choice: watch every run
+        metadata={"help": "Watch entropy, reward, truncation, clip fractions and non-finite loss / grad norm, and "
+                  "warn (log line, wandb / trackio alert) on the paper's failure signatures."},
+    )
+    health_stop_training: bool = field(
+        default=False,  # project's choice: warn only
+        metadata={"help": "Stop training when a health alert fires (otherwise only warn)."},
+    )
+    health_entropy_floor: float = field(
+        # RECIPE: healthy entropy oscillates around 1.2-1.4 (range 1.0-1.6); the failed ablations collapse to
+        # 0.5-0.6. The floor 0.8, halfway between 0.6 and 1.0, is the project's choice.
+        default=0.8,
+        metadata={"help": "Entropy-collapse alert: policy entropy under this for health_patience logged steps."},
+    )
+    health_patience: int = field(
+        default=5,  # project's choice
+        metadata={"help": "Consecutive logged steps a threshold must be crossed (entropy floor, truncation and clip "
+                  "bounds) before the alert fires."},
+    )
+    health_reward_flat_window: int = field(
+        default=20,  # project's choice (RECIPE: the healthy reward is noisy but has no long plateaus)
+        metadata={"help": "Flat-reward alert: number of consecutive logged mean rewards looked at."},
+    )
+    health_reward_flat_tolerance: float = field(
+        default=0.02,  # project's choice: under the step-to-step noise of a 2,048-rollout mean of +-1 rewards
+        metadata={"help": "Flat-reward alert: fires when max - min of the last health_reward_flat_window logged "
+                  "mean rewards is at most this (a stuck reward, e.g. all -1 or all +1: zero advantages)."},
+    )
+    health_max_truncation_ratio: float = field(
+        default=0.2,  # project's choice (the paper gives no number; its lengths settle at 4-5K of a 15,360 cap)
+        metadata={"help": "Truncation alert: fraction of completions cut at max_completion_length (TRL's "
+                  "completions/clipped_ratio) above this for health_patience logged steps."},
+    )
+    health_max_clip_fraction: float = field(
+        default=0.1,  # project's choice (the paper gives no number)
+        metadata={"help": "Clip alert: a clip fraction (clip_ratio/low_mean, high_mean, dual_mean) above this for "
+                  "health_patience logged steps."},
+    )
+
+
 @dataclass(frozen=True)
 class HealthThresholds:
-    """The monitor's thresholds: JustRLConfig's `health_*` fields (defaults and their sources are in config.py)."""
+    """The monitor's thresholds: the `health_*` fields of HealthMonitorSettings."""
 
     entropy_floor: float
     patience: int

@@ -3,7 +3,6 @@ alerts, and (optionally) the dynamics plot, read from trainer_state.json."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,8 @@ from pathlib import Path
 from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
 from .health import ENTROPY, LENGTH, REWARD
 from .health import HISTORY_PREFIX as HEALTH_PREFIX
+from .history import load_trainer_state
+from .plot import plot_dynamics
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +47,9 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def load_trainer_state(output_dir: str | Path) -> dict:
-    """The parsed `<output_dir>/trainer_state.json` (FileNotFoundError naming the file when it is missing)."""
-    state_file = Path(output_dir) / "trainer_state.json"
-    if not state_file.is_file():
-        raise FileNotFoundError(f"{state_file} not found: did the run finish?")
-    return json.loads(state_file.read_text())
-
-
 def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary:
     """Read `<output_dir>/trainer_state.json` and collect the summary numbers; with `draw_plot`, also draw
-    `<output_dir>/dynamics.png` (trl_justrl.plot; a failure to draw is logged, not raised)."""
+    `<output_dir>/dynamics.png` (reporting.plot; a failure to draw is logged, not raised)."""
     state = load_trainer_state(output_dir)
     history = state.get("log_history", [])
     rollouts = [h for h in history if REWARD in h]  # one entry per logged generation
@@ -70,8 +63,6 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     plot = None
     if draw_plot:
         try:
-            from .plot import plot_dynamics
-
             plot = str(plot_dynamics(output_dir))
         except Exception as error:  # the summary must not fail over the figure
             logger.warning("No dynamics plot: %s", error)

@@ -12,9 +12,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from trl_justrl.data import PROMPT_SUFFIX
-
-from .benchmarks import EVAL_PROMPT_SEPARATOR, Problem
+from .benchmarks import Problem
+from .prompts import eval_messages
 
 DEFAULT_MAX_NEW_TOKENS = 31744  # RECIPE: up to 32K context (31,744 new tokens)
 DEFAULT_TEMPERATURE = 0.7  # RECIPE: evaluation sampling temperature
@@ -52,11 +51,6 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
-def eval_messages(problem: str) -> list[dict[str, str]]:
-    """The evaluation user turn: problem, a space, the recipe suffix (RECIPE: evaluation appends after a space)."""
-    return [{"role": "user", "content": f"{problem.rstrip()}{EVAL_PROMPT_SEPARATOR}{PROMPT_SUFFIX}"}]
-
-
 class Backend(Protocol):
     """Generates `n` samples for a problem."""
 
@@ -73,13 +67,11 @@ class TransformersBackend:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, dtype: str = "auto") -> TransformersBackend:
+    def from_pretrained(cls, path: str, dtype: str = "auto") -> TransformersBackend:
+        """Load a checkpoint folder or Hub id (embedded model names are resolved by the caller)."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from trl_justrl.models import resolve_model
-
-        path = resolve_model(name_or_path)
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
@@ -129,10 +121,8 @@ class VLLMBackend:
             from vllm import LLM
         except ImportError as exc:
             raise ImportError("The vllm backend needs vLLM: pip install -e '.[vllm]' (GPU machines).") from exc
-        from trl_justrl.models import resolve_model
-
         self.llm = LLM(
-            model=resolve_model(model),
+            model=model,
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,

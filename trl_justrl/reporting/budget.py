@@ -20,7 +20,7 @@ def paper_budget_tokens(steps: int, prompts_per_step: int, rollouts: int, max_co
 
 
 # ---- Tokens actually spent -----------------------------------------------------------------------------------------
-# Log keys (also read by trl_justrl.summary and trl_justrl.plot).
+# Log keys (also read by the summary and the plot).
 TOKENS_GENERATED = "budget/tokens_generated"
 TOKENS_TRAINED = "budget/tokens_trained"
 PAPER_ESTIMATE = "budget/paper_estimate_tokens"

@@ -1,0 +1,127 @@
+"""Padding-free updates are exact: trimmed forwards and length-grouped micro-batches against TRL's padded path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from trl_justrl import JustRLTrainer
+from trl_justrl.data import load_training_data
+from trl_justrl.microbatch import group_by_length, real_extent
+
+pytestmark = pytest.mark.slow
+
+PROMPT_WIDTH, COMPLETION_WIDTH = 12, 20
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, tiny_model_path, tiny_config):
+    args = tiny_config(tmp_path_factory.mktemp("microbatch"), max_completion_length=COMPLETION_WIDTH)
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=8))
+    trainer.model.float()
+    return trainer
+
+
+def padded_batch(rows: int, seed: int, vocab: int = 2000) -> dict[str, torch.Tensor]:
+    """Left-padded prompts and right-padded completions of random lengths, as TRL builds a generation batch; the
+    batch's widths are wider than any row (so every chunk has columns to trim) and one completion is empty."""
+    generator = torch.Generator().manual_seed(seed)
+    prompt_lengths = torch.randint(2, PROMPT_WIDTH - 2, (rows,), generator=generator)
+    completion_lengths = torch.randint(1, COMPLETION_WIDTH - 3, (rows,), generator=generator)
+    completion_lengths[-1] = 0
+    columns_p, columns_c = torch.arange(PROMPT_WIDTH), torch.arange(COMPLETION_WIDTH)
+    prompt_mask = (columns_p.unsqueeze(0) >= PROMPT_WIDTH - prompt_lengths.unsqueeze(1)).long()
+    completion_mask = (columns_c.unsqueeze(0) < completion_lengths.unsqueeze(1)).long()
+    prompt_ids = torch.randint(3, vocab, (rows, PROMPT_WIDTH), generator=generator) * prompt_mask
+    completion_ids = torch.randint(3, vocab, (rows, COMPLETION_WIDTH), generator=generator) * completion_mask
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+            "completion_mask": completion_mask}
+
+
+def test_real_extent_cuts_only_all_padding_columns():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 0, 0, 0]])
+    assert real_extent(mask, logits_to_keep=4) == (1, 5)
+    assert real_extent(torch.zeros(2, 7, dtype=torch.long), logits_to_keep=4) == (0, 7)
+    # a prompt that reaches into the completion area is never cut from the left past the first completion column
+    assert real_extent(torch.tensor([[0, 0, 0, 0, 1, 1, 0]]), logits_to_keep=4) == (3, 6)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, None])
+def test_trimmed_forward_equals_trls_padded_forward(trainer, chunk):
+    batch = padded_batch(rows=7, seed=chunk or 0)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    args = (trainer.model, ids, mask, COMPLETION_WIDTH, chunk, True, False)
+    with torch.no_grad():
+        trimmed = trainer._get_per_token_logps_and_entropies(*args)
+        padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)
+    real = batch["completion_mask"].bool()
+    torch.testing.assert_close(trimmed[0][real], padded[0][real], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(trimmed[1][real], padded[1][real], rtol=1e-6, atol=1e-6)
+    assert torch.all(trimmed[0][~real] == 0)  # padding positions are padded back with zeros
+
+
+def test_trimmed_loss_and_gradients_equal_the_padded_path(trainer):
+    torch.manual_seed(0)
+    batch = padded_batch(rows=6, seed=5)
+    real = batch["completion_mask"].float()
+    inputs = batch | {
+        "advantages": torch.randn(6),
+        "old_per_token_logps": -torch.rand(6, COMPLETION_WIDTH) * 8,
+        "num_items_in_batch": real.sum(),
+    }
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    results = {}
+    for remove_padding in (True, False):
+        trainer.args.remove_padding = remove_padding
+        trainer.model.zero_grad()
+        loss = trainer.compute_loss(trainer.model, inputs)
+        loss.backward()
+        results[remove_padding] = (loss.detach(), [p.grad.clone() for p in trainer.model.parameters()])
+    trainer.args.remove_padding = True
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-6, atol=1e-6)
+    for trimmed, padded in zip(results[True][1], results[False][1], strict=True):
+        torch.testing.assert_close(trimmed, padded, rtol=1e-5, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in results[True][1])
+
+
+def test_group_by_length_keeps_each_updates_completions_and_sorts_them():
+    torch.manual_seed(0)
+    rows, per_update, updates = 3, 2, 2
+    batch = padded_batch(rows=rows * per_update * updates, seed=7)
+    total = rows * per_update * updates
+    batch |= {"row_id": torch.arange(total), "advantages": torch.randn(total), "old_per_token_logps": None,
+              "num_items_in_batch": batch["completion_mask"].sum()}
+    micro = [{k: (v[i : i + rows] if isinstance(v, torch.Tensor) and v.dim() else v) for k, v in batch.items()}
+             for i in range(0, total, rows)]
+    grouped = group_by_length(micro, per_update)
+    assert len(grouped) == len(micro)
+    for u in range(updates):
+        before = torch.cat([mb["row_id"] for mb in micro[u * per_update : (u + 1) * per_update]])
+        after = [mb["row_id"] for mb in grouped[u * per_update : (u + 1) * per_update]]
+        assert sorted(torch.cat(after).tolist()) == sorted(before.tolist())  # the same completions per update
+        lengths = torch.cat([mb["completion_mask"].sum(1) for mb in grouped[u * per_update : (u + 1) * per_update]])
+        assert torch.all(lengths[1:] >= lengths[:-1])  # similar lengths share a micro-batch
+    for mb in grouped:  # every field moved with its row
+        assert torch.equal(mb["advantages"], batch["advantages"][mb["row_id"]])
+        assert torch.equal(mb["completion_ids"], batch["completion_ids"][mb["row_id"]])
+        assert mb["num_items_in_batch"] is batch["num_items_in_batch"] and mb["old_per_token_logps"] is None
+    assert group_by_length(micro[:1], per_update) == micro[:1]
+
+
+def test_training_with_and_without_padding_removal_ends_at_the_same_weights(tmp_path, tiny_model_path,
+                                                                            tiny_config):
+    """Real steps, micro-batches of 2 (so grouping regroups): the same updates, up to float summation order."""
+    final = {}
+    for remove_padding in (True, False):
+        args = tiny_config(tmp_path / str(remove_padding), per_device_train_batch_size=2, max_steps=4,
+                           learning_rate=1e-3, remove_padding=remove_padding)
+        trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict", "test_length_parity"],
+                                args=args, train_dataset=load_training_data("synthetic", synthetic_size=8))
+        trainer.train()
+        final[remove_padding] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    for key, value in final[True].items():
+        torch.testing.assert_close(value, final[False][key], rtol=1e-4, atol=1e-5)
