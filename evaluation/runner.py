@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from trl_justrl.shared.benchmarks import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
-from trl_justrl.shared.grading import grade_answer
+from trl_justrl.shared.grading import grade_many
 from trl_justrl.shared.sampling import Backend, Sample, SamplingSettings
 
 from .stats import BenchmarkStats, compute_stats
@@ -68,8 +68,9 @@ def _check_meta(path: Path, meta: dict) -> None:
 
 def _grade(problems: list[Problem], samples: dict[str, list[Sample]], verifier: str) -> dict:
     """Rule-based grades for every sample, plus CompassVerifier verdicts on the rejected ones when asked."""
-    rule = {p.problem_id: [grade_answer(s.response, p.ground_truth) for s in samples[p.problem_id]]
-            for p in tqdm(problems, desc="Grading", leave=False)}
+    items = [(s.response, p.ground_truth, p.problem) for p in problems for s in samples[p.problem_id]]
+    grades = iter(grade_many(items))  # on all cores; each item keeps its time limit
+    rule = {p.problem_id: [next(grades) for _ in samples[p.problem_id]] for p in problems}
     compass: dict[str, dict[int, str]] = {}
     if verifier == "compass":
         from .compass import CompassVerifier

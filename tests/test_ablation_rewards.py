@@ -4,7 +4,6 @@ config fields, their resolution through the trainer, and the two ablation recipe
 from __future__ import annotations
 
 import faulthandler
-import logging
 import math
 import threading
 import time
@@ -210,7 +209,7 @@ def test_robust_verifier_time_limit_on_a_pathological_answer():
 def test_symbolic_rewards_call_the_shared_grader_with_the_configured_limit(tmp_path, monkeypatch):
     seen = []
 
-    def spy(response, ground_truth, *, timeout_s):
+    def spy(response, ground_truth, *, problem=None, timeout_s):
         seen.append((response, ground_truth, timeout_s))
         return True
 
@@ -223,22 +222,21 @@ def test_symbolic_rewards_call_the_shared_grader_with_the_configured_limit(tmp_p
     assert seen == [("r1", "a", 3), ("r2", "b", 3)]
 
 
-def test_robust_verifier_off_the_main_thread_falls_back_to_exact_matching_and_warns(monkeypatch, caplog):
-    monkeypatch.setattr(rewards_module, "_THREAD_WARNING_SHOWN", False)
+def test_robust_verifier_grades_symbolically_off_the_main_thread():
+    """TRL runs async reward functions off the main thread: the grading (and its time limit) must hold there too."""
     reward = RobustMathVerifier(timeout_s=5)
     results = {}
 
     def run():
         results["symbolic"] = reward([SOLUTION], answer=["0.5"])
         results["exact"] = reward(["\\boxed{\\dfrac{1}{2}}"], answer=["\\frac{1}{2}"])
+        results["wrong"] = reward([SOLUTION], answer=["0.6"])
 
-    with caplog.at_level(logging.WARNING, logger="trl_justrl.rewards"):
-        thread = threading.Thread(target=run)
-        thread.start()
-        thread.join(60)
-    assert results == {"symbolic": [-1.0], "exact": [1.0]}
-    assert "off the main thread" in caplog.text
-    assert reward([SOLUTION], answer=["0.5"]) == [1.0]  # the trainer calls it in the main thread
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert results == {"symbolic": [1.0], "exact": [1.0], "wrong": [-1.0]}
+    assert reward([SOLUTION], answer=["0.5"]) == [1.0]  # and in the main thread
 
 
 # ---- Open-RS format and cosine rewards --------------------------------------------------------------------------

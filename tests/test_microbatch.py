@@ -125,3 +125,27 @@ def test_training_with_and_without_padding_removal_ends_at_the_same_weights(tmp_
         final[remove_padding] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     for key, value in final[True].items():
         torch.testing.assert_close(value, final[False][key], rtol=1e-4, atol=1e-5)
+
+
+def test_old_log_probs_are_computed_for_every_update_but_the_first(tmp_path, tiny_model_path, tiny_config,
+                                                                   monkeypatch):
+    """TRL's old-log-prob pass runs per micro-batch after they are formed, skipping the first update (on-policy)."""
+    forwards, seen = [], []
+    original_forward, original_loss = JustRLTrainer._old_logps_forward, GRPOTrainer.compute_loss
+
+    def count_forward(self, batch):
+        forwards.append(batch["completion_ids"].size(0))
+        return original_forward(self, batch)
+
+    def record_loss(self, model, inputs, *args, **kwargs):
+        seen.append(inputs.get("old_per_token_logps") is not None)
+        return original_loss(self, model, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(JustRLTrainer, "_old_logps_forward", count_forward)
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", record_loss)
+    args = tiny_config(tmp_path, per_device_train_batch_size=2)  # 2 updates of 2 micro-batches per generation
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=8))
+    trainer.train()
+    assert forwards == [2, 2, 2, 2]  # per generation batch: the second update's 2 micro-batches, 2 batches
+    assert seen == [False, False, True, True] * 2

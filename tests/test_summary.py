@@ -34,3 +34,33 @@ def test_summary_says_when_reward_fell_or_is_missing(tmp_path):
     assert "rose: n/a" in format_summary(summarize_run(tmp_path))
     with pytest.raises(FileNotFoundError, match="trainer_state.json"):
         summarize_run(tmp_path / "missing")
+
+
+def test_summary_reports_the_share_of_groups_with_mixed_outcomes(tmp_path):
+    history = [{"reward": -0.5, "frac_reward_zero_std": 0.25}, {"reward": 0.1, "frac_reward_zero_std": 0.5}]
+    write_state(tmp_path, history)
+    text = format_summary(summarize_run(tmp_path))
+    assert "groups, mixed outcomes first 0.75  ->  last 0.50" in text
+
+
+def test_compact_console_prints_one_line_per_logged_step():
+    import io
+
+    from transformers import TrainerControl, TrainerState
+
+    from trl_justrl.reporting.console import CompactConsole
+
+    out = io.StringIO()
+    console = CompactConsole(stream=out)
+    state = TrainerState(global_step=8, max_steps=24)
+    logs = {"reward": -0.25, "accuracy": 0.375, "frac_reward_zero_std": 0.25, "entropy": 0.8741,
+            "completions/mean_length": 21.5, "budget/rl_step": 2.0, "loss": 0.1, "clip_ratio/low_mean": 0.0}
+    console.on_log(None, state, TrainerControl(), logs=logs)
+    console.on_log(None, state, TrainerControl(), logs={"train_runtime": 61.2})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("step 8/24 (JustRL 2/6)  reward -0.250  acc 0.375  mixed groups 0.75  entropy 0.874")
+    assert "len 21.5" in lines[0] and "clip_ratio" not in lines[0] and "{" not in lines[0]
+    assert lines[1] == "training done: 61 s, 8 optimizer steps"
+    console.on_log(None, TrainerState(global_step=8, max_steps=24, is_world_process_zero=False),
+                   TrainerControl(), logs=logs)
+    assert len(out.getvalue().splitlines()) == 2  # only the main process prints

@@ -234,18 +234,30 @@ def filter_long_prompts(
 # ---- The built-in demo data ----------------------------------------------------------------------------------
 
 
-def synthetic_arithmetic(size: int = 256, *, seed: int = 0, max_operand: int = 9) -> Dataset:
-    """Seeded single-digit addition problems with integer answers, in the verl layout, for the CPU demo.
+# Operand ranges of the built-in data's difficulty tiers: one-digit sums (mostly right for a 135M model shown one
+# worked example), a two-digit and a one-digit number (sometimes right), two two-digit numbers (rarely right). Mixed,
+# they keep groups with both right and wrong answers while the policy improves: the learning signal lasts.
+SYNTHETIC_TIERS = ((9, 9), (99, 9), (99, 99))
 
-    Each prompt carries one worked example as a previous chat turn (answer in `\\boxed{}`): a 135M-parameter model
-    then boxes its answer often enough, and is right often enough, that rewards vary within groups from step one.
+
+def synthetic_arithmetic(
+    size: int = 256, *, seed: int = 0, tiers: tuple[tuple[int, int], ...] = SYNTHETIC_TIERS
+) -> Dataset:
+    """Seeded addition problems of mixed difficulty with integer answers, in the verl layout, for the CPU demo.
+
+    Row i comes from tier i mod len(tiers) (its two operands' maxima, from 1). Each prompt carries one worked example
+    of its own tier as a previous chat turn (answer in `\\boxed{}`), so a 135M-parameter model boxes its answer often
+    enough for the strict reward to see it. `tiers=((9, 9),)` gives single-digit sums only.
     """
     if size < 1:
         raise DataError(f"synthetic: size must be positive, got {size}.")
+    if not tiers or any(len(t) != 2 or min(t) < 1 for t in tiers):
+        raise DataError(f"synthetic: tiers must be (max_a, max_b) pairs of positive integers, got {tiers!r}.")
     rng = random.Random(seed)
     rows = []
-    for _ in range(size):
-        a, b, x, y = (rng.randint(1, max_operand) for _ in range(4))
+    for index in range(size):
+        max_a, max_b = tiers[index % len(tiers)]
+        x, y, a, b = rng.randint(1, max_a), rng.randint(1, max_b), rng.randint(1, max_a), rng.randint(1, max_b)
         example = [
             {"role": "user", "content": with_suffix(f"What is {x} + {y}?")},
             {"role": "assistant", "content": f"{x} + {y} = {x + y}. The answer is \\boxed{{{x + y}}}."},

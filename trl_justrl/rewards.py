@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import operator
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -340,19 +339,22 @@ def _overlong_from_config(args: Any, processing_class: Any = None) -> DapoOverlo
     return DapoOverlongPenalty(max_length, buffer, _setting(args, "overlong_penalty_factor"), processing_class)
 
 
-_THREAD_WARNING_SHOWN = False
+def prompt_text(prompt: Any) -> str | None:
+    """The last user turn of a TRL prompt (text or chat messages): the problem, for the grader's list policy."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list):
+        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        return users[-1] if users and isinstance(users[-1], str) else None
+    return None
 
 
-def _grade(texts: Sequence[str], truths: Sequence[str], timeout_s: int) -> list[bool]:
-    """The shared grader (trl_justrl.shared.grading.grade_answer) on each response: the evaluation's code too."""
-    global _THREAD_WARNING_SHOWN
-    if threading.current_thread() is not threading.main_thread() and not _THREAD_WARNING_SHOWN:
-        logger.warning(
-            "A symbolic-grading reward runs off the main thread: math-verify's time limit (SIGALRM) only works in the "
-            "main thread, so grade_answer falls back to exact matching of the normalised answers here."
-        )
-        _THREAD_WARNING_SHOWN = True
-    return [grade_answer(t, gt, timeout_s=timeout_s) for t, gt in zip(texts, truths, strict=True)]
+def _grade(texts: Sequence[str], truths: Sequence[str], timeout_s: int, prompts: Sequence[Any] | None) -> list[bool]:
+    """The shared grader (trl_justrl.shared.grading.grade_answer) on each response: the evaluation's code too. Its
+    time limit holds in any thread (TRL runs async reward functions elsewhere)."""
+    problems = [prompt_text(p) for p in prompts] if prompts is not None else [None] * len(texts)
+    triples = zip(texts, truths, problems, strict=True)
+    return [grade_answer(text, truth, problem=problem, timeout_s=timeout_s) for text, truth, problem in triples]
 
 
 def _timeout_from_config(args: Any, field_name: str = "robust_verifier_timeout_s") -> int:
@@ -364,9 +366,10 @@ class RobustMathVerifier:
     """TRL reward: +1.0 / -1.0 from the evaluation's rule-based grader instead of strict DAPO matching.
 
     `trl_justrl.shared.grading.grade_answer`: the last `\\boxed{}` anywhere in the response, a light normalisation, then
-    symbolic equivalence with math-verify (e.g. `\\frac{1}{2}` = `0.5`, `2\\sqrt{2}` = `\\sqrt{8}`); each math-verify
-    parse and comparison is limited to `timeout_s` seconds (SIGALRM, so in the main thread: TRL calls synchronous
-    reward functions there). Logs `accuracy` and the extracted predictions, as dapo_strict does: use one of the two.
+    symbolic equivalence with math-verify (e.g. `\\frac{1}{2}` = `0.5`, `2\\sqrt{2}` = `\\sqrt{8}`), with the grader's
+    policy on lists, order, bases, units and tolerance (the prompt decides whether a list may come in any order); each
+    parse and comparison is limited to `timeout_s` seconds, in any thread. Logs `accuracy` and the extracted
+    predictions, as dapo_strict does: use one of the two.
     """
 
     def __init__(self, timeout_s: int):
@@ -376,7 +379,7 @@ class RobustMathVerifier:
     def __call__(self, completions: list[Any], log_metric=None, log_extra=None, **columns: Any) -> list[float]:
         truths = ground_truths(columns, len(completions))
         texts = [completion_text(c) for c in completions]
-        correct = _grade(texts, truths, self.timeout_s)
+        correct = _grade(texts, truths, self.timeout_s, columns.get("prompts"))
         if log_metric is not None and correct:
             log_metric("accuracy", sum(correct) / len(correct))
         if log_extra is not None:
@@ -463,7 +466,7 @@ class CosineScaledAccuracy:
     def __call__(self, completions: list[Any], completion_ids=None, log_metric=None, **columns: Any) -> list[float]:
         truths = ground_truths(columns, len(completions))
         lengths = completion_lengths(completions, completion_ids, self.processing_class)
-        correct = _grade([completion_text(c) for c in completions], truths, self.timeout_s)
+        correct = _grade([completion_text(c) for c in completions], truths, self.timeout_s, columns.get("prompts"))
         if log_metric is not None and correct:
             log_metric("cosine/accuracy", sum(correct) / len(correct))
         pairs = zip(correct, lengths, strict=True)

@@ -17,6 +17,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from .config import JustRLConfig
 from .data import DEFAULT_DATASET, load_training_data
+from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
 from .shared.sampling import SamplingSettings
 from .shared.validation import ValidationCallback
@@ -60,6 +61,12 @@ class JustRLScriptArguments(ScriptArguments):
     )
     validation_on_start: bool = field(default=True, metadata={"help": "Validate before the first step too."})
     print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
+    console_log: str = field(
+        default="compact",
+        metadata={"help": "compact: one line per logged step (step, reward, accuracy, mixed groups, entropy, length, "
+                  "seconds); trl: TRL's progress bar and raw metric dicts. The full metrics go to trainer_state.json "
+                  "and report_to either way.", "choices": ["compact", "trl"]},
+    )
 
 
 def make_parser() -> TrlParser:
@@ -99,6 +106,8 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
         peft_config=get_peft_config(model_args),
     )
     trainer.training_data_name = script_args.dataset_name
+    if script_args.console_log == "compact":
+        install_compact_console(trainer)
     if script_args.validation_benchmarks:
         trainer.add_callback(make_validation_callback(trainer, script_args))
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))

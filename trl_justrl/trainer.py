@@ -19,12 +19,13 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, JustRLConfig
 from .data import PromptLengthFilter
 from .loss import dual_clip_mask
-from .microbatch import forward_trimmed, group_by_length
+from .microbatch import fill_old_logps, forward_trimmed, group_by_length
 from .models import resolve_model
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
@@ -69,6 +70,8 @@ class JustRLTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo", "justrl"]
     _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
     _policy_logps: torch.Tensor | None = None
+    _defer_old_logps = False  # set around TRL's generation: its old-log-prob pass is deferred to _prepare_inputs
+    _old_logps_deferred = False
 
     def __init__(
         self,
@@ -162,13 +165,17 @@ class JustRLTrainer(GRPOTrainer):
     ):
         """TRL's forward, each chunk over its real extent only (`remove_padding`, microbatch.py); inside
         `compute_loss` the log-probs are kept (detached) for the dual-clip metric."""
+        if self._defer_old_logps and model is self.model and not torch.is_grad_enabled():
+            self._defer_old_logps, self._old_logps_deferred = False, True  # TRL's old-log-prob pass: done later
+            return None, None, None
         forward = super()._get_per_token_logps_and_entropies
+        # Image inputs are indexed by row and image, not by column: TRL's own (padded) path for them.
         if self.args.remove_padding and all(value is None for value in multimodal.values()):
             logps, entropies, aux_loss = forward_trimmed(
                 forward, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
                 compute_aux_loss,
             )
-        else:  # image inputs are indexed by row and image, not by column: TRL's own path
+        else:
             logps, entropies, aux_loss = forward(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
                 **multimodal,
@@ -178,14 +185,41 @@ class JustRLTrainer(GRPOTrainer):
         return logps, entropies, aux_loss
 
     def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
-        """TRL's buffering of a generation batch into micro-batches; with `remove_padding`, each update's
-        completions are then regrouped by length (the same completions per update; microbatch.group_by_length)."""
+        """TRL's buffering of a generation batch into micro-batches. With `remove_padding`, each update's completions
+        are then regrouped by length (the same completions per update; microbatch.group_by_length), and the old
+        log-probs are computed for the updates after the first only (the first update is on-policy)."""
         buffered = self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
-        if self.model.training and self.args.remove_padding and self._buffered_inputs is not buffered:
-            self._buffered_inputs = group_by_length(self._buffered_inputs, self.args.gradient_accumulation_steps)
+        if self.model.training and self._buffered_inputs is not buffered:  # a new generation batch
+            if self.args.remove_padding:
+                self._buffered_inputs = group_by_length(self._buffered_inputs, self.args.gradient_accumulation_steps)
+            if self._old_logps_deferred:
+                self._old_logps_deferred = False
+                checkpointing_off = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
+                with torch.no_grad(), checkpointing_off:
+                    fill_old_logps(self._buffered_inputs, self.args.gradient_accumulation_steps,
+                                   self._old_logps_forward)
             inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
         return inputs
+
+    def _old_logps_forward(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The sampling policy's per-token log-probs of one micro-batch (TRL's old-log-prob pass, per micro-batch)."""
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            self.model, ids, mask, batch["completion_ids"].size(1), self.args.per_device_train_batch_size
+        )
+        return logps
+
+    def _can_defer_old_logps(self) -> bool:
+        """Whether TRL's old-log-prob pass may wait until the micro-batches are formed (skipping the first update's
+        rows, which are on-policy): one PPO epoch, text only, no vLLM correction or off-policy mask reading it."""
+        return (
+            self.args.remove_padding and self.model.training and self.num_iterations == 1
+            and self.args.gradient_accumulation_steps < self.args.steps_per_generation
+            and not (self.use_vllm and self.vllm_importance_sampling_correction)
+            and self.off_policy_mask_threshold is None and not self._is_vlm
+        )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """TRL's loss, unchanged; then logs `clip_ratio/dual_mean`, the fraction of tokens held at the dual clip."""
@@ -221,7 +255,11 @@ class JustRLTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         """TRL's generation and scoring, once per generation batch; training batches are counted into the budget."""
         seen = self.state.num_input_tokens_seen
-        output = super()._generate_and_score_completions(inputs)
+        self._defer_old_logps = self._can_defer_old_logps()
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._defer_old_logps = False
         budget = self.token_budget
         if self.model.training and budget is not None:
             # TRL adds prompt + model-generated completion tokens of all processes to num_input_tokens_seen; the

@@ -8,15 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
-from .health import ENTROPY, LENGTH, REWARD
+from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD
 from .health import HISTORY_PREFIX as HEALTH_PREFIX
 from .history import load_trainer_state
 from .plot import plot_dynamics
 
 logger = logging.getLogger(__name__)
 
-
-ACCURACY = "accuracy"  # logged by the dapo_strict reward
 
 
 @dataclass
@@ -53,7 +51,7 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     state = load_trainer_state(output_dir)
     history = state.get("log_history", [])
     rollouts = [h for h in history if REWARD in h]  # one entry per logged generation
-    keys = (REWARD, ACCURACY, ENTROPY, LENGTH)
+    keys = (REWARD, ACCURACY, ENTROPY, LENGTH, FRAC_ZERO_STD)
     first = {k: rollouts[0].get(k) for k in keys} if rollouts else dict.fromkeys(keys)
     last = {k: rollouts[-1].get(k) for k in keys} if rollouts else dict.fromkeys(keys)
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
@@ -91,6 +89,11 @@ def _tokens(value: int | None) -> str:
     return "n/a" if value is None else f"{int(value):,}"
 
 
+def _mixed(values: dict[str, float | None]) -> float | None:
+    zero_std = values.get(FRAC_ZERO_STD)
+    return None if zero_std is None else 1.0 - zero_std
+
+
 def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str:
     """A short human-readable report."""
     rose = {True: "yes", False: "no", None: "n/a"}[summary.reward_rose]
@@ -103,6 +106,8 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
         f"   (rose: {rose})",
         f"  accuracy               first {_fmt(summary.first[ACCURACY], '.3f')}  ->  last "
         f"{_fmt(summary.last[ACCURACY], '.3f')}",
+        f"  groups, mixed outcomes first {_fmt(_mixed(summary.first), '.2f')}  ->  last "
+        f"{_fmt(_mixed(summary.last), '.2f')}   (share of groups whose rewards differ: the learning signal)",
         f"  entropy                first {_fmt(summary.first[ENTROPY], '.3f')}  ->  last "
         f"{_fmt(summary.last[ENTROPY], '.3f')}   (mean {_fmt(summary.mean_entropy, '.3f')})",
         f"  completion length      first {_fmt(summary.first[LENGTH], '.1f')}  ->  last "

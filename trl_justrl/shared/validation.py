@@ -55,7 +55,7 @@ class ValidationCallback(TrainerCallback):
                 shard = problems[accelerator.process_index :: accelerator.num_processes]
                 groups = backend.generate(shard, self.n, self.settings) if shard else []
                 rates = [
-                    sum(grade_answer(s.response, p.ground_truth) for s in group) / len(group)
+                    sum(grade_answer(s.response, p.ground_truth, problem=p.problem) for s in group) / len(group)
                     for p, group in zip(shard, groups, strict=True)
                 ]
                 everyone = gather_object(rates)
