@@ -55,11 +55,12 @@ def test_verl_layout_from_parquet(tmp_path):
     ds = load_training_data(str(path))
     assert ds.column_names == ["prompt", "ground_truth"]
     assert ds["ground_truth"] == ["5", "7"]
-    # DAPO's "Answer:" wrapper is removed; the recipe suffix follows a blank line
-    assert ds[0]["prompt"] == [{"role": "user", "content": "What is 2+3?\n\n" + SUFFIX}]
-    assert ds[1]["prompt"][0]["content"] == "Find x if 2x = 14.\n\n" + SUFFIX
-    kept = load_training_data(str(path), strip_dapo=False)
-    assert kept[0]["prompt"][0]["content"].startswith("Solve the following math problem")
+    # DAPO's "Answer:" wrapper is kept by default, as the released script ran; the suffix follows a blank line
+    assert ds[0]["prompt"][0]["content"].startswith("Solve the following math problem")
+    assert ds[0]["prompt"][0]["content"].endswith('after "Answer:".\n\n' + SUFFIX)
+    stripped = load_training_data(str(path), strip_dapo=True)
+    assert stripped[0]["prompt"] == [{"role": "user", "content": "What is 2+3?\n\n" + SUFFIX}]
+    assert stripped[1]["prompt"][0]["content"] == "Find x if 2x = 14.\n\n" + SUFFIX
 
 
 def test_plain_layout_from_jsonl_and_json(tmp_path):
@@ -190,3 +191,23 @@ def test_released_benchmark_files_load_in_either_layout(name):
     for row in ds:
         assert row["prompt"][-1]["content"].endswith("\n\n" + SUFFIX)
         assert row["ground_truth"] and not row["ground_truth"].startswith("\\boxed{")
+
+
+def test_the_training_user_turn_is_dapo_math_17k_as_shipped_plus_the_suffix(tmp_path, tokenizer):
+    """RECIPE.md, "Prompt": the released script appends the suffix to the shipped text, wrapper and all."""
+    shipped = (
+        "Solve the following math problem step by step. The last line of your response should be of the form "
+        "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+        "Let $x$ be a real number with $x^2 = 49$ and $x > 0$. Find $x$.\n\n"
+        'Remember to put your answer on its own line after "Answer:".'
+    )
+    row = {"data_source": "math_dapo", "prompt": [{"role": "user", "content": shipped}], "ability": "MATH",
+           "reward_model": {"ground_truth": "7", "style": "rule-lighteval/MATH_v2"},
+           "extra_info": {"index": "9a9b6eb4-a1cb-49d1-8c1e-62eaf2f74079"}}
+    path = tmp_path / "dapo-math-17k.parquet"
+    pd.DataFrame([row]).to_parquet(path)
+    (turn,) = load_training_data(str(path))["prompt"]
+    expected = shipped + "\n\nPlease reason step by step, and put your final answer within \\boxed{}."
+    assert turn == [{"role": "user", "content": expected}]
+    rendered = tokenizer.apply_chat_template(turn, add_generation_prompt=True, tokenize=False)
+    assert ("<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n") in rendered

@@ -8,6 +8,7 @@ comes out as `prompt` (chat messages whose last user turn ends with the suffix) 
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -25,8 +26,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_DATASET = "BytedTsinghua-SIA/DAPO-Math-17k"  # RECIPE: training data
 SYNTHETIC = "synthetic"
 
-# DAPO-Math-17k wraps each problem in an "Answer:"-style instruction; the recipe's user turn is the bare problem
-# followed by PROMPT_SUFFIX, so the wrapper is removed when present.
+# DAPO-Math-17k wraps each problem in an "Answer:"-style instruction. RECIPE: the released script keeps it and appends
+# the suffix after a blank line (the default here); `strip_dapo=True` removes it, a documented deviation.
 DAPO_INSTRUCTION_PREFIX = (
     "Solve the following math problem step by step. The last line of your response should be of the form "
     "Answer: $Answer (without quotes) where $Answer is the answer to the problem.\n\n"
@@ -54,7 +55,7 @@ def _is_messages(value: Any) -> bool:
     )
 
 
-def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = True) -> dict[str, Any]:
+def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = False) -> dict[str, Any]:
     """One row in either layout -> {"prompt": messages, "ground_truth": str}; `where` names the row in errors."""
     if "prompt" in row and row["prompt"] is not None:
         field, prompt = "prompt", row["prompt"]
@@ -113,7 +114,7 @@ def load_training_data(
     source: str = DEFAULT_DATASET,
     *,
     split: str = "train",
-    strip_dapo: bool = True,
+    strip_dapo: bool = False,
     synthetic_size: int = 256,
     seed: int = 0,
 ) -> Dataset:
@@ -167,9 +168,21 @@ class PromptLengthFilter:
         self.batch_size = batch_size
         self.dropped = 0
         self._warned_multimodal = False
+        self._measured: dict[str, int | None] = {}  # prompt -> length: DAPO-Math-17k stores each problem ~100 times
 
     def lengths(self, prompts: list[Any]) -> list[int | None]:
-        """Token count of each prompt as TRL renders it; None for a multimodal conversation (not measured)."""
+        """Token count of each prompt as TRL renders it; None for a multimodal conversation (not measured). Each
+        distinct prompt is measured once (the rows the model sees do not change)."""
+        keys = [p if isinstance(p, str) else json.dumps(p, sort_keys=True, default=str) for p in prompts]
+        todo: dict[str, Any] = {}
+        for key, prompt in zip(keys, prompts, strict=True):
+            if key not in self._measured and key not in todo:
+                todo[key] = prompt
+        if todo:
+            self._measured.update(zip(todo, self._measure(list(todo.values())), strict=True))
+        return [self._measured[key] for key in keys]
+
+    def _measure(self, prompts: list[Any]) -> list[int | None]:
         lengths: list[int | None] = [None] * len(prompts)
         texts = [(i, p) for i, p in enumerate(prompts) if isinstance(p, str)]
         chats = [(i, p) for i, p in enumerate(prompts) if not isinstance(p, str) and _is_text_chat(p)]

@@ -43,8 +43,9 @@ class JustRLScriptArguments(ScriptArguments):
         metadata={"help": "Registered reward function names (trl_justrl.rewards)."},
     )
     strip_dapo_instruction: bool = field(
-        default=True,
-        metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction so the user turn is problem + suffix."},
+        default=False,  # RECIPE: the released script appends the suffix to DAPO-Math-17k's text as shipped
+        metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction wrapper, so the user turn is the bare problem "
+                  "+ suffix (a deviation: the released script kept the wrapper)."},
     )
     synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
     validation_benchmarks: list[str] = field(
