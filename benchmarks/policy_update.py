@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cuda":
         for result in results.values():
             result["mfu"] = model_flops_per_token(preset) * result["real_tokens_per_s"] / 989e12  # H100 bf16 dense
-    print(json.dumps({k: v for k, v in report.items()}, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -9,9 +9,9 @@ What counts as the same answer (the policy; README, "Evaluate like the paper"):
 - **Extraction**: the content of the response's last `\\boxed{...}` (also `\\boxed {...}` and `\\fbox{...}`), braces
   matched by counting. No box: wrong.
 - **Notation only**: spaces, `$`, `\\left` / `\\right`, `\\dfrac` / `\\tfrac`, LaTeX spacing (`\\!`, `\\,`, `\\;`),
-  `\\text {x}` = `\\text{x}`, `x^6` = `x^{6}`, thousands separators (`10,\\!080`, `10,080`), a trailing dot
-  (`-3./2`), `5 \\cdot i` = `5i`, e-notation (`4.5e33` = `4.5 \\times 10^{33}`) and mixed numbers (`137 \\frac{1}{2}`,
-  `137 1/2`) do not matter.
+  `\\text {x}` = `\\text{x}`, `x^6` = `x^{6}`, `a_1` = `a_{1}`, thousands separators (`10,\\!080`, `10,080`), a
+  trailing dot (`-3./2`), `5 \\cdot i` = `5i`, e-notation (`4.5e33` = `4.5 \\times 10^{33}`) and mixed numbers
+  (`137 \\frac{1}{2}`, `137 1/2`) do not matter.
 - **Several values** (a comma-separated list, a tuple, a set): the same number of values, each equal. In order, unless
   the gold is a set (`\\{...\\}`) or the problem asks for all of something ("find all", "all possible", "enter all"):
   then in any order, but with multiplicity (`-2` is not `-2,-2`). A tuple written as a set, or a set as a tuple, is
@@ -49,13 +49,14 @@ from .answers import unbox_ground_truth
 DEFAULT_TIMEOUT_S = 5  # per parse and per comparison
 RELATIVE_TOLERANCE = 1e-6  # project's choice: decimals agree to 6 significant digits
 MAX_UNORDERED_ITEMS = 8  # any-order lists longer than this are matched greedily rather than by every permutation
+MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: spawning workers (~3 s of imports each) would cost more
 MAX_NESTING = 12  # answers nested deeper (brackets within brackets) are compared as text only
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _SPACES = re.compile(r"\s+")
 _TEXT_COMMANDS = re.compile(r"\\(text|mbox|mathrm|textbf|textrm|operatorname)\s*\{")
 _WHOLE_TEXT = re.compile(r"^\\(?:text|mbox|mathrm|textrm)\{\s*([^{}]*?)\s*\}$")
-_SINGLE_EXPONENT = re.compile(r"\^(\w)")
+_SINGLE_SCRIPT = re.compile(r"([\^_])(\w)")  # x^6 -> x^{6}, a_1 -> a_{1}
 _THOUSANDS_LATEX = re.compile(r"(\d),\\!(?=\d{3})")
 _THOUSANDS_PLAIN = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _TRAILING_DOT = re.compile(r"(\d)\.(?!\d)")
@@ -111,7 +112,7 @@ def normalize_answer(answer: str) -> str:
         answer = answer.replace(",", "")
     answer = _TRAILING_DOT.sub(r"\1", answer)
     answer = _CDOT_I.sub("i", answer)
-    answer = _SINGLE_EXPONENT.sub(r"^{\1}", answer)
+    answer = _SINGLE_SCRIPT.sub(r"\1{\2}", answer)
     if match := _E_NOTATION.match(answer):
         answer = f"{match.group(1)}\\times10^{{{int(match.group(2))}}}"
     for pattern in (_MIXED_FRAC, _MIXED_SLASH):
@@ -433,7 +434,7 @@ def grade_many(
         (item[0], item[1], item[2] if len(item) > 2 else None, timeout_s) for item in items
     ]
     processes = processes or os.cpu_count() or 1
-    if processes == 1 or len(work) < 64:
+    if processes == 1 or len(work) < MIN_ITEMS_PER_POOL:
         return [_grade_item(item) for item in work]
     with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_grade_item, work, chunksize=max(1, len(work) // (processes * 8))))
