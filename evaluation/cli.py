@@ -1,4 +1,5 @@
-"""`python -m evaluation`: the paper's avg@N evaluation of a checkpoint on the nine benchmarks."""
+"""`python -m evaluation`: evaluate a checkpoint as a paper did (JustRL's avg@N on nine benchmarks by default;
+`--protocol open-rs` for Open-RS's pass@1 on five)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,29 @@ import sys
 from collections.abc import Sequence
 
 from trl_justrl.models import resolve_model
-from trl_justrl.shared.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
-from trl_justrl.shared.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, SamplingSettings
+from trl_justrl.shared.benchmarks import BenchmarkError, get_benchmark, load_problems
+from trl_justrl.shared.sampling import SamplingSettings
 
+from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .runner import EvalOptions, format_report, run_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__)
     p.add_argument("--model", required=True, help="Hub id, local checkpoint, or 'smollm2-135m-instruct'.")
-    p.add_argument("--benchmarks", nargs="+", default=list(BENCHMARKS), help="Default: all nine.")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                   help="justrl: nine benchmarks, avg@N (N 4 or 32), temperature 0.7, top-p 0.9, 31,744 tokens; "
+                   "open-rs: five benchmarks, pass@1 (1 sample), temperature 0.6, top-p 0.95, 32,768 tokens, "
+                   "its prompt. The flags below override the protocol's values.")
+    p.add_argument("--benchmarks", nargs="+", default=None, help="Default: the protocol's benchmarks.")
     p.add_argument("--data-dir", help="Folder laid out as <benchmark>/test.parquet; default: load from the Hub.")
-    p.add_argument("--n", type=int, help="Samples per problem for every benchmark (default: 4 or 32 as the paper).")
+    p.add_argument("--n", type=int, help="Samples per problem for every benchmark (default: the protocol's: JustRL "
+                   "4 or 32 per benchmark, Open-RS 1).")
     p.add_argument("--limit", type=int, help="Only the first K problems of each benchmark (smoke runs).")
     p.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE)
-    p.add_argument("--top-p", type=float, default=DEFAULT_TOP_P)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="Default: the protocol's.")
+    p.add_argument("--temperature", type=float, default=None, help="Default: the protocol's.")
+    p.add_argument("--top-p", type=float, default=None, help="Default: the protocol's.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verifier", choices=["none", "compass"], default="none",
                    help="compass: send rule-rejected responses to CompassVerifier-3B (vLLM).")
@@ -74,11 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
             return 2
-    settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_p, args.seed)
+    protocol = PROTOCOLS[args.protocol]
+
+    def chosen(value, default):
+        return default if value is None else value
+
+    settings = SamplingSettings(
+        chosen(args.max_new_tokens, protocol.max_new_tokens), chosen(args.temperature, protocol.temperature),
+        chosen(args.top_p, protocol.top_p), args.seed, protocol.prompt_style,
+    )
     opts = EvalOptions(
-        model=args.model, benchmarks=args.benchmarks, output_dir=args.output_dir, data_dir=args.data_dir,
-        n=args.n, limit=args.limit, settings=settings, verifier=args.verifier, batch_problems=args.batch_problems,
-        shard=shard,
+        model=args.model, benchmarks=args.benchmarks or list(protocol.benchmarks), output_dir=args.output_dir,
+        data_dir=args.data_dir, n=chosen(args.n, protocol.n), limit=args.limit, settings=settings,
+        verifier=args.verifier, batch_problems=args.batch_problems, shard=shard, table=protocol.table,
+        metric=protocol.metric,
     )
 
     def backend():

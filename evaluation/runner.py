@@ -15,7 +15,7 @@ from trl_justrl.shared.sampling import Backend, Sample, SamplingSettings
 
 from .stats import BenchmarkStats, compute_stats
 from .store import GenerationStore, read_json, write_json_atomic
-from .table import render_table
+from .table import JUSTRL_TABLE, ReferenceTable, render_table
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class EvalOptions:
     verifier: str = "none"  # or "compass"
     batch_problems: int = 64  # problems per backend call (vLLM batches them; transformers loops)
     shard: tuple[int, int] | None = None  # (rank, size): generate only problems rank, rank + size, ... (no grading)
+    table: ReferenceTable = JUSTRL_TABLE  # the paper whose reference rows are printed beside the results
+    metric: str = "avg@N"  # the table's metric name (Open-RS: pass@1, the mean over a problem's samples too)
 
 
 @dataclass
@@ -157,11 +159,13 @@ def run_evaluation(opts: EvalOptions, get_backend: Callable[[], Backend]) -> Eva
     if opts.shard is not None:
         return EvalReport(results, table="")
     note = f" (limit {opts.limit})" if opts.limit else ""
-    table = render_table(opts.model, {name: r.stats.avg_at_n for name, r in results.items()}, note=note)
+    table = render_table(opts.model, {name: r.stats.avg_at_n for name, r in results.items()}, note=note,
+                         table=opts.table)
+    table = f"{opts.table.title}; this run: {opts.metric}\n\n{table}"
     out = Path(opts.output_dir)
     (out / "results.md").write_text(table + "\n")
     write_json_atomic(out / "results.json", {
-        "model": opts.model, "settings": asdict(opts.settings), "verifier": opts.verifier,
+        "model": opts.model, "settings": asdict(opts.settings), "verifier": opts.verifier, "metric": opts.metric,
         "benchmarks": {name: r.stats.to_dict() for name, r in results.items()},
     })
     return EvalReport(results, table)

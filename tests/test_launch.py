@@ -65,7 +65,7 @@ def test_train_script_under_python(tmp_path, tiny_model_path):
     result = run([sys.executable, str(TRAIN), "--config", str(write_recipe(tmp_path, tiny_model_path))], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(tmp_path / "out", steps=4)
-    assert "JustRL run summary" in result.stdout and "mean reward" in result.stdout
+    assert "Run summary" in result.stdout and "mean reward" in result.stdout
 
 
 def test_command_line_overrides_the_recipe(tmp_path, tiny_model_path):
@@ -74,7 +74,7 @@ def test_command_line_overrides_the_recipe(tmp_path, tiny_model_path):
     result = run([sys.executable, str(TRAIN), *args, "--print_summary", "false"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     check_outputs(tmp_path / "other", steps=2)
-    assert "JustRL run summary" not in result.stdout
+    assert "Run summary" not in result.stdout
 
 
 def test_two_processes_under_torchrun(tmp_path, tiny_model_path):

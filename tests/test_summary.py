@@ -58,7 +58,9 @@ def test_compact_console_prints_one_line_per_logged_step():
     console.on_log(None, state, TrainerControl(), logs=logs)
     console.on_log(None, state, TrainerControl(), logs={"train_runtime": 61.2})
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("step 8/24 (JustRL 2/6)  reward -0.250  acc 0.375  mixed groups 0.75  entropy 0.874")
+    assert lines[0].startswith(
+        "step 8/24 (training step 2/6)  reward -0.250  acc 0.375  mixed groups 0.75  entropy 0.874"
+    )
     assert "len 21.5" in lines[0] and "clip_ratio" not in lines[0] and "{" not in lines[0]
     assert lines[1] == "training done: 61 s, 8 optimizer steps"
     console.on_log(None, TrainerState(global_step=8, max_steps=24, is_world_process_zero=False),

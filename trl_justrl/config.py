@@ -37,17 +37,19 @@ def _world_size_from_env() -> int:
 
 
 @dataclass
-class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
-    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps").
+class GRPORunConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
+    """TRL's `GRPOConfig` (its defaults, its objective) plus what this project adds around any GRPO run.
 
-    Its own fields: the paper's batch semantics and step-counted schedules, the prompt cap and the dual-clip constant.
-    It also carries the ablation rewards' settings (`rewards.RewardSettings`) and the health monitor's
-    (`reporting.health.HealthMonitorSettings`), defined next to the code that uses them.
+    `launch/train.py` uses it with `trainer: grpo` (TRL's objective, e.g. the Open-RS recipes). Its own fields: the
+    batch in prompts per step / per optimizer update (mapped onto TRL's batch fields for the real world size), the
+    step-counted warm-up and checkpoint interval, the prompt cap (prompts over it are dropped, never truncated), the
+    vLLM weight-sync limit; it carries the registered rewards' settings (`rewards.RewardSettings`) and the health
+    monitor's (`reporting.health.HealthMonitorSettings`), defined next to the code that uses them. Every new field
+    defaults to TRL's behaviour (off / unset).
     """
 
-    # ---- What GRPOConfig lacks -------------------------------------------------------------------------------
     prompts_per_step: int | None = field(
-        default=256,  # RECIPE: prompts per training step (train_batch_size) = 256
+        default=None,
         metadata={
             "help": "Prompts per training step (one generation batch). With prompts_per_update it sets TRL's "
             "per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation for the real world "
@@ -55,32 +57,149 @@ class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
         },
     )
     prompts_per_update: int | None = field(
-        default=64,  # RECIPE: prompts per optimizer update (ppo_mini_batch_size) = 64
+        default=None,
         metadata={"help": "Prompts per optimizer update (the PPO mini-batch); prompts_per_step must be a multiple."},
     )
-    max_prompt_length: int = field(
-        default=1024,  # RECIPE: max prompt length 1,024 tokens; longer prompts are dropped, never truncated
-        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data."},
-    )
-    clip_ratio_c: float = field(
-        default=10.0,  # RECIPE: dual-clip constant c = 10.0
-        metadata={
-            "help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c. Mapped onto "
-            "TRL's two-sided clip `delta` (the same objective); leave `delta` unset or equal to this."
-        },
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data "
+                  "(never truncated). Null: no cap."},
     )
     warmup_rl_steps: int | None = field(
-        default=10,  # RECIPE: the script adds a 10-step linear warm-up (verl steps its scheduler once per step)
+        default=None,
         metadata={
             "help": "Linear warm-up length in training steps (generation batches); mapped onto warmup_steps in "
             "optimizer updates. Null leaves warmup_steps as given."
         },
     )
     save_every_rl_steps: int | None = field(
-        default=50,  # RECIPE: checkpoint / validation frequency every 50 steps
+        default=None,
         metadata={
             "help": "Checkpoint and evaluation interval in training steps; mapped onto save_steps and eval_steps in "
             "optimizer updates. Null leaves save_steps / eval_steps as given."
+        },
+    )
+    vllm_weight_sync_timeout: float = field(
+        default=600.0,  # project's choice: a 1.5B bf16 sync takes seconds; ten minutes means the server is gone
+        metadata={
+            "help": "Seconds a weight sync to the vLLM server may take before the run stops with an error (server "
+            "mode). The wait for the server at start-up is TRL's vllm_server_timeout."
+        },
+    )
+
+    def __post_init__(self):
+        world_size = _world_size_from_env()
+        geometry = self._map_recipe_batch(world_size)
+        if geometry is None:
+            self._check_trl_batch(world_size)
+        super().__post_init__()
+        if geometry is not None and self.world_size != world_size:
+            raise BatchGeometryError(
+                f"The batch was mapped for WORLD_SIZE={world_size} training processes but the run has "
+                f"{self.world_size}. Launch with torchrun or accelerate launch so that WORLD_SIZE is set."
+            )
+        self.batch_geometry: BatchGeometry | None = geometry
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
+        HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
+        self.check_reward_settings()
+
+    @property
+    def prompt_and_completion_cap(self) -> int:
+        """The longest sequence a rollout can make (prompt cap + completion cap): what a vLLM server must hold."""
+        return (self.max_prompt_length or 0) + (self.max_completion_length or 0)
+
+    def _check_trl_batch(self, world_size: int) -> None:
+        """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
+        per_device = self.per_device_train_batch_size
+        if self.generation_batch_size is not None:
+            completions = self.generation_batch_size
+            how = f"generation_batch_size = {completions}"
+        else:
+            steps = self.steps_per_generation or self.gradient_accumulation_steps
+            completions = per_device * world_size * steps
+            how = (f"per_device_train_batch_size ({per_device}) x {world_size} process(es) x steps_per_generation "
+                   f"({steps}) = {completions} completions")
+        groups = self.num_generations
+        if groups and completions % groups:
+            raise BatchGeometryError(
+                f"The generation batch cannot hold whole groups of num_generations = {groups} completions: {how}, "
+                f"not a multiple of {groups}. Fix: set per_device_train_batch_size to a multiple of {groups} (TRL's "
+                f"own default is 8), or steps_per_generation / generation_batch_size so that the generation batch is "
+                f"a multiple of {groups}; or set prompts_per_step and prompts_per_update to map the paper's batch."
+            )
+
+    def _map_recipe_batch(self, world_size: int) -> BatchGeometry | None:
+        """Set TRL's batch fields and step-counted schedules from the recipe's semantics (None when opted out)."""
+        if self.prompts_per_step is None or self.prompts_per_update is None:
+            if self.prompts_per_step is not None or self.prompts_per_update is not None:
+                raise ValueError("Set both prompts_per_step and prompts_per_update, or neither (null).")
+            return None
+        if self.generation_batch_size is not None or self.steps_per_generation is not None:
+            raise ValueError(
+                "prompts_per_step / prompts_per_update set steps_per_generation for you; remove "
+                f"generation_batch_size={self.generation_batch_size} / steps_per_generation="
+                f"{self.steps_per_generation}, or set prompts_per_step and prompts_per_update to null."
+            )
+        geometry = compute_batch_geometry(
+            world_size=world_size,
+            prompts_per_step=self.prompts_per_step,
+            prompts_per_update=self.prompts_per_update,
+            num_generations=self.num_generations,
+            max_micro_batch=self.per_device_train_batch_size,
+        )
+        self.per_device_train_batch_size = geometry.per_device_train_batch_size
+        self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
+        self.steps_per_generation = geometry.steps_per_generation
+        if self.warmup_rl_steps is not None:
+            self.warmup_steps = self.warmup_rl_steps * geometry.updates_per_step
+        if self.save_every_rl_steps is not None:
+            self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
+            self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
+        return geometry
+
+    @property
+    def updates_per_rl_step(self) -> int:
+        """Optimizer updates per training step (generation batch)."""
+        return self.steps_per_generation // self.gradient_accumulation_steps
+
+
+@dataclass
+class JustRLConfig(GRPORunConfig):
+    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps").
+
+    Beyond GRPORunConfig: the recipe's values as defaults (the paper's batch semantics, step-counted schedules and
+    prompt cap included), the dual-clip constant (mapped onto TRL's `delta`) and padding-free updates.
+    """
+
+    # ---- GRPORunConfig fields whose defaults become the recipe ----------------------------------------------
+    prompts_per_step: int | None = field(
+        default=256,  # RECIPE: prompts per training step (train_batch_size) = 256
+        metadata={"help": "Prompts per training step (one generation batch); see GRPORunConfig. Null: TRL's fields."},
+    )
+    prompts_per_update: int | None = field(
+        default=64,  # RECIPE: prompts per optimizer update (ppo_mini_batch_size) = 64
+        metadata={"help": "Prompts per optimizer update (the PPO mini-batch); prompts_per_step must be a multiple."},
+    )
+    max_prompt_length: int | None = field(
+        default=1024,  # RECIPE: max prompt length 1,024 tokens; longer prompts are dropped, never truncated
+        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data."},
+    )
+    warmup_rl_steps: int | None = field(
+        default=10,  # RECIPE: the script adds a 10-step linear warm-up (verl steps its scheduler once per step)
+        metadata={"help": "Linear warm-up length in training steps; mapped onto warmup_steps in optimizer updates."},
+    )
+    save_every_rl_steps: int | None = field(
+        default=50,  # RECIPE: checkpoint / validation frequency every 50 steps
+        metadata={"help": "Checkpoint and evaluation interval in training steps; mapped onto save_steps / eval_steps."},
+    )
+
+    # ---- What GRPOConfig lacks -------------------------------------------------------------------------------
+    clip_ratio_c: float = field(
+        default=10.0,  # RECIPE: dual-clip constant c = 10.0
+        metadata={
+            "help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c. Mapped onto "
+            "TRL's two-sided clip `delta` (the same objective); leave `delta` unset or equal to this."
         },
     )
     remove_padding: bool = field(
@@ -89,13 +208,6 @@ class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
             "help": "Run every policy forward (the old-log-prob pass and the training forward) over each micro-batch's "
             "real extent only, and group completions of similar length into the same micro-batch within an "
             "optimizer update. Exact: the same log-probs, loss and gradients as TRL's padded path, less compute."
-        },
-    )
-    vllm_weight_sync_timeout: float = field(
-        default=600.0,  # project's choice: a 1.5B bf16 sync takes seconds; ten minutes means the server is gone
-        metadata={
-            "help": "Seconds a weight sync to the vLLM server may take before the run stops with an error (server "
-            "mode). The wait for the server at start-up is TRL's vllm_server_timeout."
         },
     )
 
@@ -175,29 +287,16 @@ class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
         },
     )
 
-
     def __post_init__(self):
         self._map_dual_clip()
-        world_size = _world_size_from_env()
-        geometry = self._map_recipe_batch(world_size)
-        if geometry is None:
-            self._check_trl_batch(world_size)
         super().__post_init__()
-        if geometry is not None and self.world_size != world_size:
-            raise BatchGeometryError(
-                f"The batch was mapped for WORLD_SIZE={world_size} training processes but the run has "
-                f"{self.world_size}. Launch with torchrun or accelerate launch so that WORLD_SIZE is set."
-            )
-        self.batch_geometry: BatchGeometry | None = geometry
+        if self.max_prompt_length is None:
+            raise ValueError("JustRL drops prompts over max_prompt_length (the recipe: 1,024); it cannot be null.")
         if self.epsilon_high is not None and self.clip_ratio_c <= 1.0 + self.epsilon_high:
             raise ValueError(
                 f"clip_ratio_c ({self.clip_ratio_c}) must exceed the upper clip bound 1 + epsilon_high "
                 f"({1.0 + self.epsilon_high}); the recipe uses 10.0."
             )
-        if self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
-        HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
-        self.check_reward_settings()
 
     def _map_dual_clip(self) -> None:
         """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""
@@ -210,56 +309,6 @@ class JustRLConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
                 "uses 10.0), or both to the same value."
             )
 
-    def _check_trl_batch(self, world_size: int) -> None:
-        """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
-        per_device = self.per_device_train_batch_size
-        if self.generation_batch_size is not None:
-            completions = self.generation_batch_size
-            how = f"generation_batch_size = {completions}"
-        else:
-            steps = self.steps_per_generation or self.gradient_accumulation_steps
-            completions = per_device * world_size * steps
-            how = (f"per_device_train_batch_size ({per_device}) x {world_size} process(es) x steps_per_generation "
-                   f"({steps}) = {completions} completions")
-        groups = self.num_generations
-        if groups and completions % groups:
-            raise BatchGeometryError(
-                f"The generation batch cannot hold whole groups of num_generations = {groups} completions: {how}, "
-                f"not a multiple of {groups}. Fix: set per_device_train_batch_size to a multiple of {groups} (TRL's "
-                f"own default is 8), or steps_per_generation / generation_batch_size so that the generation batch is "
-                f"a multiple of {groups}; or set prompts_per_step and prompts_per_update to map the paper's batch."
-            )
 
-    def _map_recipe_batch(self, world_size: int) -> BatchGeometry | None:
-        """Set TRL's batch fields and step-counted schedules from the recipe's semantics (None when opted out)."""
-        if self.prompts_per_step is None or self.prompts_per_update is None:
-            if self.prompts_per_step is not None or self.prompts_per_update is not None:
-                raise ValueError("Set both prompts_per_step and prompts_per_update, or neither (null).")
-            return None
-        if self.generation_batch_size is not None or self.steps_per_generation is not None:
-            raise ValueError(
-                "prompts_per_step / prompts_per_update set steps_per_generation for you; remove "
-                f"generation_batch_size={self.generation_batch_size} / steps_per_generation="
-                f"{self.steps_per_generation}, or set prompts_per_step and prompts_per_update to null."
-            )
-        geometry = compute_batch_geometry(
-            world_size=world_size,
-            prompts_per_step=self.prompts_per_step,
-            prompts_per_update=self.prompts_per_update,
-            num_generations=self.num_generations,
-            max_micro_batch=self.per_device_train_batch_size,
-        )
-        self.per_device_train_batch_size = geometry.per_device_train_batch_size
-        self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
-        self.steps_per_generation = geometry.steps_per_generation
-        if self.warmup_rl_steps is not None:
-            self.warmup_steps = self.warmup_rl_steps * geometry.updates_per_step
-        if self.save_every_rl_steps is not None:
-            self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
-            self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
-        return geometry
-
-    @property
-    def updates_per_rl_step(self) -> int:
-        """Optimizer updates per training step (generation batch)."""
-        return self.steps_per_generation // self.gradient_accumulation_steps
+# The config class of each `trainer` a recipe may name (launch/train.py pairs each with its trainer class).
+CONFIG_CLASSES: dict[str, type[GRPORunConfig]] = {"justrl": JustRLConfig, "grpo": GRPORunConfig}

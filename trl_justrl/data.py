@@ -1,9 +1,10 @@
-"""Training data: load, normalise to one layout, append the recipe's prompt suffix, filter long prompts.
+"""Training data: load, normalise to one layout, build the recipe's prompt (suffix or system prompt), filter long ones.
 
 Sources: a Hub id (default DAPO-Math-17k), a local parquet / jsonl / json file, a folder of such files, or
 `synthetic` (a built-in, seeded set of integer-answer problems for the CPU demo; no network). Two row layouts are
-accepted: verl (`prompt` chat messages + `reward_model.ground_truth`) and plain (`problem` / `answer`). Every row
-comes out as `prompt` (chat messages whose last user turn ends with the suffix) and `ground_truth` (a string).
+accepted: verl (`prompt` chat messages + `reward_model.ground_truth`) and plain (`problem` / `answer`, with
+Open-RS's `solution` kept). Every row comes out as `prompt` (chat messages: JustRL's last user turn ends with the
+suffix; Open-RS's start with its system prompt), `ground_truth` (a string) and, when the data has it, `solution`.
 """
 
 from __future__ import annotations
@@ -55,8 +56,20 @@ def _is_messages(value: Any) -> bool:
     )
 
 
-def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = False) -> dict[str, Any]:
-    """One row in either layout -> {"prompt": messages, "ground_truth": str}; `where` names the row in errors."""
+def normalize_row(
+    row: dict[str, Any],
+    *,
+    where: str,
+    strip_dapo: bool = False,
+    suffix: bool = True,
+    system_prompt: str | None = None,
+) -> dict[str, Any]:
+    """One row in either layout -> {"prompt": messages, "ground_truth": str} (+ "solution" when the row has one, as
+    Open-RS's rewards read it); `where` names the row in errors.
+
+    JustRL's prompt (the default): the last user turn gets the recipe suffix. Open-RS's (`suffix=False`,
+    `system_prompt` set): the system prompt, then the turns as given, no suffix; a system turn the row already has is
+    replaced by `system_prompt`."""
     if "prompt" in row and row["prompt"] is not None:
         field, prompt = "prompt", row["prompt"]
     elif "problem" in row and row["problem"] is not None:
@@ -80,8 +93,16 @@ def normalize_row(row: dict[str, Any], *, where: str, strip_dapo: bool = False) 
         raise DataError(f"{where}: field '{field}' has no user message.")
     last = user_turns[-1]
     content = strip_dapo_instruction(messages[last]["content"]) if strip_dapo else messages[last]["content"]
-    messages[last]["content"] = with_suffix(content)
-    return {"prompt": messages, "ground_truth": row_ground_truth(row, where=where)}
+    messages[last]["content"] = with_suffix(content) if suffix else content
+    if system_prompt is not None:
+        messages = [{"role": "system", "content": system_prompt}] + [m for m in messages if m["role"] != "system"]
+    out = {"prompt": messages, "ground_truth": row_ground_truth(row, where=where)}
+    if "solution" in row:
+        solution = row["solution"]
+        if solution is not None and not isinstance(solution, str):
+            raise DataError(f"{where}: field 'solution' must be text, got {type(solution).__name__}.")
+        out["solution"] = solution
+    return out
 
 
 def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
@@ -115,19 +136,23 @@ def load_training_data(
     *,
     split: str = "train",
     strip_dapo: bool = False,
+    suffix: bool = True,
+    system_prompt: str | None = None,
     synthetic_size: int = 256,
     seed: int = 0,
 ) -> Dataset:
-    """Load `source` and return rows with `prompt` (messages ending with the suffix) and `ground_truth`."""
+    """Load `source` and return rows with `prompt` (chat messages; see `normalize_row` for the suffix and the system
+    prompt), `ground_truth` and, where the data has it, `solution`."""
     if source == SYNTHETIC:
-        parts = [(SYNTHETIC, synthetic_arithmetic(synthetic_size, seed=seed))]
+        parts = [(SYNTHETIC, synthetic_arithmetic(synthetic_size, seed=seed, suffix=suffix))]
     else:
         parts = _read_parts(source, split)
     normalised = []
     for name, raw in parts:
 
         def convert(row: dict[str, Any], index: int, name: str = name) -> dict[str, Any]:
-            return normalize_row(row, where=f"{name}: row {index}", strip_dapo=strip_dapo)
+            return normalize_row(row, where=f"{name}: row {index}", strip_dapo=strip_dapo, suffix=suffix,
+                                 system_prompt=system_prompt)
 
         normalised.append(
             raw.map(convert, with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {name}")
@@ -153,7 +178,7 @@ class PromptLengthFilter:
     def __init__(
         self,
         processing_class: Any,
-        max_prompt_length: int,
+        max_prompt_length: int | None,
         chat_template_kwargs: dict | None = None,
         *,
         tools: list | None = None,
@@ -204,12 +229,17 @@ class PromptLengthFilter:
         return lengths
 
     def _keep(self, batch: dict[str, list]) -> list[bool]:
+        if self.max_prompt_length is None:
+            return [True] * len(batch["prompt"])
         keep = [n is None or n <= self.max_prompt_length for n in self.lengths(batch["prompt"])]
         self.dropped += keep.count(False)
         return keep
 
     def apply(self, dataset: Dataset | IterableDataset, name: str = "training") -> Dataset | IterableDataset:
-        """The data set without its long prompts; `name` only labels the log lines."""
+        """The data set without its long prompts (unchanged when `max_prompt_length` is None); `name` only labels the
+        log lines."""
+        if self.max_prompt_length is None:
+            return dataset
         if isinstance(dataset, IterableDataset):
             return dataset.filter(self._keep, batched=True, batch_size=self.batch_size)
         if "prompt" not in dataset.column_names:
@@ -254,13 +284,14 @@ SYNTHETIC_TIERS = ((9, 9), (99, 9), (99, 99))
 
 
 def synthetic_arithmetic(
-    size: int = 256, *, seed: int = 0, tiers: tuple[tuple[int, int], ...] = SYNTHETIC_TIERS
+    size: int = 256, *, seed: int = 0, tiers: tuple[tuple[int, int], ...] = SYNTHETIC_TIERS, suffix: bool = True
 ) -> Dataset:
     """Seeded addition problems of mixed difficulty with integer answers, in the verl layout, for the CPU demo.
 
     Row i comes from tier i mod len(tiers) (its two operands' maxima, from 1). Each prompt carries one worked example
     of its own tier as a previous chat turn (answer in `\\boxed{}`), so a 135M-parameter model boxes its answer often
-    enough for the strict reward to see it. `tiers=((9, 9),)` gives single-digit sums only.
+    enough for the strict reward to see it. `tiers=((9, 9),)` gives single-digit sums only. `suffix=False` leaves the
+    recipe suffix out of the example turn too (Open-RS's prompt layout).
     """
     if size < 1:
         raise DataError(f"synthetic: size must be positive, got {size}.")
@@ -272,7 +303,7 @@ def synthetic_arithmetic(
         max_a, max_b = tiers[index % len(tiers)]
         x, y, a, b = rng.randint(1, max_a), rng.randint(1, max_b), rng.randint(1, max_a), rng.randint(1, max_b)
         example = [
-            {"role": "user", "content": with_suffix(f"What is {x} + {y}?")},
+            {"role": "user", "content": with_suffix(f"What is {x} + {y}?") if suffix else f"What is {x} + {y}?"},
             {"role": "assistant", "content": f"{x} + {y} = {x + y}. The answer is \\boxed{{{x + y}}}."},
         ]
         rows.append(
@@ -280,6 +311,7 @@ def synthetic_arithmetic(
                 "prompt": example + [{"role": "user", "content": f"What is {a} + {b}?"}],
                 "data_source": SYNTHETIC,
                 "reward_model": {"ground_truth": str(a + b), "style": "rule"},
+                "solution": f"{a} + {b} = {a + b}, so the answer is $\\boxed{{{a + b}}}$.",  # Open-RS's rewards
             }
         )
     return Dataset.from_list(rows)

@@ -408,6 +408,9 @@ def open_rs_format(completions: list[Any], **_: Any) -> list[float]:
     return [FORMAT_SCORE if think_closed(completion_text(c)) else 0.0 for c in completions]
 
 
+COSINE_VALUE_FIELDS = ("min_value_wrong", "max_value_wrong", "min_value_correct", "max_value_correct")
+
+
 def cosine_scaled_reward(
     correct: bool,
     length: int,
@@ -417,6 +420,7 @@ def cosine_scaled_reward(
     max_value_wrong: float,
     min_value_correct: float,
     max_value_correct: float,
+    clamp: bool = True,
 ) -> float:
     """open-r1's / Open-RS's cosine length-scaled accuracy reward of one response.
 
@@ -424,14 +428,27 @@ def cosine_scaled_reward(
     reward = at_max_len + (at_zero - at_max_len) * (1 + c) / 2, where for a correct answer at_zero =
     max_value_correct and at_max_len = min_value_correct (shorter right answers earn more), and for a wrong one
     at_zero = min_value_wrong and at_max_len = max_value_wrong (open-r1's naming, kept as is).
-    Differences from open-r1: length in tokens (open-r1 counts characters) and p clamped at 1 (open-r1's cosine turns
-    back up past max_len).
+    `clamp=False` is the formula as Open-RS ran it: p = length / max_len unclamped, so past max_len the cosine turns
+    back up (at 2 x max_len a response earns its length-0 value again). The `open_rs_cosine` reward clamps and counts
+    tokens; `open_rs_cosine_as_run` (trl_justrl.open_rs) does neither, as the original.
     """
     length = _as_int("length", length, minimum=0)
     max_len = _as_int("max_len", max_len, minimum=1)
-    cosine = math.cos(math.pi * min(length / max_len, 1.0))
+    progress = length / max_len
+    cosine = math.cos(math.pi * (min(progress, 1.0) if clamp else progress))
     at_zero, at_max = (max_value_correct, min_value_correct) if correct else (min_value_wrong, max_value_wrong)
     return at_max + (at_zero - at_max) * (1.0 + cosine) / 2.0
+
+
+def cosine_values(**values: Any) -> dict[str, float]:
+    """A cosine reward's four end values (COSINE_VALUE_FIELDS), as finite floats; an error names any other."""
+    if sorted(values) != sorted(COSINE_VALUE_FIELDS):
+        raise TypeError(f"Cosine reward values are {list(COSINE_VALUE_FIELDS)}, got {sorted(values)}.")
+    out = {k: float(v) for k, v in values.items()}
+    bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+    if bad:
+        raise ValueError(f"Cosine reward values must be finite numbers, got {bad}.")
+    return out
 
 
 class CosineScaledAccuracy:
@@ -450,15 +467,8 @@ class CosineScaledAccuracy:
         processing_class: Any = None,
     ):
         self.max_len = _as_int("max_len", max_len, minimum=1)
-        self.values = dict(
-            min_value_wrong=float(min_value_wrong),
-            max_value_wrong=float(max_value_wrong),
-            min_value_correct=float(min_value_correct),
-            max_value_correct=float(max_value_correct),
-        )
-        bad = {k: v for k, v in self.values.items() if not math.isfinite(v)}
-        if bad:
-            raise ValueError(f"Cosine reward values must be finite numbers, got {bad}.")
+        self.values = cosine_values(min_value_wrong=min_value_wrong, max_value_wrong=max_value_wrong,
+                                    min_value_correct=min_value_correct, max_value_correct=max_value_correct)
         self.timeout_s = _as_int("timeout_s", timeout_s, minimum=1)
         self.processing_class = processing_class
         self.__name__ = "open_rs_cosine"
@@ -473,19 +483,18 @@ class CosineScaledAccuracy:
         return [cosine_scaled_reward(ok, n, self.max_len, **self.values) for ok, n in pairs]
 
 
-@register_reward_factory("open_rs_cosine")
-def _cosine_from_config(args: Any, processing_class: Any = None) -> CosineScaledAccuracy:
+def cosine_settings(args: Any, reward: str) -> tuple[int, dict[str, float]]:
+    """A cosine reward's length scale (cosine_max_len, else max_completion_length) and its four end values."""
     max_len = _setting(args, "cosine_max_len")
     if max_len is None:
         max_len = _setting(args, "max_completion_length")
     if max_len is None:
-        raise ValueError("open_rs_cosine needs cosine_max_len or max_completion_length to be set.")
-    return CosineScaledAccuracy(
-        max_len,
-        min_value_wrong=_setting(args, "cosine_min_value_wrong"),
-        max_value_wrong=_setting(args, "cosine_max_value_wrong"),
-        min_value_correct=_setting(args, "cosine_min_value_correct"),
-        max_value_correct=_setting(args, "cosine_max_value_correct"),
-        timeout_s=_timeout_from_config(args),
-        processing_class=processing_class,
-    )
+        raise ValueError(f"{reward} needs cosine_max_len or max_completion_length to be set.")
+    return max_len, {name: _setting(args, f"cosine_{name}") for name in COSINE_VALUE_FIELDS}
+
+
+@register_reward_factory("open_rs_cosine")
+def _cosine_from_config(args: Any, processing_class: Any = None) -> CosineScaledAccuracy:
+    max_len, values = cosine_settings(args, "open_rs_cosine")
+    return CosineScaledAccuracy(max_len, **values, timeout_s=_timeout_from_config(args),
+                                processing_class=processing_class)

@@ -1,5 +1,8 @@
-"""Training entry point: parse a recipe with TRL's `TrlParser`, train `JustRLTrainer`, save, summarise.
+"""Training entry point: parse a recipe with TRL's `TrlParser`, train, save, summarise.
 
+The recipe's `trainer` key picks the objective: `justrl` (the default: `JustRLTrainer` with a `JustRLConfig`) or
+`grpo` (TRL's GRPOTrainer objective, untouched: `GRPORunTrainer` with a `GRPORunConfig`; the Open-RS recipes).
+Everything else (data, rewards, health monitor, budget, validation, resume, summary, plot, model card) is shared.
 `launch/train.py` calls `cli()`; it runs under `accelerate launch`, `torchrun` and plain `python`.
 """
 
@@ -12,23 +15,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from .config import JustRLConfig
+from .config import GRPORunConfig
 from .data import DEFAULT_DATASET, load_training_data
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
 from .shared.sampling import SamplingSettings
 from .shared.validation import ValidationCallback
-from .trainer import DEFAULT_REWARDS, JustRLTrainer
+from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
 
 logger = logging.getLogger("trl_justrl")
+
+TRAINERS: dict[str, type[GRPORunTrainer]] = {"justrl": JustRLTrainer, "grpo": GRPORunTrainer}
+DEFAULT_TRAINER = "justrl"
 
 
 @dataclass
 class JustRLScriptArguments(ScriptArguments):
-    """Data and reward choices of a run (TRL's ScriptArguments plus JustRL's)."""
+    """Trainer, data, prompt and reward choices of a run (TRL's ScriptArguments plus this project's)."""
+
+    trainer: str = field(
+        default=DEFAULT_TRAINER,
+        metadata={"help": "justrl: the JustRL objective (JustRLTrainer, JustRLConfig defaults = the paper's recipe); "
+                  "grpo: TRL's GRPOTrainer objective as configured (GRPORunConfig = TRL's defaults), e.g. Open-RS.",
+                  "choices": list(TRAINERS)},
+    )
 
     dataset_name: str | None = field(
         default=DEFAULT_DATASET,
@@ -47,6 +61,15 @@ class JustRLScriptArguments(ScriptArguments):
         metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction wrapper, so the user turn is the bare problem "
                   "+ suffix (a deviation: the released script kept the wrapper)."},
     )
+    prompt_suffix: bool = field(
+        default=True,  # RECIPE: JustRL appends its suffix to the user turn
+        metadata={"help": "Append JustRL's suffix ('Please reason step by step, ...') to the user turn; Open-RS: "
+                  "false."},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "A system turn put before every prompt (Open-RS's recipes set theirs); null: none."},
+    )
     synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
     validation_benchmarks: list[str] = field(
         default_factory=list,
@@ -61,6 +84,11 @@ class JustRLScriptArguments(ScriptArguments):
         default=None, metadata={"help": "Local benchmark folder (<name>/test.parquet); default: the Hub."}
     )
     validation_on_start: bool = field(default=True, metadata={"help": "Validate before the first step too."})
+    vllm_gpus: int | None = field(
+        default=None,
+        metadata={"help": "The recipe's layout for the planner and launchers: GPUs of node 0 that serve vLLM (their "
+                  "--vllm-gpus / VLLM_GPUS override it). Not read by training."},
+    )
     print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
     console_log: str = field(
         default="compact",
@@ -70,11 +98,41 @@ class JustRLScriptArguments(ScriptArguments):
     )
 
 
-def make_parser() -> TrlParser:
-    return TrlParser((JustRLScriptArguments, JustRLConfig, ModelConfig))
+def trainer_choice(argv: Sequence[str]) -> str:
+    """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
+    parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
+    choice, config = None, None
+    for i, arg in enumerate(argv):
+        for flag in ("--trainer", "--config"):
+            if arg == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg.split("=", 1)[1]
+            else:
+                continue
+            if flag == "--trainer":
+                choice = value
+            else:
+                config = value
+    if choice is None and config is not None and Path(config).is_file():
+        with open(config, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+        if isinstance(values, dict):
+            choice = values.get("trainer")
+    choice = DEFAULT_TRAINER if choice is None else str(choice)
+    if choice not in TRAINERS:
+        where = f" (in {config})" if config else ""
+        raise ValueError(f"trainer: {choice!r}{where} is not one of {sorted(TRAINERS)}.")
+    return choice
 
 
-def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_args: ModelConfig) -> Path:
+def make_parser(argv: Sequence[str] | None = None) -> TrlParser:
+    """TrlParser for (script arguments, the chosen trainer's config class, ModelConfig)."""
+    trainer = trainer_choice(list(argv) if argv is not None else [])
+    return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig))
+
+
+def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model_args: ModelConfig) -> Path:
     """Train with the given arguments; return the output folder (final model and trainer_state.json)."""
     start = time.time()
     if not model_args.model_name_or_path:
@@ -84,7 +142,12 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
         init_kwargs["attn_implementation"] = model_args.attn_implementation
     training_args.model_init_kwargs = {**init_kwargs, **(training_args.model_init_kwargs or {})}
 
-    load = dict(strip_dapo=script_args.strip_dapo_instruction, synthetic_size=script_args.synthetic_size,
+    trainer_class = TRAINERS[script_args.trainer]
+    if not isinstance(training_args, trainer_class.config_class):
+        raise TypeError(f"trainer: {script_args.trainer} needs a {trainer_class.config_class.__name__}, got "
+                        f"{type(training_args).__name__} (build the parser with make_parser(argv)).")
+    load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
+                system_prompt=script_args.system_prompt, synthetic_size=script_args.synthetic_size,
                 seed=training_args.seed)
     train_dataset = load_training_data(script_args.dataset_name, split=script_args.dataset_train_split, **load)
     eval_dataset = None
@@ -98,7 +161,7 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.do_eval = False
 
-    trainer = JustRLTrainer(
+    trainer = trainer_class(
         model=model_args.model_name_or_path,
         reward_funcs=script_args.reward_funcs,
         args=training_args,
@@ -126,7 +189,7 @@ def main(script_args: JustRLScriptArguments, training_args: JustRLConfig, model_
 RESUME_LATEST = ("latest", "last", "auto", "true")
 
 
-def resolve_resume_checkpoint(args: JustRLConfig) -> str | None:
+def resolve_resume_checkpoint(args: GRPORunConfig) -> str | None:
     """`--resume_from_checkpoint latest`: the newest checkpoint-N in output_dir, or None (a fresh start) if none.
 
     That one flag makes a relaunched or requeued job continue where it stopped. A path must exist.
@@ -149,7 +212,7 @@ def resolve_resume_checkpoint(args: JustRLConfig) -> str | None:
     return str(value)
 
 
-def make_validation_callback(trainer: JustRLTrainer, script_args: JustRLScriptArguments):
+def make_validation_callback(trainer: GRPORunTrainer, script_args: JustRLScriptArguments):
     """The in-training validation (trl_justrl.shared.validation), at the recipe's evaluation temperature and top-p."""
 
     settings = SamplingSettings(
@@ -170,7 +233,6 @@ def make_validation_callback(trainer: JustRLTrainer, script_args: JustRLScriptAr
 def cli(argv: Sequence[str] | None = None) -> Path:
     """Parse `--config recipe.yaml [--key value ...]` and train."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    script_args, training_args, model_args = make_parser().parse_args_and_config(
-        args=list(argv) if argv is not None else sys.argv[1:]
-    )
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    script_args, training_args, model_args = make_parser(argv).parse_args_and_config(args=argv)
     return main(script_args, training_args, model_args)

@@ -1,11 +1,12 @@
-"""`JustRLTrainer`: TRL's `GRPOTrainer` training exactly the JustRL objective, through TRL's own loss.
+"""The trainers: `GRPORunTrainer` (TRL's GRPO objective, untouched, with the project's run services) and
+`JustRLTrainer` (the same, training exactly the JustRL objective through TRL's own loss).
 
-The objective is TRL's `loss_type="dapo"` with `delta = clip_ratio_c` (JustRLConfig maps it; `loss.py` shows the
-equivalence). What this class adds to GRPOTrainer: settings that would change the objective (KL, entropy bonus,
-other loss types) are refused; embedded model names resolve to local checkpoints; prompts over `max_prompt_length`
-tokens are dropped and counted; registered reward names resolve; the dual-clip fraction, the drop count and the token
-budget are logged; the health monitor, the vLLM server checks and the model card's recipe section are attached.
-Generation, rewards, advantages, the loss, logging, checkpoints and the Hub are TRL's and transformers'.
+Run services, shared by both: embedded model names resolve to local checkpoints; prompts over `max_prompt_length`
+tokens are dropped and counted; registered reward names resolve; the drop count and the token budget are logged; the
+health monitor, the vLLM server checks and the model card's recipe section are attached. JustRL's objective is TRL's
+`loss_type="dapo"` with `delta = clip_ratio_c` (JustRLConfig maps it; `loss.py` shows the equivalence); settings that
+would change it (KL, entropy bonus, other loss types) are refused. Generation, rewards, advantages, the loss,
+logging, checkpoints and the Hub are TRL's and transformers'.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
-from .config import OBJECTIVE_INVARIANTS, JustRLConfig
+from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig
 from .data import PromptLengthFilter
 from .loss import dual_clip_mask
 from .microbatch import fill_old_logps, forward_trimmed, group_by_length
 from .models import resolve_model
+from .open_rs import OpenRSAccuracy  # noqa: F401 - registers Open-RS's rewards for name lookup
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
-from .reporting.model_card import insert_section, justrl_card_section
+from .reporting.model_card import insert_section, recipe_card_section
 from .rewards import available_rewards, get_reward_funcs
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def check_objective(args: JustRLConfig) -> None:
 
 
 def _resolve_rewards(
-    reward_funcs: Any, args: JustRLConfig | None = None, processing_class: Any = None
+    reward_funcs: Any, args: GRPORunConfig | None = None, processing_class: Any = None
 ) -> list[Callable | str | PreTrainedModel]:
     """Registered reward names become functions (those with settings built from `args`, e.g. the ablation rewards);
     callables and reward-model ids pass through to TRL."""
@@ -64,14 +66,13 @@ def _resolve_rewards(
     ]
 
 
-class JustRLTrainer(GRPOTrainer):
-    """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy."""
+class GRPORunTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer and its objective, unchanged, with the project's run services (see the module docstring)."""
 
-    _tag_names = ["trl", "grpo", "justrl"]
-    _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
-    _policy_logps: torch.Tensor | None = None
-    _defer_old_logps = False  # set around TRL's generation: its old-log-prob pass is deferred to _prepare_inputs
-    _old_logps_deferred = False
+    _tag_names = ["trl", "grpo"]
+    config_class: type[GRPORunConfig] = GRPORunConfig
+    default_rewards: tuple[str, ...] = ()
+    _defer_old_logps = False  # JustRLTrainer sets it around TRL's generation (see there)
 
     def __init__(
         self,
@@ -90,19 +91,19 @@ class JustRLTrainer(GRPOTrainer):
         rollout_func: Callable | None = None,
         environment_factory: Any = None,
     ):
-        """GRPOTrainer's arguments, in GRPOTrainer's order (a drop-in), with `args` a JustRLConfig and
-        `reward_funcs` defaulting to the recipe's `dapo_strict` (registered reward names are accepted too)."""
+        """GRPOTrainer's arguments, in GRPOTrainer's order (a drop-in), with `args` of `config_class` and registered
+        reward names accepted besides TRL's callables and reward-model ids."""
         if args is None:
-            args = JustRLConfig(output_dir="justrl-output")
-        if not isinstance(args, JustRLConfig):
-            raise TypeError(f"JustRLTrainer needs a JustRLConfig, got {type(args).__name__}.")
-        check_objective(args)
+            args = self.config_class(output_dir=f"{type(self).__name__.lower()}-output")
+        if not isinstance(args, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        self.check_args(args)
         if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
             check_vllm_server(
                 args.vllm_server_host,
                 args.vllm_server_port,
                 args.vllm_server_timeout,
-                required_context=args.max_prompt_length + (args.max_completion_length or 0),
+                required_context=args.prompt_and_completion_cap,
                 base_url=args.vllm_server_base_url,
             )
         if isinstance(model, str):
@@ -113,13 +114,13 @@ class JustRLTrainer(GRPOTrainer):
                 source, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
             )
 
-        # The recipe drops prompts over max_prompt_length (never truncates); measured as TRL will render them.
+        # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
         self.prompt_filter = PromptLengthFilter(
             processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
         )
         if train_dataset is not None:
             train_dataset = self.prompt_filter.apply(train_dataset, "training")
-        if eval_dataset is not None:
+        if eval_dataset is not None and args.max_prompt_length is not None:
             eval_filter = PromptLengthFilter(
                 processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
             )
@@ -131,7 +132,9 @@ class JustRLTrainer(GRPOTrainer):
 
         super().__init__(
             model=model,
-            reward_funcs=_resolve_rewards(reward_funcs, args, processing_class),
+            reward_funcs=_resolve_rewards(
+                self.default_rewards if reward_funcs is None else reward_funcs, args, processing_class
+            ),
             args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
@@ -155,7 +158,75 @@ class JustRLTrainer(GRPOTrainer):
             )
         self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
         if args.batch_geometry is not None and self.accelerator.is_main_process:
-            logger.info("JustRL batch geometry: %s", args.batch_geometry.to_dict())
+            logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
+
+    def check_args(self, args: GRPORunConfig) -> None:
+        """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""
+
+    # ---- compute budget: tokens generated and trained --------------------------------------------------------
+
+    @property
+    def token_budget(self) -> TokenBudget | None:
+        """The run's TokenBudget callback (looked up each time: restoring callback states replaces the instance)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenBudget)), None)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's generation and scoring, once per generation batch; training batches are counted into the budget."""
+        seen = self.state.num_input_tokens_seen
+        output = super()._generate_and_score_completions(inputs)
+        budget = self.token_budget
+        if self.model.training and budget is not None:
+            # TRL adds prompt + model-generated completion tokens of all processes to num_input_tokens_seen; the
+            # prompt tokens (prompt_mask) and the completion tokens the training forward attends to (completion_mask,
+            # without those mask_truncated_completions removes) are summed over the processes here.
+            local = torch.stack([output["prompt_mask"].sum(), output["completion_mask"].sum()]).long()
+            prompt, completion = self.accelerator.reduce(local, reduction="sum").tolist()
+            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion)
+        return output
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
+        """TRL's card (written at every checkpoint and pushed with it) plus the run's recipe and metrics so far."""
+        dataset_name = dataset_name or self.training_data_name
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        card = Path(self.args.output_dir) / "README.md"
+        if not self.is_world_process_zero() or not card.is_file():
+            return
+        section = recipe_card_section(
+            self.args,
+            base_model=getattr(self.model.config, "_name_or_path", None),
+            dataset_name=dataset_name,
+            reward_names=list(self.reward_func_names),
+            log_history=self.state.log_history,
+            global_step=self.state.global_step,
+        )
+        card.write_text(insert_section(card.read_text(), section))
+
+    @property
+    def prompts_dropped_too_long(self) -> int:
+        """Training prompts dropped for length so far (all at once for a Dataset; as read for an IterableDataset)."""
+        return self.prompt_filter.dropped
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
+            if (budget := self.token_budget) is not None:
+                logs.update(budget.logs(self.state.global_step))
+        super().log(logs, start_time)
+
+
+class JustRLTrainer(GRPORunTrainer):
+    """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy."""
+
+    _tag_names = ["trl", "grpo", "justrl"]
+    config_class = JustRLConfig
+    default_rewards = DEFAULT_REWARDS
+    _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
+    _policy_logps: torch.Tensor | None = None
+    _old_logps_deferred = False
+
+    def check_args(self, args: GRPORunConfig) -> None:
+        """Refuse settings that would change the JustRL objective (before any model loads)."""
+        check_objective(args)
 
     # ---- the objective is TRL's: loss_type="dapo" with delta = clip_ratio_c (see loss.py); one extra metric -----
 
@@ -245,56 +316,11 @@ class JustRLTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
 
-    # ---- compute budget: tokens generated and trained --------------------------------------------------------
-
-    @property
-    def token_budget(self) -> TokenBudget | None:
-        """The run's TokenBudget callback (looked up each time: restoring callback states replaces the instance)."""
-        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenBudget)), None)
-
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        """TRL's generation and scoring, once per generation batch; training batches are counted into the budget."""
-        seen = self.state.num_input_tokens_seen
+        """GRPORunTrainer's (TRL's generation and scoring, counted into the budget), with TRL's old-log-prob pass
+        deferred to `_prepare_inputs` where it can skip the on-policy first update."""
         self._defer_old_logps = self._can_defer_old_logps()
         try:
-            output = super()._generate_and_score_completions(inputs)
+            return super()._generate_and_score_completions(inputs)
         finally:
             self._defer_old_logps = False
-        budget = self.token_budget
-        if self.model.training and budget is not None:
-            # TRL adds prompt + model-generated completion tokens of all processes to num_input_tokens_seen; the
-            # prompt tokens (prompt_mask) and the completion tokens the training forward attends to (completion_mask,
-            # without those mask_truncated_completions removes) are summed over the processes here.
-            local = torch.stack([output["prompt_mask"].sum(), output["completion_mask"].sum()]).long()
-            prompt, completion = self.accelerator.reduce(local, reduction="sum").tolist()
-            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion)
-        return output
-
-    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
-        """TRL's card (written at every checkpoint and pushed with it) plus the JustRL recipe and metrics so far."""
-        dataset_name = dataset_name or self.training_data_name
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
-        card = Path(self.args.output_dir) / "README.md"
-        if not self.is_world_process_zero() or not card.is_file():
-            return
-        section = justrl_card_section(
-            self.args,
-            base_model=getattr(self.model.config, "_name_or_path", None),
-            dataset_name=dataset_name,
-            reward_names=list(self.reward_func_names),
-            log_history=self.state.log_history,
-            global_step=self.state.global_step,
-        )
-        card.write_text(insert_section(card.read_text(), section))
-
-    @property
-    def prompts_dropped_too_long(self) -> int:
-        """Training prompts dropped for length so far (all at once for a Dataset; as read for an IterableDataset)."""
-        return self.prompt_filter.dropped
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self.model.training:
-            logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
-            if (budget := self.token_budget) is not None:
-                logs.update(budget.logs(self.state.global_step))
-        super().log(logs, start_time)

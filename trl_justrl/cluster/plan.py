@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from ..config import JustRLConfig
+from ..config import CONFIG_CLASSES, GRPORunConfig
 from ..geometry import BatchGeometry, BatchGeometryError, PromptBatch, compute_batch_geometry
 from ..reporting.budget import paper_budget_tokens
 
@@ -48,9 +48,9 @@ class PlanError(ValueError):
 # ---- the recipe's batch ------------------------------------------------------------------------------------------
 
 
-def _config_default(name: str) -> Any:
-    """JustRLConfig's default for `name`: the recipe value, kept in one place (trl_justrl/config.py)."""
-    for f in fields(JustRLConfig):
+def _config_default(name: str, config_class: type[GRPORunConfig] = CONFIG_CLASSES["justrl"]) -> Any:
+    """The recipe config's default for `name` (JustRLConfig's: the paper's values, kept in trl_justrl/config.py)."""
+    for f in fields(config_class):
         if f.name == name:
             return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
     raise KeyError(name)
@@ -69,6 +69,9 @@ class RecipeBatch(PromptBatch):
     max_prompt_length: int
     max_completion_length: int
     max_steps: int | None  # optimizer updates (TRL's max_steps), None when the recipe trains by epochs
+    trainer: str = "justrl"  # the recipe's `trainer` key (launch/train.py)
+    vllm_gpus: int | None = None  # the recipe's preferred number of serving GPUs (`vllm_gpus` key), if any
+    vllm_gpu_memory_utilization: float | None = None  # the recipe's `vllm_gpu_memory_utilization`, if set
 
     @property
     def max_context(self) -> int:
@@ -78,15 +81,20 @@ class RecipeBatch(PromptBatch):
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
         values = load_yaml_mapping(Path(path), "Recipe", "") if path is not None else {}
+        trainer = str(values.get("trainer", "justrl"))
+        if trainer not in CONFIG_CLASSES:
+            raise PlanError(f"Recipe {path}: trainer {trainer!r} is not one of {sorted(CONFIG_CLASSES)}.")
 
         def get(name: str) -> Any:
-            return values[name] if name in values else _config_default(name)
+            return values[name] if name in values else _config_default(name, CONFIG_CLASSES[trainer])
 
         if get("prompts_per_step") is None or get("prompts_per_update") is None:
             raise PlanError(
-                f"Recipe {path} sets prompts_per_step / prompts_per_update to null; the planner needs the recipe's "
-                "batch in prompts per step and per update."
+                f"Recipe {path} gives no prompts_per_step / prompts_per_update (null or unset); the planner needs "
+                "the recipe's batch in prompts per step and per update (it maps them onto TRL's batch fields for "
+                "each layout)."
             )
+        memory = values.get("vllm_gpu_memory_utilization")
         max_steps = values.get("max_steps", -1)
         return cls(
             path=str(path) if path is not None else None,
@@ -98,6 +106,9 @@ class RecipeBatch(PromptBatch):
             max_prompt_length=int(get("max_prompt_length")),
             max_completion_length=int(get("max_completion_length")),
             max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
+            trainer=trainer,
+            vllm_gpus=int(values["vllm_gpus"]) if values.get("vllm_gpus") is not None else None,
+            vllm_gpu_memory_utilization=float(memory) if memory is not None else None,
         )
 
     def geometry(self, world_size: int) -> BatchGeometry:
@@ -328,8 +339,10 @@ def make_plan(
     vllm_data_parallel_size: int = 1,
 ) -> ClusterPlan:
     """Plan a run of `recipe` on `nodes` x `gpus_per_node` GPUs (see the module docstring for the layout rules)."""
-    topology = make_topology(nodes, gpus_per_node, vllm_gpus, vllm_tensor_parallel_size, vllm_data_parallel_size)
     batch = RecipeBatch.from_recipe(_resolve(recipe) if recipe is not None else None)
+    if vllm_gpus is None:
+        vllm_gpus = batch.vllm_gpus  # the recipe's own layout (e.g. Open-RS: 1 of 4 GPUs serves), if it names one
+    topology = make_topology(nodes, gpus_per_node, vllm_gpus, vllm_tensor_parallel_size, vllm_data_parallel_size)
     try:
         geometry, error = batch.geometry(topology.training_processes), None
     except BatchGeometryError as err:
@@ -497,7 +510,7 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
                 data_parallel_size=topo.vllm_data_parallel_size,
                 max_model_len=recipe.max_context,
                 port=settings.vllm_port,
-                gpu_memory_utilization=settings.gpu_memory_utilization,
+                gpu_memory_utilization=recipe.vllm_gpu_memory_utilization or settings.gpu_memory_utilization,
             ),
             background=topo.nodes == 1,
         ))
@@ -542,8 +555,9 @@ def _ranges(ids: list[int]) -> str:
 
 def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str:
     topo, recipe = plan.topology, plan.recipe
-    lines = [f"JustRL cluster plan: {topo.nodes} node(s) x {topo.gpus_per_node} GPUs"
-             + (f", recipe {recipe.path}" if recipe.path else ", recipe defaults")]
+    lines = [f"Cluster plan: {topo.nodes} node(s) x {topo.gpus_per_node} GPUs"
+             + (f", recipe {recipe.path}" if recipe.path else ", recipe defaults")
+             + f" (trainer: {recipe.trainer})"]
     lines.append("")
     lines.append("Topology")
     for node in range(topo.nodes):
@@ -599,7 +613,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
     p.add_argument("--vllm-gpus", type=int, default=None,
-                   help="GPUs serving vLLM on node 0 (default: half of a single node, else up to 4); 0 = colocate")
+                   help="GPUs serving vLLM on node 0 (default: the recipe's vllm_gpus, else half of a single node, "
+                   "else up to 4); 0 = colocate")
     p.add_argument("--vllm-tensor-parallel-size", type=int, default=None)
     p.add_argument("--vllm-data-parallel-size", type=int, default=1)
     p.add_argument("--recipe", default=DEFAULT_RECIPE)

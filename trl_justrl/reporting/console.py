@@ -25,8 +25,9 @@ def _number(value: Any, spec: str) -> str:
 
 
 class CompactConsole(TrainerCallback):
-    """Prints `step 8/24 (JustRL 2/6)  reward -0.250  acc 0.375  mixed 0.75  entropy 0.874  len 21.5  4.1 s` for every
-    log entry that carries a reward, a short line for evaluation entries, and the end-of-training line."""
+    """Prints `step 8/24 (training step 2/6)  reward -0.250  acc 0.375  mixed 0.75  entropy 0.874  len 21.5  4.1 s`
+    for every log entry that carries a reward (the training step shown when it spans several optimizer updates), a
+    short line for evaluation entries, and the end-of-training line."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream
@@ -47,7 +48,8 @@ class CompactConsole(TrainerCallback):
             if logs.get(RL_STEP) is not None and state.max_steps:
                 per_rl_step = state.global_step / logs[RL_STEP] if logs[RL_STEP] else 0
                 total = state.max_steps / per_rl_step if per_rl_step else 0
-                step += f" (JustRL {logs[RL_STEP]:.0f}/{total:.0f})"
+                if per_rl_step > 1:  # several optimizer updates per generation batch (JustRL: 4)
+                    step += f" (training step {logs[RL_STEP]:.0f}/{total:.0f})"
             mixed = None if logs.get(FRAC_ZERO_STD) is None else 1.0 - logs[FRAC_ZERO_STD]
             self._print(
                 f"{step}  reward {_number(logs[REWARD], '+.3f')}  acc {_number(logs.get(ACCURACY), '.3f')}  "

@@ -1,8 +1,8 @@
-"""The JustRL part of the model card: recipe values, base model, data and the training metrics so far.
+"""The recipe part of the model card: recipe values, base model, data and the training metrics so far.
 
 TRL writes its card (README.md in the output folder) at every checkpoint, and `hub_strategy: every_save` pushes it
-with the weights; `JustRLTrainer.create_model_card` inserts this section into it. Only named, non-secret settings
-are listed (never tokens).
+with the weights; `GRPORunTrainer.create_model_card` (JustRLTrainer's too) inserts this section into it. Only
+named, non-secret settings are listed (never tokens).
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import math
 from enum import Enum
 from typing import Any
 
-SECTION_TITLE = "## JustRL training"
+SECTION_TITLE = "## Training recipe"
+JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL recipe "
+                "(clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus, strict DAPO reward).")
+GRPO_INTRO = "Trained with trl-justrl's `trainer: grpo` path: TRL's GRPOTrainer and its objective, unchanged."
 
 # (label, JustRLConfig attribute) in the order of RECIPE.md's hyperparameter table
 RECIPE_ROWS: tuple[tuple[str, str], ...] = (
@@ -33,6 +36,7 @@ RECIPE_ROWS: tuple[tuple[str, str], ...] = (
     ("KL coefficient", "beta"),
     ("rollout temperature", "temperature"),
     ("rollout top-p", "top_p"),
+    ("reward weights", "reward_weights"),
     ("gradient checkpointing", "gradient_checkpointing"),
     ("checkpoint every (training steps)", "save_every_rl_steps"),
 )
@@ -71,7 +75,7 @@ def _metric_rows(log_history: list[dict[str, Any]], updates_per_step: int) -> li
     return rows
 
 
-def justrl_card_section(
+def recipe_card_section(
     args: Any,
     *,
     base_model: str | None,
@@ -83,11 +87,11 @@ def justrl_card_section(
     """Markdown for the model card: what was trained, with which recipe values, and how training went so far."""
     geometry = getattr(args, "batch_geometry", None)
     updates = geometry.updates_per_step if geometry is not None else 1
+    justrl = getattr(args, "clip_ratio_c", None) is not None  # JustRLConfig's own field
     lines = [
         SECTION_TITLE,
         "",
-        "Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL recipe "
-        "(clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus, strict DAPO reward).",
+        JUSTRL_INTRO if justrl else GRPO_INTRO,
         "",
         f"- Base model: `{base_model or 'unknown'}`",
         f"- Training data: `{dataset_name or 'unknown'}`",
@@ -102,7 +106,7 @@ def justrl_card_section(
             f"{geometry.gradient_accumulation_steps})"
         )
     lines += ["", "| recipe value | setting |", "| --- | --- |"]
-    lines += [f"| {label} | {_fmt(getattr(args, attr, None))} |" for label, attr in RECIPE_ROWS]
+    lines += [f"| {label} | {_fmt(getattr(args, attr, None))} |" for label, attr in RECIPE_ROWS if hasattr(args, attr)]
     rows = _metric_rows(log_history, updates)
     lines += ["", "### Training metrics so far", ""]
     if rows:

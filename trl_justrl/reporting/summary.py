@@ -100,7 +100,7 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
     alerts = ", ".join(f"{signature} (step {step})" for step, signature in summary.health_alerts) or "none"
     lines = [
         "=" * 64,
-        "JustRL run summary",
+        "Run summary",
         f"  optimizer steps        {summary.optimizer_steps} ({summary.generation_steps} logged generation steps)",
         f"  mean reward            first {_fmt(summary.first[REWARD])}  ->  last {_fmt(summary.last[REWARD])}"
         f"   (rose: {rose})",

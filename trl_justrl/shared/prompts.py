@@ -1,4 +1,5 @@
-"""The recipe's prompt suffix and where it goes: after a blank line in training, after a space in evaluation."""
+"""Prompts: JustRL's suffix (after a blank line in training, after a space in evaluation) and Open-RS's evaluation
+template (lighteval's math prompt, knoveleng/open-rs `src/open_r1/evaluate.py`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ def with_suffix(problem: str, separator: str = TRAIN_SUFFIX_SEPARATOR) -> str:
     return f"{problem}{separator}{PROMPT_SUFFIX}"
 
 
-def eval_messages(problem: str) -> list[dict[str, str]]:
-    """The evaluation user turn: problem, a space, the recipe suffix."""
-    return [{"role": "user", "content": with_suffix(problem, EVAL_PROMPT_SEPARATOR)}]
+# Open-RS's evaluation user turn (its lighteval task's MATH_QUERY_TEMPLATE), the problem in place of {problem}.
+OPEN_RS_EVAL_TEMPLATE = (
+    "Solve the following math problem efficiently and clearly.  The last line of your response should be of the "
+    "following format: 'Therefore, the final answer is: $\\boxed{{ANSWER}}$. I hope it is correct' (without quotes) "
+    "where ANSWER is just the final number or expression that solves the problem. Think step by step before "
+    "answering.\n\n{problem}"
+)
+PROMPT_STYLES = ("justrl", "open-rs")
+
+
+def eval_messages(problem: str, style: str = "justrl") -> list[dict[str, str]]:
+    """The evaluation user turn: JustRL's (problem, a space, the recipe suffix) or Open-RS's template."""
+    if style == "justrl":
+        return [{"role": "user", "content": with_suffix(problem, EVAL_PROMPT_SEPARATOR)}]
+    if style == "open-rs":
+        return [{"role": "user", "content": OPEN_RS_EVAL_TEMPLATE.format(problem=problem)}]
+    raise ValueError(f"Unknown prompt style {style!r}; known: {', '.join(PROMPT_STYLES)}.")

@@ -28,6 +28,7 @@ class SamplingSettings:
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
     seed: int = 0
+    prompt_style: str = "justrl"  # the user turn: "justrl" (problem + suffix) or "open-rs" (its lighteval template)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class TransformersBackend:
         for problem in problems:
             seed = problem_seed(settings.seed, problem.problem_id)
             inputs = self.tokenizer.apply_chat_template(
-                eval_messages(problem.problem), add_generation_prompt=True, return_tensors="pt", return_dict=True
+                eval_messages(problem.problem, settings.prompt_style), add_generation_prompt=True,
+                return_tensors="pt", return_dict=True,
             ).to(self.model.device)
             torch.manual_seed(seed)
             with torch.no_grad():
@@ -133,7 +135,7 @@ class VLLMBackend:
     def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        prompts = [eval_messages(p.problem) for p in problems]
+        prompts = [eval_messages(p.problem, settings.prompt_style) for p in problems]
         params = [
             SamplingParams(n=n, temperature=settings.temperature, top_p=settings.top_p,
                            max_tokens=settings.max_new_tokens, seed=problem_seed(settings.seed, p.problem_id))
