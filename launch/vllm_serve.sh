@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Serve a recipe's model with vLLM for TRL's server mode (weight transfer, 16,384-token context).
+# Serve a recipe's model with vLLM for TRL's server mode (weight transfer; context: the recipe's prompt + completion
+# cap, or prompt + validation cap when it validates: 32,768 for the paper recipes).
 #   CUDA_VISIBLE_DEVICES=0,1 launch/vllm_serve.sh --recipe launch/recipes/justrl_deepseek_1.5b.yaml \
 #       --tensor-parallel-size 2 [--port 8000] [--gpu-memory-utilization 0.9] [--dry-run]
 set -euo pipefail

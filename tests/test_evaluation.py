@@ -292,7 +292,7 @@ def test_validation_callback_in_a_training_run(tmp_path, tiny_model_path):
                                   settings=SamplingSettings(max_new_tokens=4))
     trainer.add_callback(callback)
     trainer.train()
-    logged = [(h["step"], h["eval/AIME24/avg@2"]) for h in trainer.state.log_history if "eval/AIME24/avg@2" in h]
+    logged = [(h["step"], h["eval/AIME24/mean@2"]) for h in trainer.state.log_history if "eval/AIME24/mean@2" in h]
     assert [step for step, _ in logged] == [0, 2]  # before training, then every eval_steps
     assert all(value == 0.0 for _, value in logged)  # a random model boxes nothing
     with pytest.raises(BenchmarkError, match="Unknown benchmark"):

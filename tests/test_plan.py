@@ -123,7 +123,7 @@ def test_server_command_is_the_one_trl_expects():
     line = serve.shell()
     assert serve.role == "vllm" and serve.env["VLLM_SERVER_DEV_MODE"] == "1"
     assert "vllm serve deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in line
-    for part in ("--max-model-len 16384", "--tensor-parallel-size 2", "--data-parallel-size 1", "--port 8000",
+    for part in ("--max-model-len 32768", "--tensor-parallel-size 2", "--data-parallel-size 1", "--port 8000",
                  "--gpu-memory-utilization 0.9", "--weight-transfer-config", "--host 0.0.0.0"):
         assert part in line
 
@@ -188,7 +188,7 @@ def test_multinode_dry_run_names_ranks_and_addresses():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert SECRET not in out + result.stderr  # tokens stay in the environment
-    assert "node 0 (10.1.0.1), vllm" in out and "--max-model-len 16384" in out
+    assert "node 0 (10.1.0.1), vllm" in out and "--max-model-len 32768" in out
     for rank in range(4):
         assert f"--machine_rank {rank} --main_process_ip 10.1.0.2 --main_process_port 29611" in out
     assert out.count("--vllm_server_host 10.1.0.1") == 4 and out.count("--run_name trial") == 4
@@ -244,7 +244,7 @@ def test_vllm_serve_launcher_dry_run():
     result = _run_script("launch/vllm_serve.sh", {}, "--dry-run", "--tensor-parallel-size", "2", "--port", "8123")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
-    assert "--port 8123" in result.stdout and "--max-model-len 16384" in result.stdout
+    assert "--port 8123" in result.stdout and "--max-model-len 32768" in result.stdout
     assert serve_main(["--dry-run", "--gpu-memory-utilization", "1.5"]) == 2
 
 

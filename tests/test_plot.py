@@ -55,15 +55,15 @@ def test_the_summary_draws_and_names_the_plot(run_dir):
 
 def test_validation_accuracy_gets_a_fourth_panel(tmp_path):
     history = [
-        {"eval/AIME24/avg@4": 10.0, "step": 0},
+        {"eval/AIME24/mean@4": 10.0, "step": 0},
         {"entropy": 1.3, "reward": -0.5, "completions/mean_length": 700.0, "budget/rl_step": 1.0, "step": 4},
-        {"entropy": 1.2, "reward": -0.2, "completions/mean_length": 600.0, "eval/AIME24/avg@4": 20.0,
+        {"entropy": 1.2, "reward": -0.2, "completions/mean_length": 600.0, "eval/AIME24/mean@4": 20.0,
          "budget/rl_step": 2.0, "step": 8},
     ]
     figure = make_figure(write_history(tmp_path, history))
-    assert len(figure.axes) == 4 and figure.axes[3].get_title() == "Validation accuracy"
+    assert len(figure.axes) == 4 and figure.axes[3].get_title() == "Validation score (the paper's Figure 1)"
     line = figure.axes[3].lines[0]
-    assert line.get_label() == "AIME24 avg@4" and list(line.get_xdata()) == [0.0, 2.0]
+    assert line.get_label() == "AIME24 mean@4" and list(line.get_xdata()) == [0.0, 2.0]
 
 
 def test_without_the_rl_step_the_x_axis_is_the_optimizer_step(tmp_path):

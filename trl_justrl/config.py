@@ -16,6 +16,7 @@ from trl import GRPOConfig
 from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
 from .reporting.health import HealthMonitorSettings, HealthThresholds
 from .rewards import RewardSettings
+from .shared.validation import ValidationSettings
 
 # Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
 OBJECTIVE_INVARIANTS: dict[str, object] = {
@@ -37,15 +38,16 @@ def _world_size_from_env() -> int:
 
 
 @dataclass
-class GRPORunConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
+class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, GRPOConfig):
     """TRL's `GRPOConfig` (its defaults, its objective) plus what this project adds around any GRPO run.
 
     `launch/train.py` uses it with `trainer: grpo` (TRL's objective, e.g. the Open-RS recipes). Its own fields: the
     batch in prompts per step / per optimizer update (mapped onto TRL's batch fields for the real world size), the
     step-counted warm-up and checkpoint interval, the prompt cap (prompts over it are dropped, never truncated), the
-    vLLM weight-sync limit; it carries the registered rewards' settings (`rewards.RewardSettings`) and the health
-    monitor's (`reporting.health.HealthMonitorSettings`), defined next to the code that uses them. Every new field
-    defaults to TRL's behaviour (off / unset).
+    vLLM weight-sync limit; it carries the registered rewards' settings (`rewards.RewardSettings`), the health
+    monitor's (`reporting.health.HealthMonitorSettings`) and the in-training validation's
+    (`shared.validation.ValidationSettings`), defined next to the code that uses them. Every new field defaults to
+    TRL's behaviour (off / unset).
     """
 
     prompts_per_step: int | None = field(
@@ -103,11 +105,20 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, GRPOConfig):
             raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
         HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
         self.check_reward_settings()
+        self.check_validation_settings()
 
     @property
     def prompt_and_completion_cap(self) -> int:
-        """The longest sequence a rollout can make (prompt cap + completion cap): what a vLLM server must hold."""
+        """The longest sequence a rollout can make (prompt cap + completion cap)."""
         return (self.max_prompt_length or 0) + (self.max_completion_length or 0)
+
+    @property
+    def vllm_context_needed(self) -> int:
+        """The context a vLLM server must hold: a rollout, or a validation prompt plus its response cap when
+        validation is on (1,024 + 31,744 = 32,768 for the paper recipes)."""
+        if not self.validation_benchmarks:
+            return self.prompt_and_completion_cap
+        return max(self.prompt_and_completion_cap, (self.max_prompt_length or 0) + self.validation_max_new_tokens)
 
     def _check_trl_batch(self, world_size: int) -> None:
         """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""

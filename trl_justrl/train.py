@@ -23,8 +23,6 @@ from .config import GRPORunConfig
 from .data import DEFAULT_DATASET, load_training_data
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
-from .shared.sampling import SamplingSettings
-from .shared.validation import ValidationCallback
 from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
 
 logger = logging.getLogger("trl_justrl")
@@ -71,19 +69,6 @@ class JustRLScriptArguments(ScriptArguments):
         metadata={"help": "A system turn put before every prompt (Open-RS's recipes set theirs); null: none."},
     )
     synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
-    validation_benchmarks: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Benchmarks to validate on every eval_steps (e.g. AIME24); empty: no validation."},
-    )
-    validation_n: int = field(default=4, metadata={"help": "Samples per validation problem."})
-    validation_limit: int | None = field(default=None, metadata={"help": "First K problems of each benchmark."})
-    validation_max_new_tokens: int | None = field(
-        default=None, metadata={"help": "Validation response cap (default: max_completion_length)."}
-    )
-    validation_data_dir: str | None = field(
-        default=None, metadata={"help": "Local benchmark folder (<name>/test.parquet); default: the Hub."}
-    )
-    validation_on_start: bool = field(default=True, metadata={"help": "Validate before the first step too."})
     vllm_gpus: int | None = field(
         default=None,
         metadata={"help": "The recipe's layout for the planner and launchers: GPUs of node 0 that serve vLLM (their "
@@ -172,8 +157,6 @@ def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model
     trainer.training_data_name = script_args.dataset_name
     if script_args.console_log == "compact":
         install_compact_console(trainer)
-    if script_args.validation_benchmarks:
-        trainer.add_callback(make_validation_callback(trainer, script_args))
     trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
 
     output_dir = Path(training_args.output_dir)
@@ -210,24 +193,6 @@ def resolve_resume_checkpoint(args: GRPORunConfig) -> str | None:
             f"one in output_dir ({args.output_dir})."
         )
     return str(value)
-
-
-def make_validation_callback(trainer: GRPORunTrainer, script_args: JustRLScriptArguments):
-    """The in-training validation (trl_justrl.shared.validation), at the recipe's evaluation temperature and top-p."""
-
-    settings = SamplingSettings(
-        max_new_tokens=script_args.validation_max_new_tokens or trainer.args.max_completion_length,
-        seed=trainer.args.seed,
-    )
-    return ValidationCallback(
-        trainer,
-        script_args.validation_benchmarks,
-        n=script_args.validation_n,
-        data_dir=script_args.validation_data_dir,
-        limit=script_args.validation_limit,
-        settings=settings,
-        on_start=script_args.validation_on_start,
-    )
 
 
 def cli(argv: Sequence[str] | None = None) -> Path:

@@ -33,6 +33,7 @@ from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
 from .rewards import available_rewards, get_reward_funcs
+from .shared.validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class GRPORunTrainer(GRPOTrainer):
                 args.vllm_server_host,
                 args.vllm_server_port,
                 args.vllm_server_timeout,
-                required_context=args.prompt_and_completion_cap,
+                required_context=args.vllm_context_needed,
                 base_url=args.vllm_server_base_url,
             )
         if isinstance(model, str):
@@ -156,6 +157,8 @@ class GRPORunTrainer(GRPOTrainer):
             generation.sync_weights = SyncWatchdog(args.vllm_weight_sync_timeout, "vLLM weight sync").wrap(
                 generation.sync_weights
             )
+        if args.validation_benchmarks:  # the problems load (and fail, naming the file) here, before training
+            self.add_callback(ValidationCallback.from_config(self, args))
         self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())

@@ -72,11 +72,20 @@ class RecipeBatch(PromptBatch):
     trainer: str = "justrl"  # the recipe's `trainer` key (launch/train.py)
     vllm_gpus: int | None = None  # the recipe's preferred number of serving GPUs (`vllm_gpus` key), if any
     vllm_gpu_memory_utilization: float | None = None  # the recipe's `vllm_gpu_memory_utilization`, if set
+    validation_max_new_tokens: int | None = None  # the validation response cap when the recipe validates, else None
 
     @property
     def max_context(self) -> int:
         """Prompt + completion cap: the 16K context (1,024 + 15,360) in the paper."""
         return self.max_prompt_length + self.max_completion_length
+
+    @property
+    def server_context(self) -> int:
+        """The vLLM server's max_model_len: a rollout, or a validation prompt + its response cap when the recipe
+        validates (1,024 + 31,744 = 32,768 for the paper recipes); GRPORunConfig.vllm_context_needed at run time."""
+        if self.validation_max_new_tokens is None:
+            return self.max_context
+        return max(self.max_context, self.max_prompt_length + self.validation_max_new_tokens)
 
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
@@ -109,6 +118,7 @@ class RecipeBatch(PromptBatch):
             trainer=trainer,
             vllm_gpus=int(values["vllm_gpus"]) if values.get("vllm_gpus") is not None else None,
             vllm_gpu_memory_utilization=float(memory) if memory is not None else None,
+            validation_max_new_tokens=int(get("validation_max_new_tokens")) if get("validation_benchmarks") else None,
         )
 
     def geometry(self, world_size: int) -> BatchGeometry:
@@ -508,7 +518,7 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
                 recipe.model,
                 tensor_parallel_size=topo.vllm_tensor_parallel_size,
                 data_parallel_size=topo.vllm_data_parallel_size,
-                max_model_len=recipe.max_context,
+                max_model_len=recipe.server_context,
                 port=settings.vllm_port,
                 gpu_memory_utilization=recipe.vllm_gpu_memory_utilization or settings.gpu_memory_utilization,
             ),
@@ -590,6 +600,14 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
             lines.append("  Nearest layouts that reproduce it:")
             for alt in plan.alternatives:
                 lines.append(f"    - {alt.description}   (plan: {alt.planner_args()})")
+    if topo.mode == "server":
+        context = f"vLLM max_model_len {recipe.server_context:,}"
+        if recipe.validation_max_new_tokens is not None:
+            context += (f" (validation on: prompt {recipe.max_prompt_length:,} + validation response "
+                        f"{recipe.validation_max_new_tokens:,}; rollouts need {recipe.max_context:,})")
+        else:
+            context += f" (prompt {recipe.max_prompt_length:,} + completion {recipe.max_completion_length:,})"
+        lines.append(f"  {context}")
     lines.append("")
     budget = plan.budget()
     if budget["tokens"] is not None:

@@ -33,7 +33,8 @@ def build(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[s
     p.add_argument("--data-parallel-size", type=int, default=1,
                    help="keep 1 for dense models (vLLM >= 0.14 refuses data parallelism for them)")
     p.add_argument("--gpu-memory-utilization", type=float, default=DEFAULT_GPU_MEMORY_UTILIZATION)
-    p.add_argument("--max-model-len", type=int, default=None, help="default: the recipe's prompt + completion cap")
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="default: the recipe's prompt + completion cap, or prompt + validation cap when it validates")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=DEFAULT_VLLM_PORT)
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
@@ -51,7 +52,7 @@ def build(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[s
         model,
         tensor_parallel_size=args.tensor_parallel_size,
         data_parallel_size=args.data_parallel_size,
-        max_model_len=args.max_model_len or recipe.max_context,
+        max_model_len=args.max_model_len or recipe.server_context,
         port=args.port,
         gpu_memory_utilization=args.gpu_memory_utilization,
         host=args.host,

@@ -2,8 +2,8 @@
 
     python -m trl_justrl.plot <output_dir> [--output PATH]      (default PATH: <output_dir>/dynamics.png)
 
-Panels: policy entropy, mean reward and mean response length against the JustRL step, plus validation accuracy when
-the run logged it (`eval/<benchmark>/avg@<n>`, trl_justrl.shared.validation.ValidationCallback). The JustRL step (one
+Panels: policy entropy, mean reward and mean response length against the JustRL step, plus the validation score
+when the run logged it (`eval/<benchmark>/mean@<n>`, ValidationCallback: the paper's Figure 1). The JustRL step (one
 generation batch) is the optimizer step divided by the updates per step, inferred from `budget/rl_step` (logged by
 JustRLTrainer); without it the x axis is the optimizer step. Drawn with matplotlib's Agg canvas (no display, no
 pyplot state).
@@ -30,7 +30,8 @@ PANELS = (
     (REWARD, "Mean reward", "mean reward"),
     (LENGTH, "Mean response length", "tokens"),
 )
-VALIDATION = re.compile(r"^eval/(?P<benchmark>.+)/avg@(?P<n>\d+)$")  # ValidationCallback's keys
+# ValidationCallback's keys: eval/<benchmark>/mean@<n> (avg@<n> in logs of earlier versions)
+VALIDATION = re.compile(r"^eval/(?P<benchmark>.+)/(?P<metric>mean|avg)@(?P<n>\d+)$")
 PAPER_HEALTHY_ENTROPY = (1.0, 1.6)  # RECIPE: healthy JustRL-DeepSeek-1.5B entropy ranges 1.0-1.6 (Figure 2)
 DEFAULT_NAME = "dynamics.png"
 
@@ -103,14 +104,14 @@ def make_figure(output_dir: str | Path) -> Figure:
             ax.legend(loc="best", fontsize="small")
     if validation:
         ax = axes[-1]
-        ax.set_title("Validation accuracy")
+        ax.set_title("Validation score (the paper's Figure 1)")
         ax.set_xlabel(x_label)
-        ax.set_ylabel("avg@n (%)")
+        ax.set_ylabel("mean@n (%)")
         ax.grid(alpha=0.3)
         for key in validation:
             match = VALIDATION.match(key)
             xs, ys = series[key]
-            ax.plot(xs, ys, marker="o", markersize=3, label=f"{match['benchmark']} avg@{match['n']}")
+            ax.plot(xs, ys, marker="o", markersize=3, label=f"{match['benchmark']} {match['metric']}@{match['n']}")
         ax.legend(loc="best", fontsize="small")
     figure.suptitle(f"Training dynamics: {Path(output_dir).resolve().name}")
     return figure
