@@ -391,7 +391,8 @@ def parse_recipe(name):
     from trl_justrl.train import make_parser
 
     recipe = Path(__file__).resolve().parents[1] / "launch" / "recipes" / f"{name}.yaml"
-    return make_parser().parse_args_and_config(["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"])
+    return make_parser().parse_args_and_config(
+        ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
 
 
 @pytest.mark.parametrize("name", sorted(ABLATIONS))

@@ -267,7 +267,7 @@ def test_open_rs_recipes_hold_the_papers_values(name, monkeypatch):
                                max_micro_batch=values["per_device_train_batch_size"])
     assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.completions_per_update) == (6, 4, 72)
     script, training, model = make_parser(["--config", str(recipe)]).parse_args_and_config(
-        ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false"])
+        ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
     assert script.trainer == "grpo" and type(training).__name__ == "GRPORunConfig"
     assert model.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
 

@@ -8,9 +8,13 @@ any model is loaded.
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
+from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
 from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
@@ -30,6 +34,27 @@ OBJECTIVE_INVARIANTS: dict[str, object] = {
     "scale_rewards": "group",  # RECIPE: advantage = (r - mean(group)) / (std(group) + eps)
 }
 # TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
+
+
+# report_to integration -> (module that must import, package to install)
+REPORT_TO_PACKAGES = {
+    "wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard"), "trackio": ("trackio", "trackio"),
+    "mlflow": ("mlflow", "mlflow"), "comet_ml": ("comet_ml", "comet-ml"), "clearml": ("clearml", "clearml"),
+    "neptune": ("neptune", "neptune"), "aim": ("aim", "aim"), "dvclive": ("dvclive", "dvclive"),
+    "swanlab": ("swanlab", "swanlab"),
+}
+
+
+def missing_integrations(report_to: Any) -> list[str]:
+    """The `report_to` integrations whose package is not installed (checked without importing them)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    missing = []
+    for name in names:
+        if name in REPORT_TO_PACKAGES and importlib.util.find_spec(REPORT_TO_PACKAGES[name][0]) is None:
+            if name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
+                continue
+            missing.append(name)
+    return missing
 
 
 def _world_size_from_env() -> int:
@@ -81,6 +106,20 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             "optimizer updates. Null leaves save_steps / eval_steps as given."
         },
     )
+    stop_grace_period_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "After SIGTERM / SIGUSR1 the run finishes its optimizer update, saves and exits 75 (requeue); "
+            "past this many seconds it exits at once instead. Null: no limit (a second signal still stops at once)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in a used output_dir, deleting its checkpoint-N folders first. Without it (and "
+            "without --resume_from_checkpoint) a used output_dir is refused."
+        },
+    )
     vllm_weight_sync_timeout: float = field(
         default=600.0,  # project's choice: a 1.5B bf16 sync takes seconds; ten minutes means the server is gone
         metadata={
@@ -101,11 +140,33 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
                 f"{self.world_size}. Launch with torchrun or accelerate launch so that WORLD_SIZE is set."
             )
         self.batch_geometry: BatchGeometry | None = geometry
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length must be positive, got {self.max_prompt_length}.")
+        self._check_run_settings()
         HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
         self.check_reward_settings()
         self.check_validation_settings()
+
+    def _check_run_settings(self) -> None:
+        """Values that would only fail after the model loads (or never): refused here, each named."""
+        wrong = {}
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            wrong["learning_rate"] = f"{self.learning_rate} (a finite number >= 0)"
+        for name in ("max_prompt_length", "max_completion_length", "save_every_rl_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                wrong[name] = f"{value} (at least 1, or null)"
+        if self.save_strategy == SaveStrategy.STEPS and self.save_steps is not None and self.save_steps <= 0:
+            wrong["save_steps"] = f"{self.save_steps} (positive with save_strategy steps)"
+        if self.stop_grace_period_s is not None and self.stop_grace_period_s <= 0:
+            wrong["stop_grace_period_s"] = f"{self.stop_grace_period_s} (positive, or null)"
+        if wrong:
+            raise ValueError("Invalid settings: " + "; ".join(f"{k} = {v}" for k, v in wrong.items()))
+        missing = missing_integrations(self.report_to)
+        if missing:
+            raise ValueError(
+                f"report_to names {', '.join(missing)}, which is not installed here: "
+                + ", ".join(f"pip install {REPORT_TO_PACKAGES[name][1]}" for name in missing)
+                + " (or the project extra of that name, e.g. pip install -e '.[wandb]'), or drop it from report_to."
+            )
 
     @property
     def prompt_and_completion_cap(self) -> int:

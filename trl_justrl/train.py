@@ -8,21 +8,26 @@ Everything else (data, rewards, health monitor, budget, validation, resume, summ
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from transformers.trainer_utils import IntervalStrategy, get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
+from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
 from .config import GRPORunConfig
 from .data import DEFAULT_DATASET, load_training_data
+from .preemption import EXIT_REQUEUE
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
+from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
 from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
 
 logger = logging.getLogger("trl_justrl")
@@ -146,52 +151,105 @@ def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.do_eval = False
 
-    trainer = trainer_class(
-        model=model_args.model_name_or_path,
-        reward_funcs=script_args.reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
-    trainer.training_data_name = script_args.dataset_name
-    if script_args.console_log == "compact":
-        install_compact_console(trainer)
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
-
+    # Pre-flight, before any model loads: the checkpoint to resume from, the output folder, one writer per folder.
+    resume = resolve_resume_checkpoint(training_args)
     output_dir = Path(training_args.output_dir)
-    trainer.save_model(str(output_dir))  # also when save_strategy is "no"
-    trainer.save_state()  # trainer_state.json with the full log history
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    lock = None
+    if training_args.process_index == 0:
+        check_output_dir(output_dir, resuming=resume_requested(training_args),
+                         overwrite=training_args.overwrite_output_dir)
+        lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
+        (output_dir / STOP_RECORD).unlink(missing_ok=True)
+    try:
+        trainer = trainer_class(
+            model=model_args.model_name_or_path,
+            reward_funcs=script_args.reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            peft_config=get_peft_config(model_args),
+        )
+        trainer.training_data_name = script_args.dataset_name
+        if script_args.console_log == "compact":
+            install_compact_console(trainer)
+        trainer.train(resume_from_checkpoint=resume)
+        stopped_at = trainer.graceful_stop.stopped_at
+        if stopped_at is not None:  # SIGTERM / SIGUSR1: checkpoint-N is saved; no "final" model
+            trainer.save_state()
+            if trainer.accelerator.is_main_process:
+                (output_dir / STOP_RECORD).write_text(json.dumps({"global_step": stopped_at,
+                                                                   "exit_code": EXIT_REQUEUE}))
+            raise TrainingStopped(stopped_at, output_dir / f"checkpoint-{stopped_at}")
+        save_final_model(trainer, output_dir)  # also when save_strategy is "no"
+        trainer.save_state()  # trainer_state.json with the full log history
+        if training_args.push_to_hub:
+            trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    finally:
+        if lock is not None:
+            lock.release()
     if trainer.accelerator.is_main_process and script_args.print_summary:
         print(format_summary(summarize_run(output_dir, draw_plot=True), wall_time_s=time.time() - start), flush=True)
     return output_dir
 
 
+STOP_RECORD = "stopped.json"  # written when a run stops on a signal (its step and exit code), removed at the next start
+
+
+class TrainingStopped(Exception):
+    """The run stopped on SIGTERM / SIGUSR1 after saving `checkpoint`; relaunch with resume to continue."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"Stopped on request at step {step}; {checkpoint} is saved. Relaunch with "
+                         f"--resume_from_checkpoint latest to continue (exit code {EXIT_REQUEUE}).")
+        self.step, self.checkpoint = step, checkpoint
+
+
+def save_final_model(trainer: GRPORunTrainer, output_dir: Path) -> None:
+    """`save_model` into output_dir; if that fails late (disk full, folder gone read-only), the model is saved to a
+    rescue folder under the system's temporary directory instead, and the error names it: trained weights are never
+    lost to a final write."""
+    try:
+        trainer.save_model(str(output_dir))
+    except OSError as err:
+        rescue = Path(tempfile.gettempdir()) / f"trl_justrl-rescue-{output_dir.name}-step{trainer.state.global_step}"
+        trainer.save_model(str(rescue))
+        raise OSError(f"Could not write the final model to {output_dir} ({err.strerror or err}); it was saved to "
+                      f"{rescue} instead: copy it where it belongs.") from err
+
+
 RESUME_LATEST = ("latest", "last", "auto", "true")
 
 
-def resolve_resume_checkpoint(args: GRPORunConfig) -> str | None:
-    """`--resume_from_checkpoint latest`: the newest checkpoint-N in output_dir, or None (a fresh start) if none.
-
-    That one flag makes a relaunched or requeued job continue where it stopped. A path must exist.
-    """
+def resume_requested(args: GRPORunConfig) -> bool:
     value = args.resume_from_checkpoint
-    if value is None or str(value).lower() in ("", "false", "none"):
+    return not (value is None or str(value).lower() in ("", "false", "none"))
+
+
+def resolve_resume_checkpoint(args: GRPORunConfig) -> str | None:
+    """`--resume_from_checkpoint latest`: the newest whole checkpoint-N in output_dir (checkpoints.find_resumable
+    skips and names torn or incomplete ones), or None (a fresh start) if there is none. That one flag makes a
+    relaunched or requeued job continue where it stopped. A given path must exist and be resumable."""
+    if not resume_requested(args):
         return None
+    value = args.resume_from_checkpoint
     if str(value).lower() in RESUME_LATEST:
-        last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-        if last is None:
-            logger.info("No checkpoint in %s yet: starting from scratch.", args.output_dir)
-        else:
-            logger.info("Resuming from %s", last)
-        return last
+        found = find_resumable(args.output_dir, save_only_model=args.save_only_model)
+        for folder, reason in found.skipped:
+            logger.warning("Skipping %s: %s", folder, reason)
+        if found.path is None:
+            logger.info("No whole checkpoint in %s yet: starting from scratch.", args.output_dir)
+            return None
+        logger.info("Resuming from %s", found.path)
+        return str(found.path)
     if not Path(value).is_dir():
         raise FileNotFoundError(
             f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint-N folder, or 'latest' for the newest "
             f"one in output_dir ({args.output_dir})."
         )
+    reason = incomplete_reason(Path(value))
+    if reason is not None:
+        logger.warning("%s: %s; resuming anyway, as asked (its files are checked next).", value, reason)
+    check_resumable(value, save_only_model=args.save_only_model)
     return str(value)
 
 
@@ -200,4 +258,11 @@ def cli(argv: Sequence[str] | None = None) -> Path:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(argv) if argv is not None else sys.argv[1:]
     script_args, training_args, model_args = make_parser(argv).parse_args_and_config(args=argv)
-    return main(script_args, training_args, model_args)
+    try:
+        return main(script_args, training_args, model_args)
+    except TrainingStopped as stop:
+        print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_REQUEUE)
+    except (OutputDirError, FolderLocked, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)

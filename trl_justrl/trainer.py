@@ -12,6 +12,7 @@ logging, checkpoints and the Hub are TRL's and transformers'.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,11 @@ from typing import Any
 import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel
+from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
+from .checkpoints import write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig
 from .data import PromptLengthFilter
@@ -29,6 +32,7 @@ from .loss import dual_clip_mask
 from .microbatch import fill_old_logps, forward_trimmed, group_by_length
 from .models import resolve_model
 from .open_rs import OpenRSAccuracy  # noqa: F401 - registers Open-RS's rewards for name lookup
+from .preemption import GracefulStop
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
@@ -67,6 +71,17 @@ def _resolve_rewards(
     ]
 
 
+def keep_token_out_of_saved_args(args: GRPORunConfig) -> None:
+    """transformers pickles the whole config into every `training_args.bin` (pushed with each checkpoint): a
+    `hub_token` given as an argument moves to this process's HF_TOKEN environment variable (where the Hub client
+    finds it) and leaves the config."""
+    if getattr(args, "hub_token", None):
+        os.environ["HF_TOKEN"] = args.hub_token
+        args.hub_token = None
+        logger.warning("hub_token was given as an argument: it is kept in this process's environment (HF_TOKEN) and "
+                       "not in the saved training arguments. Prefer setting HF_TOKEN yourself.")
+
+
 class GRPORunTrainer(GRPOTrainer):
     """TRL's GRPOTrainer and its objective, unchanged, with the project's run services (see the module docstring)."""
 
@@ -99,6 +114,7 @@ class GRPORunTrainer(GRPOTrainer):
         if not isinstance(args, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
         self.check_args(args)
+        keep_token_out_of_saved_args(args)
         if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
             check_vllm_server(
                 args.vllm_server_host,
@@ -149,6 +165,8 @@ class GRPORunTrainer(GRPOTrainer):
             rollout_func=rollout_func,
             environment_factory=environment_factory,
         )
+        self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
+        self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1: finish the update, save, stop (preemption.py)
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
         if args.health_monitor:
             self.add_callback(HealthMonitor.from_config(args))  # warnings on the paper's failure signatures
@@ -165,6 +183,25 @@ class GRPORunTrainer(GRPOTrainer):
 
     def check_args(self, args: GRPORunConfig) -> None:
         """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, then, once every process has written its share, the completion marker
+        (checkpoints.py); old checkpoints are rotated only after that, so a kill mid-save never leaves the run
+        without a whole checkpoint."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            write_marker(folder, self.state.global_step, self.accelerator.num_processes)
+            if limit:
+                rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
 
     # ---- compute budget: tokens generated and trained --------------------------------------------------------
 
@@ -184,7 +221,8 @@ class GRPORunTrainer(GRPOTrainer):
             # without those mask_truncated_completions removes) are summed over the processes here.
             local = torch.stack([output["prompt_mask"].sum(), output["completion_mask"].sum()]).long()
             prompt, completion = self.accelerator.reduce(local, reduction="sum").tolist()
-            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion)
+            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion,
+                       at_step=self.state.global_step)
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:

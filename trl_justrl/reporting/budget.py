@@ -69,14 +69,30 @@ class TokenBudget(TrainerCallback, ExportableState):
         self.tokens_trained = int(tokens_trained)
         self.paper_estimate_tokens: int | None = None
         self._updates_per_generation: float | None = None
+        self._in_flight: tuple[int, int, int | None] = (0, 0, None)  # the latest batch and the step it is used up at
+        self._step = 0
 
-    def add(self, generated: int, trained: int) -> None:
+    def add(self, generated: int, trained: int, at_step: int | None = None) -> None:
+        """Count one generation batch, generated when `at_step` optimizer updates were done (None: not tracked)."""
         self.tokens_generated += int(generated)
         self.tokens_trained += int(trained)
+        ends = None
+        if at_step is not None and self._updates_per_generation:
+            ends = at_step + round(self._updates_per_generation)
+        self._in_flight = (int(generated), int(trained), ends)
 
     def state(self) -> dict:
-        return {"args": {"tokens_generated": self.tokens_generated, "tokens_trained": self.tokens_trained},
-                "attributes": {}}
+        """The counts a checkpoint stores: without the current generation batch while its updates are unfinished
+        (a run resumed from a mid-batch checkpoint generates that batch again and counts it then)."""
+        generated, trained = self.tokens_generated, self.tokens_trained
+        in_flight_generated, in_flight_trained, ends = self._in_flight
+        if ends is not None and self._step < ends:
+            generated, trained = generated - in_flight_generated, trained - in_flight_trained
+        return {"args": {"tokens_generated": generated, "tokens_trained": trained}, "attributes": {}}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._step = state.global_step
+        return control
 
     def on_train_begin(self, args, state, control, **kwargs):
         name = type(self).__name__
@@ -92,6 +108,7 @@ class TokenBudget(TrainerCallback, ExportableState):
                           "tokens_trained": last.get(TOKENS_TRAINED, 0)}
         self.tokens_generated = int(counts["tokens_generated"])
         self.tokens_trained = int(counts["tokens_trained"])
+        self._step, self._in_flight = state.global_step, (0, 0, None)
         # transformers' checkpointing looks stateful callbacks up by class name: make sure the entry exists
         state.stateful_callbacks.setdefault(name, self.state())
         self._updates_per_generation = updates_per_generation(args)

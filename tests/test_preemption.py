@@ -1,0 +1,251 @@
+"""Crash-consistent, preemption-safe runs: whole checkpoints only, a clean stop on real signals, one writer per
+folder, pre-flight refusals before any model loads, and no token at rest. Tiny models, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_justrl.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
+from trl_justrl.preemption import EXIT_REQUEUE
+from trl_justrl.reporting.budget import TokenBudget
+from trl_justrl.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
+
+REPO = Path(__file__).resolve().parents[1]
+SENTINEL = "hf_SENTINELtokenNEVERatREST0123456789"
+
+
+def recipe(tmp_path: Path, model: Path, **overrides) -> Path:
+    """A tiny run: one optimizer update per training step (so every step is a generation-batch boundary)."""
+    values = {
+        "model_name_or_path": str(model), "dataset_name": "synthetic", "synthetic_size": 64, "prompts_per_step": 1,
+        "prompts_per_update": 1, "num_generations": 4, "per_device_train_batch_size": 4,
+        "max_completion_length": 8, "learning_rate": 1.0e-2, "warmup_rl_steps": 0, "save_every_rl_steps": 1,
+        "save_strategy": "steps", "eval_strategy": "no", "max_steps": 6, "logging_steps": 1,
+        "gradient_checkpointing": False, "use_cpu": True, "bf16": False, "report_to": "none",
+        "output_dir": str(tmp_path / "out"), "reward_funcs": ["test_length_parity"], "seed": 0,
+        "console_log": "compact", "print_summary": False,
+    } | overrides
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+# launch/train.py's cli, with the suite's test rewards registered (conftest.py): a varying reward makes the
+# losses worth comparing between an interrupted and an uninterrupted run
+TRAIN_WITH_TEST_REWARDS = (
+    "import sys; sys.path.insert(0, 'tests'); import conftest; from trl_justrl.train import cli; cli(sys.argv[1:])"
+)
+
+
+def train_command(config: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", TRAIN_WITH_TEST_REWARDS, "--config", str(config), *extra]
+
+
+def env() -> dict[str, str]:
+    return os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+
+
+def run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env(), cwd=REPO)
+
+
+def history(folder: Path) -> list[dict]:
+    return json.loads((folder / "trainer_state.json").read_text())["log_history"]
+
+
+# ---- whole checkpoints ---------------------------------------------------------------------------------------------
+
+
+def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, tiny_model_path, caplog):
+    config = recipe(tmp_path, tiny_model_path, max_steps=3)
+    result = run(train_command(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    for step in (1, 2, 3):
+        marker = json.loads((out / f"checkpoint-{step}" / MARKER).read_text())
+        assert marker["global_step"] == step and "optimizer.pt" in marker["files"] and "model.safetensors" in marker[
+            "files"]
+    # a save killed after 2 files (no marker), and one whose optimizer file vanished after it was marked
+    torn = out / "checkpoint-5"
+    torn.mkdir()
+    (torn / "config.json").write_text("{}")
+    (torn / "model.safetensors").write_bytes(b"\0" * 10)
+    (out / "checkpoint-3" / "optimizer.pt").unlink()
+    found = find_resumable(out)
+    assert found.path == out / "checkpoint-2"
+    reasons = dict(found.skipped)
+    assert "no checkpoint_complete.json" in reasons[torn] and "optimizer.pt is missing" in reasons[out / "checkpoint-3"]
+    # asked for by path, a checkpoint without its optimizer is refused, naming the file
+    with pytest.raises(CheckpointError, match=r"checkpoint-3 cannot be resumed from: optimizer.pt missing"):
+        check_resumable(out / "checkpoint-3")
+    check_resumable(out / "checkpoint-3", save_only_model=True)  # a model-only save needs no optimizer
+    # the requeued job resumes from checkpoint-2 and finishes, instead of looping on checkpoint-5
+    result = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "4"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Skipping" in result.stderr and "checkpoint-5" in result.stderr and "Resuming from" in result.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+    refused = run(train_command(config, "--resume_from_checkpoint", str(out / "checkpoint-5")))
+    assert refused.returncode == 2 and "optimizer.pt" in refused.stderr and "Loading weights" not in refused.stderr
+
+
+# ---- a clean stop on a real signal -------------------------------------------------------------------------------
+
+
+def _start_and_signal(cmd: list[str], sig: int, after_line: str, second: bool = False) -> subprocess.CompletedProcess:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    lines = []
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:  # the compact console prints one line per optimizer step
+        lines.append(line)
+        if line.startswith(after_line):
+            proc.send_signal(sig)
+            if second:
+                time.sleep(0.2)
+                proc.send_signal(sig)
+            break
+        assert time.monotonic() < deadline, "".join(lines)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines) + out, err)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_model_path) -> list[dict]:
+    """The uninterrupted run's logged steps."""
+    folder = tmp_path_factory.mktemp("reference")
+    assert run(train_command(recipe(folder, tiny_model_path, save_strategy="no", save_every_rl_steps=None))
+               ).returncode == 0
+    return [h for h in history(folder / "out") if "reward" in h]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_signal_saves_stops_and_the_resumed_run_matches(tmp_path, tiny_model_path, reference, sig):
+    assert len({h["reward"] for h in reference}) > 1  # a varying reward: the comparison below means something
+
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None)  # saved only on a stop
+    stopped = _start_and_signal(train_command(config), sig, "step 2/6")
+    assert stopped.returncode == EXIT_REQUEUE, stopped.stderr[-3000:]
+    assert "received: finishing the current optimizer update" in stopped.stderr
+    out = tmp_path / "out"
+    record = json.loads((out / "stopped.json").read_text())
+    step = record["global_step"]
+    assert step >= 2 and record["exit_code"] == EXIT_REQUEUE and (out / f"checkpoint-{step}" / MARKER).is_file()
+    assert not (out / LOCK_NAME).exists()  # the folder lock is released on the way out
+
+    resumed = run(train_command(config, "--resume_from_checkpoint", "latest"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not (out / "stopped.json").exists()
+    entries = [h for h in history(out) if "reward" in h]
+    assert [h["step"] for h in entries] == [1, 2, 3, 4, 5, 6]
+    for mine, theirs in zip(entries, reference, strict=True):  # stopped at a batch boundary: the same run
+        assert mine["reward"] == pytest.approx(theirs["reward"]) and mine["loss"] == pytest.approx(theirs["loss"])
+    assert entries[-1]["budget/tokens_generated"] == reference[-1]["budget/tokens_generated"]  # counted once
+
+
+def test_a_second_signal_stops_at_once(tmp_path, tiny_model_path):
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=50)
+    result = _start_and_signal(train_command(config), signal.SIGTERM, "step 1/50", second=True)
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
+    assert "second signal (SIGTERM): stopping now" in result.stderr
+
+
+def test_budget_leaves_an_unfinished_batch_out_of_a_checkpoint():
+    from types import SimpleNamespace
+
+    budget = TokenBudget()
+    budget._updates_per_generation = 4.0
+    budget.add(generated=100, trained=300, at_step=0)  # the first batch: used up at step 4
+    budget.on_step_end(None, SimpleNamespace(global_step=4), None)
+    budget.add(generated=50, trained=200, at_step=4)  # the second: used up at step 8
+    budget.on_step_end(None, SimpleNamespace(global_step=6), None)  # saved mid-batch
+    assert budget.state()["args"] == {"tokens_generated": 100, "tokens_trained": 300}
+    budget.on_step_end(None, SimpleNamespace(global_step=8), None)  # saved at the boundary
+    assert budget.state()["args"] == {"tokens_generated": 150, "tokens_trained": 500}
+
+
+# ---- the output folder ---------------------------------------------------------------------------------------------
+
+
+def test_output_dir_checks(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    with pytest.raises(OutputDirError, match="is a file, not a folder"):
+        check_output_dir(file, resuming=False, overwrite=False)
+    used = tmp_path / "used"
+    (used / "checkpoint-7").mkdir(parents=True)
+    (used / "model.safetensors").write_text("x")
+    with pytest.raises(OutputDirError, match=r"already holds a run \(checkpoint-7, model.safetensors\)"):
+        check_output_dir(used, resuming=False, overwrite=False)
+    check_output_dir(used, resuming=True, overwrite=False)  # resuming into it is the point
+    check_output_dir(used, resuming=False, overwrite=True)
+    assert not (used / "checkpoint-7").exists() and not (used / "model.safetensors").exists()
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o500)
+        with pytest.raises(OutputDirError, match="is not writable"):
+            check_output_dir(locked, resuming=False, overwrite=False)
+
+
+def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
+    config = recipe(tmp_path, tiny_model_path)
+    (tmp_path / "out").write_text("not a folder")
+    result = run(train_command(config))
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    (tmp_path / "out").unlink()
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    result = run(train_command(config))
+    assert result.returncode == 2 and "already holds a run (checkpoint-3)" in result.stderr
+    assert "Loading weights" not in result.stderr
+    from trl_justrl.train import make_parser
+
+    for bad, message in ((["--learning_rate", "nan"], "learning_rate = nan"),
+                         (["--learning_rate=-1e-6"], "learning_rate = -1e-06"),
+                         (["--max_completion_length", "0"], "max_completion_length = 0"),
+                         (["--save_every_rl_steps", "0"], "save_every_rl_steps = 0"),
+                         (["--report_to", "tensorboard"], "report_to names tensorboard, which is not installed")):
+        argv = ["--config", str(config), *bad]  # refused while the arguments are parsed, before anything loads
+        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+            make_parser(argv).parse_args_and_config(argv)
+
+
+def test_one_writer_per_folder(tmp_path, tiny_model_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(
+            {"pid": holder.pid, "host": socket.gethostname(), "purpose": "training (justrl)"}))
+        result = run(train_command(recipe(tmp_path, tiny_model_path)))
+        assert result.returncode == 2 and f"pid {holder.pid} on host {socket.gethostname()}" in result.stderr
+        assert "Loading weights" not in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(tmp_path / "out", "test"):  # the holder is gone: its stale lock is taken over
+        with pytest.raises(FolderLocked, match=f"pid {os.getpid()}"):
+            FolderLock(tmp_path / "out", "another").acquire()
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+# ---- no token at rest ----------------------------------------------------------------------------------------------
+
+
+def test_a_token_given_as_an_argument_is_written_nowhere(tmp_path, tiny_model_path):
+    config = recipe(tmp_path, tiny_model_path, max_steps=2, print_summary=True)
+    result = run(train_command(config, "--hub_token", SENTINEL, "--log_completions", "true"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert SENTINEL not in result.stdout + result.stderr
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert any(p.name == "training_args.bin" for p in written) and any(p.name == "README.md" for p in written)
+    leaking = [str(p) for p in written if SENTINEL.encode() in p.read_bytes()]
+    assert leaking == []

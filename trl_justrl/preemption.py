@@ -1,0 +1,102 @@
+"""A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`, `--signal=USR1@120`): finish the optimizer update
+in progress, save a whole checkpoint at the step every process agrees on, and exit with `EXIT_REQUEUE`.
+
+`GracefulStop` is a TrainerCallback (GRPORunTrainer adds it): on the first signal it only sets a flag; at the end of
+the current optimizer update every process learns whether any of them was signalled (one all-reduce), and together
+they save and stop. A second signal, or `stop_grace_period_s` after the first, ends the process at once (exit
+128 + signal). `launch/train.py` then exits with `EXIT_REQUEUE` (75, EX_TEMPFAIL: "try again later"), which
+`launch/slurm/train.slurm` turns into `scontrol requeue`; the requeued job resumes with `--resume_from_checkpoint
+latest`.
+
+Where the stop lands: JustRL makes 4 optimizer updates per generation batch. Stopped after the last update of a
+batch, the resumed run continues exactly (same data order, same random streams). Stopped after update 1-3 of a
+batch, the checkpoint holds those updates; the resumed run samples a new generation batch for the rest, so its
+history differs from an uninterrupted run from there on. The token budget counts a generation batch when it is
+generated; a checkpoint saved mid-batch leaves that batch out, so the regenerated batch is counted once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class GracefulStop(TrainerCallback):
+    """Stop training at the next optimizer-update boundary after SIGTERM / SIGUSR1, saving a checkpoint first."""
+
+    def __init__(self, accelerator: Any = None, grace_period_s: float | None = None):
+        self.accelerator = accelerator
+        self.grace_period_s = grace_period_s
+        self.requested: int | None = None  # the signal number received (this process)
+        self.stopped_at: int | None = None  # the global step saved and stopped at (all processes)
+        self._previous: dict[int, Any] = {}
+
+    # -- signals ---------------------------------------------------------------------------------------------------
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # a second signal: now
+            os.write(2, f"[trl_justrl] second signal ({signal.Signals(signum).name}): stopping now\n".encode())
+            os._exit(128 + signum)
+        self.requested = signum
+        os.write(2, (f"[trl_justrl] {signal.Signals(signum).name} received: finishing the current optimizer update, "
+                     "then saving a checkpoint and stopping (send it again to stop at once)\n").encode())
+        if self.grace_period_s:
+            timer = threading.Timer(self.grace_period_s, self._out_of_time, args=(signum,))
+            timer.daemon = True
+            timer.start()
+
+    def _out_of_time(self, signum: int) -> None:
+        os.write(2, f"[trl_justrl] stop_grace_period_s={self.grace_period_s:g} passed: stopping now\n".encode())
+        os._exit(128 + signum)
+
+    def install(self) -> None:
+        """Install the handlers (main thread only; elsewhere signals keep their default action)."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training runs outside the main thread: SIGTERM / SIGUSR1 will not stop it cleanly.")
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    # -- the training loop -------------------------------------------------------------------------------------------
+
+    def _anyone_requested(self) -> bool:
+        """Whether any process was signalled (one all-reduce, so every process takes the same decision)."""
+        flag = 1.0 if self.requested is not None else 0.0
+        accelerator = self.accelerator
+        if accelerator is None or accelerator.num_processes == 1:
+            return bool(flag)
+        tensor = torch.tensor([flag], device=accelerator.device)
+        return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.install()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_requested():
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            logger.warning("Stopping on request at step %d: saving checkpoint-%d, then exiting with %d (requeue).",
+                           state.global_step, state.global_step, EXIT_REQUEUE)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.uninstall()
+        return control
