@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 
 from trl_justrl.models import resolve_model
+from trl_justrl.run_folder import FolderLock, FolderLocked
 from trl_justrl.shared.benchmarks import BenchmarkError, get_benchmark, load_problems
 from trl_justrl.shared.sampling import SamplingSettings
 
@@ -49,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
-    """Run one worker per data-parallel rank on its own GPUs, wait for all; 0 when every worker succeeded."""
+    """Run one worker per data-parallel rank on its own GPUs, wait for all; 0 when every worker succeeded.
+
+    SIGTERM / SIGINT / SIGUSR1 to this process are passed on to every worker, which stops (its finished problems are
+    on disk); this process then exits with 128 + the signal, leaving no worker behind."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     total = args.data_parallel_size * args.tensor_parallel_size
     gpus = visible.split(",") if visible else [str(i) for i in range(total)]
@@ -59,7 +64,24 @@ def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
         env = os.environ | {"CUDA_VISIBLE_DEVICES": ",".join(mine) if args.backend == "vllm" else ""}
         cmd = [sys.executable, "-m", "evaluation", *argv, "--shard", f"{rank}/{args.data_parallel_size}"]
         workers.append(subprocess.Popen(cmd, env=env))
-    codes = [w.wait() for w in workers]
+    received: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        for worker in workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        codes = [w.wait() for w in workers]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        print(f"stopped on {signal.Signals(received[0]).name}: the workers stopped too; finished problems are kept, "
+              "re-run to resume", file=sys.stderr)
+        return 128 + received[0]
     failed = [rank for rank, code in enumerate(codes) if code != 0]
     if failed:
         print(f"error: data-parallel workers {failed} failed; finished problems are kept, re-run to resume",
@@ -108,16 +130,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return TransformersBackend.from_pretrained(model, dtype=args.dtype)
 
+    lock = None
     try:
+        if shard is None:  # one evaluation per output folder (its data-parallel workers write under the parent's lock)
+            lock = FolderLock(args.output_dir, f"evaluation of {args.model}").acquire()
         if args.data_parallel_size > 1 and shard is None:
             for name in opts.benchmarks:  # bad names and files fail here, once, before any worker starts
                 load_problems(get_benchmark(name), opts.data_dir, opts.limit)
-            if launch_workers(argv, args) != 0:
-                return 1
+            code = launch_workers(argv, args)
+            if code != 0:
+                return code
         report = run_evaluation(opts, backend)
-    except (BenchmarkError, FileNotFoundError, ImportError, ValueError) as exc:
+    except (BenchmarkError, FileNotFoundError, ImportError, ValueError, FolderLocked) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     if shard is not None:
         return 0
     print(format_report(report))

@@ -1,18 +1,23 @@
 """Files of an evaluation run: generations as append-only JSONL, grading and settings as atomically written JSON.
 
-Resume rule: a problem counts as generated only when all of its N samples are in the file; a torn last line or a
-partial problem (from a crash) is removed before generation continues, so nothing half-written is taken as done.
+Resume rule: a problem counts as generated only when all of its N samples are in the file; a torn line, a line that
+is not UTF-8 or not a sample, and a partial problem (from a crash) are removed before generation continues, so
+nothing half-written is taken as done. Removed lines are set aside in `<file>.rejected` and named (file and line
+number) in a warning; their problems are generated again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from trl_justrl.shared.sampling import Sample
+
+logger = logging.getLogger(__name__)
 
 
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
@@ -39,15 +44,25 @@ class GenerationStore:
         if not self.path.is_file():
             return {}
         by_problem: dict[str, dict[int, Sample]] = defaultdict(dict)
-        dirty = False
-        with self.path.open() as f:
-            for line in f:
+        rejected: list[tuple[int, bytes, str]] = []
+        with self.path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
                 try:
-                    sample = Sample(**json.loads(line))
-                except (json.JSONDecodeError, TypeError):
-                    dirty = True  # a line cut short by a crash
+                    sample = Sample(**json.loads(raw.decode("utf-8")))
+                except UnicodeDecodeError as err:
+                    rejected.append((number, raw, f"not UTF-8 ({err.reason} at byte {err.start})"))
+                    continue
+                except (ValueError, TypeError) as err:  # cut short by a crash, or not a sample
+                    rejected.append((number, raw, f"not a sample ({type(err).__name__})"))
                     continue
                 by_problem[sample.problem_id][sample.sample_index] = sample
+        dirty = bool(rejected)
+        if rejected:
+            with self.path.with_name(self.path.name + ".rejected").open("ab") as f:
+                f.write(b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for _, raw, _ in rejected))
+            for number, _, why in rejected:
+                logger.warning("%s, line %d: %s; set aside in %s.rejected, its problem is generated again.",
+                               self.path, number, why, self.path.name)
         complete = {
             pid: [samples[i] for i in range(n)]
             for pid, samples in by_problem.items()

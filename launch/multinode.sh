@@ -8,8 +8,9 @@
 # MASTER_ADDR:VLLM_PORT (8000); nodes 1.. train, with training machine rank 0 on node 1 (TRAIN_MASTER_ADDR,
 # MASTER_PORT 29500). On a single node the first GPUs serve and the rest train. Other variables: VLLM_GPUS,
 # VLLM_TENSOR_PARALLEL_SIZE, VLLM_DATA_PARALLEL_SIZE, VLLM_PORT, MASTER_PORT, RECIPE, ACCELERATE_CONFIG, PYTHON.
-# --dry-run prints every node's commands without running anything. Training resumes from the newest checkpoint in
-# the recipe's output_dir unless --no-resume is given.
+# --dry-run prints every node's commands without running anything. Training resumes from the newest whole checkpoint
+# in the recipe's output_dir unless --no-resume is given. SIGTERM / SIGUSR1 / Ctrl-C: the training processes finish
+# their optimizer update, save a checkpoint and exit; this script waits for them and exits 75 (relaunch to resume).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "${PYTHON:-}" ]]; then

@@ -255,9 +255,9 @@ def test_same_seed_same_samples(tmp_path, tiny_model_path):
     backend = TransformersBackend.from_pretrained(str(tiny_model_path), dtype="float32")
     problems = load_problems(get_benchmark("AIME24"), make_data_dir(tmp_path), limit=2)
     settings = SamplingSettings(max_new_tokens=6, seed=3)
-    first = backend.generate(problems, 2, settings)
-    assert backend.generate(problems[::-1], 2, settings)[::-1] == first  # order and batch do not matter
-    assert backend.generate(problems, 2, SamplingSettings(max_new_tokens=6, seed=4)) != first
+    first = list(backend.generate(problems, 2, settings))
+    assert list(backend.generate(problems[::-1], 2, settings))[::-1] == first  # order and batch do not matter
+    assert list(backend.generate(problems, 2, SamplingSettings(max_new_tokens=6, seed=4))) != first
 
 
 # ---- CompassVerifier -----------------------------------------------------------------------------------------

@@ -249,3 +249,54 @@ def test_a_token_given_as_an_argument_is_written_nowhere(tmp_path, tiny_model_pa
     assert any(p.name == "training_args.bin" for p in written) and any(p.name == "README.md" for p in written)
     leaking = [str(p) for p in written if SENTINEL.encode() in p.read_bytes()]
     assert leaking == []
+
+
+def test_sigterm_to_accelerate_launch_leaves_no_orphan_training(tmp_path, tiny_model_path):
+    """`accelerate launch` dies on SIGTERM without passing it on; its training process asked the kernel for SIGUSR1
+    when its parent dies, so it saves and stops instead of training on alone."""
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=50)
+    script = tmp_path / "train_with_test_rewards.py"
+    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", str(script), "--config", str(config)]
+    result = _start_and_signal(cmd, signal.SIGTERM, "step 1/50")
+    assert result.returncode != 0  # accelerate itself died on the signal
+    out = tmp_path / "out"
+    deadline = time.monotonic() + 120
+    while not (out / "stopped.json").exists():  # the orphaned training process saves, then stops
+        assert time.monotonic() < deadline, f"the training process did not stop: {result.stderr[-3000:]}"
+        time.sleep(0.5)
+    step = json.loads((out / "stopped.json").read_text())["global_step"]
+    assert (out / f"checkpoint-{step}" / MARKER).is_file() and step < 50
+    time.sleep(2.0)
+    alive = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(config).encode() in _cmdline(p)]
+    assert alive == []
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_final_model_that_cannot_be_written_is_rescued(tmp_path):
+    from types import SimpleNamespace
+
+    from trl_justrl.train import save_final_model
+
+    written = []
+
+    def save_model(path):
+        if not written:
+            written.append(("failed", path))
+            raise OSError(28, "No space left on device")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        written.append(("saved", path))
+
+    trainer = SimpleNamespace(save_model=save_model, state=SimpleNamespace(global_step=17))
+    with pytest.raises(OSError, match=r"Could not write the final model to .*out \(No space left on device\); it was "
+                                      r"saved to .*trl_justrl-rescue-out-step17 instead"):
+        save_final_model(trainer, tmp_path / "out")
+    assert written[1][0] == "saved" and Path(written[1][1]).name == "trl_justrl-rescue-out-step17"

@@ -129,3 +129,83 @@ def test_a_hung_sync_ends_the_process_with_a_clear_error():
     assert result.returncode == 75, result.stderr
     assert "vLLM weight sync did not finish within 0.5 s" in result.stderr
     assert "Stopping instead of hanging" in result.stderr and "Thread" in result.stderr  # stacks were dumped
+
+
+class RawServer:
+    """A TCP server on 127.0.0.1 that answers every connection with `reply(path)` bytes, `delay` s between bytes."""
+
+    def __init__(self, reply, delay: float = 0.0):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.reply, self.delay, self.open = reply, delay, True
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while self.open:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        try:
+            request = conn.recv(4096).decode(errors="replace")
+            path = request.split(" ")[1] if " " in request else "/"
+            data = self.reply(path)
+            if self.delay:
+                for byte in data:
+                    conn.sendall(bytes([byte]))
+                    time.sleep(self.delay)
+            else:
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.open = False
+        self.sock.close()
+
+
+def http_reply(status: int, body: bytes) -> bytes:
+    return f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body
+
+
+def test_a_trickling_server_cannot_stretch_the_deadline():
+    with RawServer(lambda path: http_reply(200, b"{}"), delay=2.0) as server:
+        start = time.monotonic()
+        with pytest.raises(VLLMServerUnavailable, match=f"127.0.0.1:{server.port}.*vllm_server_timeout=3"):
+            check_vllm_server("127.0.0.1", server.port, timeout_s=3)
+        assert time.monotonic() - start < 8  # bounded by the limit (plus one poll), not by the trickle
+
+
+def test_non_http_bytes_name_the_server():
+    with RawServer(lambda path: b"SSH-2.0-OpenSSH_9.6\r\n") as server:
+        with pytest.raises(VLLMServerUnavailable, match=f"127.0.0.1:{server.port}.*not an HTTP answer"):
+            check_vllm_server("127.0.0.1", server.port, timeout_s=1.5)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (500, b"Internal Server Error", "answered /server_info with HTTP 500"),
+        (200, b"<html>not json</html>", "something that is not JSON"),
+        (200, b'{"vllm_config": {"model_config": "max_model_len=4096"}}', "model_config that is not an object"),
+        (200, b"[1, 2]", "without a configuration object"),
+    ],
+)
+def test_a_failed_server_info_is_a_failure(status, body, message):
+    def reply(path):
+        return http_reply(200, b"") if path.startswith("/health") else http_reply(status, body)
+
+    with RawServer(reply) as server:
+        with pytest.raises(VLLMServerUnavailable, match=f"127.0.0.1:{server.port} \\(host 127.0.0.1, port "
+                           f"{server.port}\\).*{message}"):
+            check_vllm_server("127.0.0.1", server.port, timeout_s=5)

@@ -9,9 +9,11 @@ suffix; Open-RS's start with its system prompt), `ground_truth` (a string) and, 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -105,19 +107,39 @@ def normalize_row(
     return out
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def looks_local(source: str) -> bool:
+    """Whether `source` names a local path rather than a Hub id: it starts like a path, has a data-file suffix, more
+    than one '/', or a first component that exists here as a folder (`data/train` when ./data exists)."""
+    path = Path(source)
+    return (source.startswith((".", "/", "~")) or path.suffix in FILE_FORMATS or not HUB_ID.match(source)
+            or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()))
+
+
+def _hidden(file: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in file.relative_to(root).parts)
+
+
 def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
     """Raw rows of each file (or of the Hub data set), named so that errors can say where a row comes from."""
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS)
+        candidates = sorted(p for p in path.rglob("*") if p.suffix in FILE_FORMATS and p.is_file())
+        hidden = [p for p in candidates if _hidden(p, path)]
+        if hidden:  # editor and notebook copies (.ipynb_checkpoints/, .cache/) are not training data
+            logger.warning("%s: skipping %d file(s) in hidden folders or with hidden names (e.g. %s).", source,
+                           len(hidden), hidden[0].relative_to(path))
+        files = [p for p in candidates if not _hidden(p, path)]
         if not files:
             raise DataError(f"{source}: no .parquet, .jsonl or .json files in this folder.")
     elif path.is_file():
         if path.suffix not in FILE_FORMATS:
             raise DataError(f"{source}: unsupported file type {path.suffix!r}; use .parquet, .jsonl or .json.")
         files = [path]
-    elif source.startswith((".", "/", "~")) or path.suffix in FILE_FORMATS:
-        raise DataError(f"{source}: no such file or folder.")
+    elif looks_local(source):
+        raise DataError(f"{source}: no such file or folder (relative to {Path.cwd()}).")
     else:
         return [(source, load_dataset(source, split=split))]
     parts = []
@@ -127,8 +149,25 @@ def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
         try:
             parts.append((str(file), load_dataset(FILE_FORMATS[file.suffix], data_files=str(file), split="train")))
         except Exception as exc:  # datasets raises many types, some without a message
-            raise DataError(f"{file}: could not be read as {file.suffix[1:]} ({type(exc).__name__}: {exc})") from exc
+            where = first_bad_json_line(file) if file.suffix in (".jsonl", ".json") else None
+            detail = where or f"{type(exc).__name__}: {exc}"
+            raise DataError(f"{file}: could not be read as {file.suffix[1:]} ({detail})") from exc
     return parts
+
+
+def first_bad_json_line(file: Path) -> str | None:
+    """'line N: why' for the first line of a JSON-lines file that is not UTF-8 or not JSON (None if all parse)."""
+    with file.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                return f"line {number}: not UTF-8 ({err.reason} at byte {err.start} of the line)"
+            except ValueError as err:
+                return f"line {number}: not JSON ({err}); a line cut short?"
+    return None
 
 
 def load_training_data(
@@ -151,17 +190,34 @@ def load_training_data(
     for name, raw in parts:
 
         def convert(row: dict[str, Any], index: int, name: str = name) -> dict[str, Any]:
-            return normalize_row(row, where=f"{name}: row {index}", strip_dapo=strip_dapo, suffix=suffix,
-                                 system_prompt=system_prompt)
+            out = normalize_row(row, where=f"{name}: row {index}", strip_dapo=strip_dapo, suffix=suffix,
+                                system_prompt=system_prompt)
+            return out | {ROW_KEY: _row_key(out)}
 
-        normalised.append(
-            raw.map(convert, with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {name}")
-        )
+        try:
+            normalised.append(
+                raw.map(convert, with_indices=True, remove_columns=raw.column_names, desc=f"Normalising {name}")
+            )
+        except UnicodeDecodeError as exc:  # the json reader keeps undecodable bytes; reading the row fails
+            file = Path(name)
+            where = first_bad_json_line(file) if file.suffix in (".jsonl", ".json") and file.is_file() else None
+            raise DataError(f"{name}: could not be read as text ({where or exc})") from exc
     dataset = concatenate_datasets(normalised) if len(normalised) > 1 else normalised[0]
     if len(dataset) == 0:
         raise DataError(f"{source}: the data set is empty.")
-    logger.info("Loaded %d training prompts from %s", len(dataset), source)
+    duplicates = len(dataset) - len(set(dataset[ROW_KEY]))
+    dataset = dataset.remove_columns(ROW_KEY)
+    logger.info("Loaded %d training prompts from %s (%d repeat an earlier row's prompt and answer; kept: "
+                "DAPO-Math-17k stores each problem ~100 times on purpose)", len(dataset), source, duplicates)
     return dataset
+
+
+ROW_KEY = "_row_key"  # a temporary column: a digest of the normalised row, to count duplicates
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    return hashlib.blake2b(json.dumps([row["prompt"], row["ground_truth"]], sort_keys=True).encode(),
+                           digest_size=12).hexdigest()
 
 
 class PromptLengthFilter:

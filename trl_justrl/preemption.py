@@ -17,9 +17,11 @@ generated; a checkpoint saved mid-batch leaves that batch out, so the regenerate
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -30,6 +32,21 @@ logger = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def stop_when_parent_dies(sig: int) -> bool:
+    """Linux: have the kernel send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG; 0 clears)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if sig and os.getppid() == 1:  # the parent died before the request: act now
+        os.kill(os.getpid(), sig)
+    return True
 
 
 class GracefulStop(TrainerCallback):
@@ -49,6 +66,7 @@ class GracefulStop(TrainerCallback):
             os.write(2, f"[trl_justrl] second signal ({signal.Signals(signum).name}): stopping now\n".encode())
             os._exit(128 + signum)
         self.requested = signum
+        stop_when_parent_dies(0)  # after a re-parenting the kernel could send it again, which would mean "at once"
         os.write(2, (f"[trl_justrl] {signal.Signals(signum).name} received: finishing the current optimizer update, "
                      "then saving a checkpoint and stopping (send it again to stop at once)\n").encode())
         if self.grace_period_s:
@@ -61,12 +79,16 @@ class GracefulStop(TrainerCallback):
         os._exit(128 + signum)
 
     def install(self) -> None:
-        """Install the handlers (main thread only; elsewhere signals keep their default action)."""
+        """Install the handlers (main thread only; elsewhere signals keep their default action). Under a launcher
+        (`accelerate launch`, torchrun), the process also asks for SIGUSR1 when its launcher dies, so a launcher
+        stopped by SIGTERM cannot leave it training on alone."""
         if threading.current_thread() is not threading.main_thread():
             logger.warning("Training runs outside the main thread: SIGTERM / SIGUSR1 will not stop it cleanly.")
             return
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
+        if "LOCAL_RANK" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+            stop_when_parent_dies(signal.SIGUSR1)
 
     def uninstall(self) -> None:
         for sig, previous in self._previous.items():

@@ -8,13 +8,16 @@ batch, a contradicting accelerate config or a missing recipe fails here, before 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 
+from ..preemption import EXIT_REQUEUE
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
     DEFAULT_MAIN_PORT,
@@ -132,32 +135,81 @@ def multinode_commands(env: Mapping[str, str], recipe: str | None, accelerate_co
     return plan, launch_commands(plan, settings), node_rank
 
 
-def run_node(commands: Sequence[Command]) -> int:
-    """Start this node's background processes, run its foreground one, then stop the background ones."""
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> int:
+    """Start this node's background processes, run its foreground one, then stop the background ones.
+
+    Each process runs in its own process group. SIGTERM / SIGUSR1 / SIGINT to the launcher reach every training
+    process as SIGUSR1 (a clean stop: finish the update, save, exit 75; `accelerate launch` and torchrun's agent may
+    die on it, their training processes do not), a second one as SIGTERM (stop at once); the launcher then waits until
+    the whole group has exited, so nothing is left writing. Inside SLURM (`requeue_job`), a stopped run is requeued
+    with `scontrol requeue`; the launcher exits 75 (EXIT_REQUEUE)."""
     for cmd in commands:
         if shutil.which(cmd.argv[0]) is None:
             hint = "pip install -e '.[vllm]'" if cmd.argv[0] == "vllm" else "pip install -e ."
             raise PlanError(f"{cmd.argv[0]!r} is not on PATH on this node ({hint}).")
     background: list[subprocess.Popen] = []
+    foreground: list[subprocess.Popen] = []
+    received: list[int] = []
+
+    def forward(signum: int, frame) -> None:
+        received.append(signum)
+        sent = signal.SIGUSR1 if len(received) == 1 else signal.SIGTERM
+        print(f"[trl_justrl.cluster.launcher] {signal.Signals(signum).name}: sending {sent.name} to training",
+              file=sys.stderr, flush=True)
+        for proc in foreground:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sent)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    code = 0
     try:
         for cmd in commands:
             print(f"[trl_justrl.cluster.launcher] node {cmd.node} {cmd.role}: {cmd.shell()}", flush=True)
             env = {**os.environ, **cmd.env}
             if cmd.background:
-                background.append(subprocess.Popen(cmd.argv, env=env))
+                background.append(subprocess.Popen(cmd.argv, env=env, start_new_session=True))
             else:
-                return subprocess.run(cmd.argv, env=env).returncode
-        for proc in background:  # nothing in the foreground: wait for the background processes
-            proc.wait()
-        return max((p.returncode or 0 for p in background), default=0)
+                proc = subprocess.Popen(cmd.argv, env=env, start_new_session=True)
+                foreground.append(proc)
+                code = proc.wait()
+                while _group_alive(proc.pid):  # its children (the training processes) may still be saving
+                    time.sleep(1.0)
+                break
+        else:
+            for proc in background:  # nothing in the foreground: wait for the background processes
+                proc.wait()
+            code = max((p.returncode or 0 for p in background), default=0)
     finally:
         for proc in background:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=SERVER_STOP_GRACE_S)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received or code == EXIT_REQUEUE:
+        if requeue_job:
+            print(f"[trl_justrl.cluster.launcher] requeueing SLURM job {requeue_job}", file=sys.stderr, flush=True)
+            subprocess.run(["scontrol", "requeue", requeue_job], check=False)
+        return EXIT_REQUEUE
+    return code
 
 
 def _cli(prog: str, body: Callable[[argparse.Namespace, Mapping[str, str]], int], argv: Sequence[str] | None,
@@ -237,7 +289,7 @@ def _slurm(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
     if "SLURM_JOB_ID" not in env:
         raise PlanError("Not inside a SLURM job: submit with `sbatch launch/slurm/train.slurm` (or use --dry-run).")
-    return run_node(steps)
+    return run_node(steps, requeue_job=env["SLURM_JOB_ID"])
 
 
 def slurm_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:

@@ -51,6 +51,11 @@ def row_ground_truth(row: dict[str, Any], *, where: str) -> str:
         raise DataError(f"{where}: no answer (expected 'reward_model.ground_truth' or 'answer'; got {sorted(row)}).")
     if truth is None or (isinstance(truth, str) and not truth.strip()):
         raise DataError(f"{where}: field '{field}' is missing or empty.")
+    if isinstance(truth, bool) or not isinstance(truth, (str, int, float)):
+        raise DataError(
+            f"{where}: field '{field}' must be one answer (text or a number), got {type(truth).__name__} "
+            f"{str(truth)[:60]!r}; a list or a mapping would never match a response."
+        )
     if isinstance(truth, float) and truth.is_integer():
         truth = int(truth)  # parquet may store integer answers as floats
     return unbox_ground_truth(str(truth).strip())

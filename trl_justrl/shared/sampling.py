@@ -8,7 +8,7 @@ whichever order, batch or shard it is generated in.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -55,7 +55,8 @@ def problem_seed(seed: int, problem_id: str) -> int:
 class Backend(Protocol):
     """Generates `n` samples for a problem."""
 
-    def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> list[list[Sample]]: ...
+    def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> Iterable[list[Sample]]:
+        """Each problem's `n` samples, in the order of `problems` (a list, or an iterator yielding them as done)."""
 
 
 class TransformersBackend:
@@ -80,10 +81,10 @@ class TransformersBackend:
             model = model.to("cuda")
         return cls(model.eval(), tokenizer)
 
-    def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> list[list[Sample]]:
+    def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> Iterator[list[Sample]]:
+        """Each problem's samples as soon as they are generated (a caller can store them before the next starts)."""
         import torch
 
-        results = []
         eos = self.tokenizer.eos_token_id
         for problem in problems:
             seed = problem_seed(settings.seed, problem.problem_id)
@@ -110,8 +111,7 @@ class TransformersBackend:
                 ids = ids[: ids.index(eos) + 1] if stopped else ids
                 text = self.tokenizer.decode(ids, skip_special_tokens=True)
                 samples.append(Sample(problem.problem_id, index, seed, text, len(ids), "stop" if stopped else "length"))
-            results.append(samples)
-        return results
+            yield samples
 
 
 class VLLMBackend:
