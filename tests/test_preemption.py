@@ -300,3 +300,29 @@ def test_a_final_model_that_cannot_be_written_is_rescued(tmp_path):
                                       r"saved to .*trl_justrl-rescue-out-step17 instead"):
         save_final_model(trainer, tmp_path / "out")
     assert written[1][0] == "saved" and Path(written[1][1]).name == "trl_justrl-rescue-out-step17"
+
+
+def test_two_processes_agree_on_the_stop_step_when_one_is_signalled(tmp_path, tiny_model_path):
+    """SIGUSR1 to rank 1 only (as a node-local preemption might): both ranks stop after the same update and write one
+    whole checkpoint holding both ranks' RNG state."""
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=40,
+                    prompts_per_step=2, prompts_per_update=2)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    script = tmp_path / "train_with_test_rewards.py"
+    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29537", str(script), "--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+    deadline = time.monotonic() + 240
+    for line in proc.stdout:
+        if line.startswith("step 2/40"):
+            break
+        assert time.monotonic() < deadline
+    ranks = [p for p in Path("/proc").iterdir() if p.name.isdigit() and str(script).encode() in _cmdline(p)
+             and b"torchrun" not in _cmdline(p)]
+    rank1 = next(p for p in ranks if b"RANK=1\0" in (p / "environ").read_bytes())
+    os.kill(int(rank1.name), signal.SIGUSR1)
+    out, err = proc.communicate(timeout=240)
+    step = json.loads((tmp_path / "out" / "stopped.json").read_text())["global_step"]
+    marker = json.loads((tmp_path / "out" / f"checkpoint-{step}" / MARKER).read_text())
+    assert marker["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(marker["files"])
+    assert step < 40 and err.count("Stopping on request at step") >= 1

@@ -205,7 +205,7 @@ def load_training_data(
     dataset = concatenate_datasets(normalised) if len(normalised) > 1 else normalised[0]
     if len(dataset) == 0:
         raise DataError(f"{source}: the data set is empty.")
-    duplicates = len(dataset) - len(set(dataset[ROW_KEY]))
+    duplicates = len(dataset) - len(set(dataset.data.column(ROW_KEY).to_numpy().tolist()))
     dataset = dataset.remove_columns(ROW_KEY)
     logger.info("Loaded %d training prompts from %s (%d repeat an earlier row's prompt and answer; kept: "
                 "DAPO-Math-17k stores each problem ~100 times on purpose)", len(dataset), source, duplicates)
@@ -215,9 +215,10 @@ def load_training_data(
 ROW_KEY = "_row_key"  # a temporary column: a digest of the normalised row, to count duplicates
 
 
-def _row_key(row: dict[str, Any]) -> str:
-    return hashlib.blake2b(json.dumps([row["prompt"], row["ground_truth"]], sort_keys=True).encode(),
-                           digest_size=12).hexdigest()
+def _row_key(row: dict[str, Any]) -> int:
+    """A 64-bit digest of a normalised row's turns and answer (cheap: 1.8M rows in a few seconds)."""
+    text = "\x1f".join([f"{m['role']}\x1e{m['content']}" for m in row["prompt"]] + [row["ground_truth"]])
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 class PromptLengthFilter:
