@@ -326,3 +326,13 @@ def test_two_processes_agree_on_the_stop_step_when_one_is_signalled(tmp_path, ti
     marker = json.loads((tmp_path / "out" / f"checkpoint-{step}" / MARKER).read_text())
     assert marker["world_size"] == 2 and {"rng_state_0.pth", "rng_state_1.pth"} <= set(marker["files"])
     assert step < 40 and err.count("Stopping on request at step") >= 1
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-node", "slurm_job": "77"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(FolderLocked, match="pid 1 on host another-node"):
+        FolderLock(tmp_path, "training").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued onto another node after a hard kill
+    with FolderLock(tmp_path, "training") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()

@@ -5,8 +5,9 @@
   overwrite it, naming what is there; with `overwrite_output_dir` its old checkpoints are deleted first, so a later
   `latest` can never pick the old run's.
 - `FolderLock`: `<folder>/.trl_justrl.lock` holds the writer's pid, host and purpose; a second run into the folder is
-  refused naming them. A lock left by a process that died on this host is taken over (and said so); one from another
-  host is not (its liveness cannot be checked): delete the file by hand once that run is gone.
+  refused naming them. A lock left by a process that died on this host, or by an earlier run of the same SLURM job (a
+  requeue), is taken over (and said so); one from another host is not (its liveness cannot be checked): delete the
+  file by hand once that run is gone.
 """
 
 from __future__ import annotations
@@ -98,16 +99,19 @@ class FolderLock:
 
     def acquire(self) -> FolderLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time(),
+              "slurm_job": os.environ.get("SLURM_JOB_ID")}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
                 same_host = holder.get("host") == me["host"]
-                if same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
-                    logger.warning("Taking over %s: its holder (pid %s on %s) is gone.", self.path, holder["pid"],
-                                   holder["host"])
+                dead = same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+                requeued = me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]
+                if dead or requeued:  # a requeued SLURM job keeps its id, wherever it restarts
+                    logger.warning("Taking over %s: its holder (pid %s on %s) is gone.", self.path, holder.get("pid"),
+                                   holder.get("host"))
                     self.path.unlink(missing_ok=True)
                     continue
                 raise FolderLocked(

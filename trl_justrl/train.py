@@ -136,6 +136,25 @@ def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model
     if not isinstance(training_args, trainer_class.config_class):
         raise TypeError(f"trainer: {script_args.trainer} needs a {trainer_class.config_class.__name__}, got "
                         f"{type(training_args).__name__} (build the parser with make_parser(argv)).")
+    # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
+    resume = resolve_resume_checkpoint(training_args)
+    output_dir = Path(training_args.output_dir)
+    lock = None
+    if training_args.process_index == 0:
+        check_output_dir(output_dir, resuming=resume_requested(training_args),
+                         overwrite=training_args.overwrite_output_dir)
+        lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
+        (output_dir / STOP_RECORD).unlink(missing_ok=True)
+    try:
+        return _train(script_args, training_args, model_args, trainer_class, resume, output_dir, start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model_args: ModelConfig,
+           trainer_class: type[GRPORunTrainer], resume: str | None, output_dir: Path, start: float) -> Path:
+    """Load the data, train, save (main's body once the pre-flight checks passed and the folder is locked)."""
     load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
                 system_prompt=script_args.system_prompt, synthetic_size=script_args.synthetic_size,
                 seed=training_args.seed)
@@ -151,42 +170,29 @@ def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.do_eval = False
 
-    # Pre-flight, before any model loads: the checkpoint to resume from, the output folder, one writer per folder.
-    resume = resolve_resume_checkpoint(training_args)
-    output_dir = Path(training_args.output_dir)
-    lock = None
-    if training_args.process_index == 0:
-        check_output_dir(output_dir, resuming=resume_requested(training_args),
-                         overwrite=training_args.overwrite_output_dir)
-        lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
-        (output_dir / STOP_RECORD).unlink(missing_ok=True)
-    try:
-        trainer = trainer_class(
-            model=model_args.model_name_or_path,
-            reward_funcs=script_args.reward_funcs,
-            args=training_args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            peft_config=get_peft_config(model_args),
-        )
-        trainer.training_data_name = script_args.dataset_name
-        if script_args.console_log == "compact":
-            install_compact_console(trainer)
-        trainer.train(resume_from_checkpoint=resume)
-        stopped_at = trainer.graceful_stop.stopped_at
-        if stopped_at is not None:  # SIGTERM / SIGUSR1: checkpoint-N is saved; no "final" model
-            trainer.save_state()
-            if trainer.accelerator.is_main_process:
-                (output_dir / STOP_RECORD).write_text(json.dumps({"global_step": stopped_at,
-                                                                   "exit_code": EXIT_REQUEUE}))
-            raise TrainingStopped(stopped_at, output_dir / f"checkpoint-{stopped_at}")
-        save_final_model(trainer, output_dir)  # also when save_strategy is "no"
-        trainer.save_state()  # trainer_state.json with the full log history
-        if training_args.push_to_hub:
-            trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    finally:
-        if lock is not None:
-            lock.release()
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        reward_funcs=script_args.reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.training_data_name = script_args.dataset_name
+    if script_args.console_log == "compact":
+        install_compact_console(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    stopped_at = trainer.graceful_stop.stopped_at
+    if stopped_at is not None:  # SIGTERM / SIGUSR1: checkpoint-N is saved; no "final" model
+        trainer.save_state()
+        if trainer.accelerator.is_main_process:
+            (output_dir / STOP_RECORD).write_text(json.dumps({"global_step": stopped_at,
+                                                               "exit_code": EXIT_REQUEUE}))
+        raise TrainingStopped(stopped_at, output_dir / f"checkpoint-{stopped_at}")
+    save_final_model(trainer, output_dir)  # also when save_strategy is "no"
+    trainer.save_state()  # trainer_state.json with the full log history
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process and script_args.print_summary:
         print(format_summary(summarize_run(output_dir, draw_plot=True), wall_time_s=time.time() - start), flush=True)
     return output_dir
