@@ -91,6 +91,9 @@ class GracefulStop(TrainerCallback):
             stop_when_parent_dies(signal.SIGUSR1)
 
     def uninstall(self) -> None:
+        """Restore the previous handlers; a launcher dying now no longer interrupts the final save."""
+        if self._previous:
+            stop_when_parent_dies(0)
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
