@@ -69,9 +69,10 @@ def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool)
     return folder
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int, *, group: bool = False) -> bool:
+    """Whether process `pid` (or, with `group`, any process of process group `pid`) still exists."""
     try:
-        os.kill(pid, 0)
+        (os.killpg if group else os.kill)(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -107,7 +108,7 @@ class FolderLock:
             except FileExistsError:
                 holder = self._holder()
                 same_host = holder.get("host") == me["host"]
-                dead = same_host and isinstance(holder.get("pid"), int) and not _alive(holder["pid"])
+                dead = same_host and isinstance(holder.get("pid"), int) and not alive(holder["pid"])
                 requeued = me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]
                 if dead or requeued:  # a requeued SLURM job keeps its id, wherever it restarts
                     logger.warning("Taking over %s: its holder (pid %s on %s) is gone.", self.path, holder.get("pid"),

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..preemption import EXIT_REQUEUE
+from ..run_folder import alive
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
     DEFAULT_MAIN_PORT,
@@ -138,16 +139,6 @@ def multinode_commands(env: Mapping[str, str], recipe: str | None, accelerate_co
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> int:
     """Start this node's background processes, run its foreground one, then stop the background ones.
 
@@ -185,7 +176,7 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
                 proc = subprocess.Popen(cmd.argv, env=env, start_new_session=True)
                 foreground.append(proc)
                 code = proc.wait()
-                while _group_alive(proc.pid):  # its children (the training processes) may still be saving
+                while alive(proc.pid, group=True):  # its children (the training processes) may still be saving
                     time.sleep(1.0)
                 break
         else:
