@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from trl_justrl.reporting.budget import TokenBudget
 from trl_justrl.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SENTINEL = "hf_SENTINELtokenNEVERatREST0123456789"
+SENTINEL = f"sentinel-{secrets.token_hex(16)}"  # a fresh value each run: nothing token-like is committed
 
 
 def recipe(tmp_path: Path, model: Path, **overrides) -> Path:

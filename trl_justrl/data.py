@@ -286,8 +286,6 @@ class PromptLengthFilter:
         return lengths
 
     def _keep(self, batch: dict[str, list]) -> list[bool]:
-        if self.max_prompt_length is None:
-            return [True] * len(batch["prompt"])
         keep = [n is None or n <= self.max_prompt_length for n in self.lengths(batch["prompt"])]
         self.dropped += keep.count(False)
         return keep

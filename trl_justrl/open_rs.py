@@ -16,7 +16,6 @@ Importing `trl_justrl` registers these rewards.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +31,7 @@ from .rewards import (
     register_reward_factory,
 )
 from .shared.answers import DataError
-from .shared.grading import DEFAULT_TIMEOUT_S
+from .shared.grading import math_verify_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +53,10 @@ class _QuietEquationsNotice(logging.Filter):
 logging.getLogger("latex2sympy2_extended.math_normalization").addFilter(_QuietEquationsNotice())
 
 
-def _timeout() -> int | None:
-    """math-verify's SIGALRM timer works in the main thread only (where TRL calls plain reward functions)."""
-    return DEFAULT_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-
 def parse_gold(solution: str) -> list:
     """The first LaTeX answer of a worked solution, as Open-RS parsed it ([] when none parses)."""
     return parse(solution, extraction_mode="first_match", extraction_config=[LatexExtractionConfig()],
-                 parsing_timeout=_timeout())
+                 parsing_timeout=math_verify_timeout())
 
 
 def parse_prediction(text: str, *, boxed: str | bool = "all") -> list:
@@ -76,13 +70,13 @@ def parse_prediction(text: str, *, boxed: str | bool = "all") -> list:
         boxed_match_priority=0,
         try_extract_without_anchor=False,
     )
-    return parse(text, extraction_config=[config], extraction_mode="first_match", parsing_timeout=_timeout())
+    return parse(text, extraction_config=[config], extraction_mode="first_match", parsing_timeout=math_verify_timeout())
 
 
 def is_correct(gold: list, prediction: list) -> bool:
     """math-verify's verdict; an exception inside it counts as wrong (the accuracy reward's own rule)."""
     try:
-        return bool(verify(gold, prediction, timeout_seconds=_timeout()))
+        return bool(verify(gold, prediction, timeout_seconds=math_verify_timeout()))
     except Exception as exc:  # noqa: BLE001 - math-verify raises many types on odd inputs
         logger.debug("verify failed (%s): counted as wrong", exc)
         return False

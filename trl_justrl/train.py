@@ -8,6 +8,7 @@ Everything else (data, rewards, health monitor, budget, validation, resume, summ
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -91,19 +92,11 @@ class JustRLScriptArguments(ScriptArguments):
 def trainer_choice(argv: Sequence[str]) -> str:
     """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
     parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
-    choice, config = None, None
-    for i, arg in enumerate(argv):
-        for flag in ("--trainer", "--config"):
-            if arg == flag and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                value = arg.split("=", 1)[1]
-            else:
-                continue
-            if flag == "--trainer":
-                choice = value
-            else:
-                config = value
+    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prescan.add_argument("--trainer")
+    prescan.add_argument("--config")
+    known, _ = prescan.parse_known_args(list(argv))
+    choice, config = known.trainer, known.config
     if choice is None and config is not None and Path(config).is_file():
         with open(config, encoding="utf-8") as f:
             values = yaml.safe_load(f)

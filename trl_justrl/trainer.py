@@ -137,7 +137,7 @@ class GRPORunTrainer(GRPOTrainer):
         )
         if train_dataset is not None:
             train_dataset = self.prompt_filter.apply(train_dataset, "training")
-        if eval_dataset is not None and args.max_prompt_length is not None:
+        if eval_dataset is not None:
             eval_filter = PromptLengthFilter(
                 processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
             )

@@ -342,6 +342,11 @@ def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeou
     return _answers_equal(normalize_answer(gold), normalize_answer(predicted), problem, timeout_s)
 
 
+def math_verify_timeout(seconds: int = DEFAULT_TIMEOUT_S) -> int | None:
+    """math-verify's own time limit where its SIGALRM timer works (the main thread); None (no limit) elsewhere."""
+    return seconds if threading.current_thread() is threading.main_thread() else None
+
+
 def grade_answer(
     response: str, ground_truth: str, *, problem: str | None = None, timeout_s: int = DEFAULT_TIMEOUT_S
 ) -> bool:

@@ -22,7 +22,6 @@ A failure (server gone, unreadable file, a grading crash) is logged loudly with 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,7 @@ from transformers import TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
 from .benchmarks import Problem, get_benchmark, load_problems
+from .grading import math_verify_timeout
 from .prompts import eval_messages
 from .sampling import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 METRIC = "eval/{benchmark}/mean@{n}"
 SERVER_CONCURRENCY = 32  # problems in flight at once on the vLLM server (each request carries its n samples)
-GRADING_TIMEOUT_S = 5  # math-verify's own per-parse limit (SIGALRM, main thread)
 
 
 @dataclass
@@ -115,7 +114,7 @@ def grade_like_the_script(response: str, ground_truth: str) -> bool:
     only, math-verify's `verify`. Errors and timeouts count as wrong."""
     from math_verify import LatexExtractionConfig, parse, verify
 
-    timeout = GRADING_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    timeout = math_verify_timeout()
     try:
         gold = parse(f"\\boxed{{{ground_truth}}}", extraction_config=[LatexExtractionConfig()],
                      parsing_timeout=timeout)
@@ -250,6 +249,10 @@ class ValidationCallback(TrainerCallback):
             trainer.vllm_generation.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
 
+    def _metric(self, name: str, scores: Sequence[float]) -> tuple[str, float]:
+        """(`eval/<benchmark>/mean@<n>`, the mean of the per-problem scores in percent)."""
+        return METRIC.format(benchmark=name, n=self.n[name]), 100.0 * sum(scores) / max(len(scores), 1)
+
     def _score(self, name: str, problems: Sequence[Problem], generate: Callable) -> list[float]:
         """Per-problem mean scores of `problems`, generating with `generate(problems, n, settings)`, with a log line."""
         n, start = self.n[name], time.perf_counter()
@@ -272,10 +275,8 @@ class ValidationCallback(TrainerCallback):
             if accelerator.is_main_process:
                 sampler = self.sampler or ServerSampler(trainer.vllm_generation.vllm_client, trainer.processing_class)
                 try:
-                    for name, problems in self.problems.items():
-                        scores = self._score(name, problems, sampler.generate)
-                        metrics[METRIC.format(benchmark=name, n=self.n[name])] = 100.0 * sum(scores) / max(
-                            len(scores), 1)
+                    metrics = dict(self._metric(name, self._score(name, problems, sampler.generate))
+                                   for name, problems in self.problems.items())
                 except Exception as exc:  # noqa: BLE001 - shared with the other processes, then handled there
                     error = f"{type(exc).__name__}: {exc}"
                     logger.debug("validation failed", exc_info=True)
@@ -297,9 +298,7 @@ class ValidationCallback(TrainerCallback):
             try:
                 for name, problems in self.problems.items():
                     scores = self._score(name, list(problems[share::shares]), sampler.generate)
-                    everyone = gather_object(scores if keep else [])
-                    metrics[METRIC.format(benchmark=name, n=self.n[name])] = (
-                        100.0 * sum(everyone) / max(len(everyone), 1))
+                    metrics.update([self._metric(name, gather_object(scores if keep else []))])
             finally:
                 if sleeps:
                     generation.llm.sleep(level=2)
@@ -312,9 +311,7 @@ class ValidationCallback(TrainerCallback):
             try:
                 for name, problems in self.problems.items():
                     shard = list(problems[accelerator.process_index :: accelerator.num_processes])
-                    everyone = gather_object(self._score(name, shard, backend.generate))
-                    metrics[METRIC.format(benchmark=name, n=self.n[name])] = (
-                        100.0 * sum(everyone) / max(len(everyone), 1))
+                    metrics.update([self._metric(name, gather_object(self._score(name, shard, backend.generate)))])
             finally:
                 if was_training:
                     model.train()
