@@ -10,7 +10,10 @@ fixed `rollout_func` returns the same token ids: no sampling is timed) and the s
 loss through TRL, plus padding-free micro-batches). A JustRL step is timed from the start of its generation batch to
 the end of its last optimizer update; the first step (warm-up) is left out and the median of the rest is reported,
 with real (unpadded) tokens per second, the ratio, and the largest difference between the two runs' per-update
-losses. Results and the run's machine and versions are printed; `--json PATH` also writes them.
+losses. `--repeats N` runs the pair N times, alternating stock and JustRL, and reports the median of the N ratios
+(a shared machine's load drifts). With micro-batches of one completion it also estimates the model FLOPs each
+trainer executes per step and the rate each achieved (how far the speed-up is from the work saved). Results and the
+run's machine and versions are printed; `--json PATH` also writes them.
 """
 
 from __future__ import annotations
@@ -168,13 +171,48 @@ def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Na
     return result
 
 
-def model_flops_per_token(preset: dict) -> float:
-    """Training FLOPs per real token (forward 2N + backward 4N, plus the old-log-prob forward 2N): 8N."""
+def _shape(preset: dict) -> tuple[int, int, int, int, int]:
     h, layers, inter, vocab = (preset[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size",
                                                      "vocab_size"))
     kv = h * preset["num_key_value_heads"] // preset["num_attention_heads"]
+    return h, layers, inter, vocab, kv
+
+
+def model_flops_per_token(preset: dict) -> float:
+    """Training FLOPs per real token (forward 2N + backward 4N, plus the old-log-prob forward 2N): 8N."""
+    h, layers, inter, vocab, kv = _shape(preset)
     per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter
     return 8.0 * (layers * per_layer + h * vocab)
+
+
+def forward_flops(preset: dict, positions: int, attention_pairs: float, scored: int) -> float:
+    """FLOPs of one forward: the linear layers over `positions`, attention over `attention_pairs` (query, key)
+    pairs per layer (QK^T and AV, all heads), and the LM head over `scored` positions."""
+    h, layers, inter, vocab, kv = _shape(preset)
+    linear = 2.0 * positions * layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+    return linear + 4.0 * h * attention_pairs * layers + 2.0 * h * vocab * scored
+
+
+def executed_flops(preset: dict, rollouts: dict, generations: int, device: str) -> dict[str, float]:
+    """Model FLOPs each trainer executes per JustRL step with micro-batches of one completion (an estimate: backward
+    = 2 forwards, one more forward per backward under gradient checkpointing).
+
+    Stock TRL runs every row over the batch's padded width, with a padding mask (all width^2 attention pairs) unless
+    the row has no padding (causal, as SDPA then runs);
+    JustRLTrainer runs each row over its own tokens, causal (T(T+1)/2 pairs), and its old-log-prob pass over the
+    three updates after the first (3/4 of the rows on average; TRL shuffles rows before splitting). TRL's LM head
+    scores every position but the last on CPU and only the completion tokens on CUDA.
+    """
+    prompts = [len(rollouts["prompt_ids"][i // generations]) for i in range(len(rollouts["completion_ids"]))]
+    completions = [len(ids) for ids in rollouts["completion_ids"]]
+    width = max(prompts) + max(completions)
+    train_passes = 4.0 if preset["gradient_checkpointing"] else 3.0  # forward + backward (+ recomputed forward)
+    stock_row = [forward_flops(preset, width, width * (width + 1) / 2 if p + c == width else width * width,
+                               width - 1 if device == "cpu" else c)
+                 for p, c in zip(prompts, completions, strict=True)]
+    justrl_row = [forward_flops(preset, p + c, (p + c) * (p + c + 1) / 2, p + c - 1 if device == "cpu" else c)
+                  for p, c in zip(prompts, completions, strict=True)]
+    return {"stock": (1.0 + train_passes) * sum(stock_row), "justrl": (0.75 + train_passes) * sum(justrl_row)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="timed JustRL steps after one warm-up step")
     parser.add_argument("--uniform", action="store_true", help="no padding: every length equal (overhead check)")
     parser.add_argument("--only", choices=["stock", "justrl"], default=None)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the pair this many times, alternating; the speed-up is the median of the pairs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override preset values, e.g. --set mean=150 hidden_size=128")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/benchmark_policy_update"))
@@ -220,12 +260,25 @@ def main(argv: list[str] | None = None) -> int:
     real_tokens = sum(map(len, rollouts["completion_ids"])) + sum(
         len(rollouts["prompt_ids"][i // args.generations]) for i in range(len(rollouts["completion_ids"])))
 
+    # Alternate the trainers (stock, JustRL, stock, ...) so that slow drifts of a shared machine hit both alike.
+    kinds = [kind for kind in ("stock", "justrl") if args.only in (None, kind)]
+    runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
+    for repeat in range(args.repeats):
+        for kind in kinds:
+            runs[kind].append(run(kind, model_dir, tokenizer, rollouts, args, preset))
+            print(f"{kind} (run {repeat + 1}/{args.repeats}): {runs[kind][-1]['seconds_per_step']:.2f} s per JustRL "
+                  "step", flush=True)
     results = {}
-    for kind in ("stock", "justrl"):
-        if args.only in (None, kind):
-            results[kind] = run(kind, model_dir, tokenizer, rollouts, args, preset)
-            results[kind]["real_tokens_per_s"] = real_tokens / results[kind]["seconds_per_step"]
-            print(f"{kind}: {results[kind]['seconds_per_step']:.2f} s per JustRL step", flush=True)
+    for kind, kind_runs in runs.items():
+        results[kind] = {
+            "seconds_per_step": statistics.median(r["seconds_per_step"] for r in kind_runs),
+            "run_seconds_per_step": [r["seconds_per_step"] for r in kind_runs],
+            "all_step_seconds": [r["all_step_seconds"] for r in kind_runs],
+            "losses": kind_runs[0]["losses"],
+        }
+        if "peak_memory_gib" in kind_runs[0]:
+            results[kind]["peak_memory_gib"] = max(r["peak_memory_gib"] for r in kind_runs)
+        results[kind]["real_tokens_per_s"] = real_tokens / results[kind]["seconds_per_step"]
 
     lengths = [len(ids) for ids in rollouts["completion_ids"]]
     report = {
@@ -240,9 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {name: __import__(name).__version__ for name in ("torch", "transformers", "trl", "accelerate")},
         "results": results,
     }
+    if args.micro_batch == 1:  # the estimate follows single-row micro-batches only
+        flops = executed_flops(preset, rollouts, args.generations, args.device)
+        for kind, result in results.items():
+            result["executed_gflops_per_step"] = flops[kind] / 1e9
+            result["achieved_gflops_per_s"] = flops[kind] / 1e9 / result["seconds_per_step"]
+        report["executed_flop_ratio"] = flops["stock"] / flops["justrl"]
     if "stock" in results and "justrl" in results:
-        report["speedup"] = results["stock"]["seconds_per_step"] / results["justrl"]["seconds_per_step"]
-        pairs = zip(results["stock"]["losses"], results["justrl"]["losses"], strict=False)
+        ratios = [a["seconds_per_step"] / b["seconds_per_step"] for a, b in zip(runs["stock"], runs["justrl"],
+                                                                                 strict=True)]
+        report["speedup"] = statistics.median(ratios)  # of the paired runs
+        report["speedup_per_repeat"] = ratios
+        pairs = [pair for a, b in zip(runs["stock"], runs["justrl"], strict=True)
+                 for pair in zip(a["losses"], b["losses"], strict=False)]
         report["max_loss_difference"] = max((abs(a - b) for a, b in pairs), default=math.nan)
     if args.device == "cuda":
         for result in results.values():

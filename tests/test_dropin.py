@@ -218,3 +218,20 @@ def test_delta_is_the_dual_clip_constant(tmp_path):
     assert config(tmp_path, delta=10.0).delta == 10.0
     with pytest.raises(ValueError, match=r"delta \(4.0\) and clip_ratio_c \(10.0\) disagree"):
         config(tmp_path, delta=4.0)
+
+
+def test_grpo_run_trainer_with_trls_defaults_trains(tmp_path, tiny_model_path):
+    """GRPORunConfig left at TRL's defaults (no prompt cap, plain-text prompts) trains as GRPOTrainer would: the
+    budget counts tokens and leaves out the paper estimate, which needs a prompt cap."""
+    from trl_justrl import GRPORunConfig, GRPORunTrainer
+
+    args = GRPORunConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none",
+                         per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=1,
+                         save_strategy="no")
+    assert args.max_prompt_length is None
+    trainer = GRPORunTrainer(model=str(tiny_model_path), reward_funcs=lambda completions, **_: [0.0, 1.0] * 2,
+                             args=args, train_dataset=Dataset.from_list(plain_text_rows(4)))
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    assert logged["budget/tokens_generated"] > 0 and logged["budget/tokens_trained"] > 0
+    assert "budget/paper_estimate_tokens" not in logged

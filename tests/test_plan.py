@@ -252,3 +252,13 @@ def test_vllm_serve_refuses_to_start_without_vllm(capsys, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
     assert serve_main(["--tensor-parallel-size", "1"]) == 2
     assert "vLLM is not installed" in capsys.readouterr().err
+
+
+def test_grpo_recipe_without_a_prompt_cap_is_a_clear_error(tmp_path):
+    """TRL's GRPOConfig leaves max_prompt_length unset; the planner needs it for the server context and budget."""
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text("trainer: grpo\nprompts_per_step: 16\nprompts_per_update: 16\nmax_completion_length: 256\n")
+    with pytest.raises(PlanError, match=r"grpo.yaml: max_prompt_length is null or unset \(trainer 'grpo'"):
+        make_plan(1, 8, recipe=recipe)
+    recipe.write_text(recipe.read_text() + "max_prompt_length: 512\n")
+    assert make_plan(1, 8, recipe=recipe).recipe.max_context == 768

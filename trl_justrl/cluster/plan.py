@@ -103,6 +103,13 @@ class RecipeBatch(PromptBatch):
                 "the recipe's batch in prompts per step and per update (it maps them onto TRL's batch fields for "
                 "each layout)."
             )
+        for name in ("max_prompt_length", "max_completion_length"):
+            if get(name) is None:
+                raise PlanError(
+                    f"Recipe {path}: {name} is null or unset (trainer {trainer!r} has no default for it); the planner "
+                    "sizes the vLLM server's context and the compute budget from max_prompt_length + "
+                    "max_completion_length, so the recipe must give both."
+                )
         memory = values.get("vllm_gpu_memory_utilization")
         max_steps = values.get("max_steps", -1)
         return cls(

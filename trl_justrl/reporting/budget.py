@@ -112,7 +112,8 @@ class TokenBudget(TrainerCallback, ExportableState):
         # transformers' checkpointing looks stateful callbacks up by class name: make sure the entry exists
         state.stateful_callbacks.setdefault(name, self.state())
         self._updates_per_generation = updates_per_generation(args)
-        if args.max_completion_length is not None:
+        # the estimate charges every rollout the full context: only defined when prompts and completions are capped
+        if getattr(args, "max_prompt_length", None) is not None and args.max_completion_length is not None:
             self.paper_estimate_tokens = run_paper_estimate(args, state.max_steps)
         return control
 
