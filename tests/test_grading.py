@@ -46,6 +46,9 @@ WRONG = [
     ("123456789", "2024^{4046}", None),
     ("1000001", "1000000", None),
     ("2^{99}+1", "2^{99}", None),
+    ("2^{1009}+1", "2^{1009}", None),  # released golds (OlympiadBench, CMIMC25) one away from the answer
+    ("\\frac{100!}{2^{50}}+1", "\\frac{100!}{2^{50}}", None),
+    ("2024^{4046}+1", "2024^{4046}", None),
 ]
 
 # (prediction, gold, problem text or None): each must be graded right
