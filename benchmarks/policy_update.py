@@ -198,10 +198,10 @@ def executed_flops(preset: dict, rollouts: dict, generations: int, device: str) 
     = 2 forwards, one more forward per backward under gradient checkpointing).
 
     Stock TRL runs every row over the batch's padded width, with a padding mask (all width^2 attention pairs) unless
-    the row has no padding (causal, as SDPA then runs);
-    JustRLTrainer runs each row over its own tokens, causal (T(T+1)/2 pairs), and its old-log-prob pass over the
-    three updates after the first (3/4 of the rows on average; TRL shuffles rows before splitting). TRL's LM head
-    scores every position but the last on CPU and only the completion tokens on CUDA.
+    the row has no padding (then causal, as SDPA runs it). JustRLTrainer runs each row over its own tokens, causal
+    (T(T+1)/2 pairs), and its old-log-prob pass over the three updates after the first (3/4 of the rows on average;
+    TRL shuffles rows before splitting). TRL's LM head scores every position but the last on CPU and only the
+    completion tokens on CUDA.
     """
     prompts = [len(rollouts["prompt_ids"][i // generations]) for i in range(len(rollouts["completion_ids"]))]
     completions = [len(ids) for ids in rollouts["completion_ids"]]
@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set {key}: not a preset key ({', '.join(preset)})")
         preset[key] = type(preset[key])(value) if not isinstance(preset[key], bool) else value == "true"
     args.device = args.device or ("cuda" if args.preset == "qwen2-1.5b" else "cpu")
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.prompts % 4:
         parser.error("--prompts must be a multiple of 4 (4 optimizer updates per step)")
 

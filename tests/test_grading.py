@@ -46,7 +46,7 @@ WRONG = [
     ("123456789", "2024^{4046}", None),
     ("1000001", "1000000", None),
     ("2^{99}+1", "2^{99}", None),
-    ("2^{1009}+1", "2^{1009}", None),  # released golds (OlympiadBench, CMIMC25) one away from the answer
+    ("2^{1009}+1", "2^{1009}", None),  # golds released in OlympiadBench and CMIMC25, each answered one too high
     ("\\frac{100!}{2^{50}}+1", "\\frac{100!}{2^{50}}", None),
     ("2024^{4046}+1", "2024^{4046}", None),
 ]
