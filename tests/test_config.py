@@ -138,3 +138,12 @@ def test_contradictory_settings_are_refused(tmp_path):
         make_config(tmp_path, prompts_per_step=None)
     with pytest.raises(ValueError, match="clip_ratio_c"):
         make_config(tmp_path, clip_ratio_c=1.1)
+
+
+def test_an_uninstalled_report_to_integration_is_refused_with_its_install_line(tmp_path, monkeypatch):
+    """Checked with transformers' own availability list, before any model loads."""
+    monkeypatch.setattr("trl_justrl.config.get_available_reporting_integrations", lambda: ["tensorboard"])
+    with pytest.raises(ValueError, match=r"report_to names wandb, comet_ml.*pip install wandb, pip install comet-ml"):
+        JustRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=["wandb", "comet_ml"])
+    config = JustRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to=["tensorboard"])
+    assert config.report_to == ["tensorboard"]

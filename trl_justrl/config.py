@@ -8,12 +8,12 @@ any model is loaded.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
@@ -36,25 +36,21 @@ OBJECTIVE_INVARIANTS: dict[str, object] = {
 # TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
 
 
-# report_to integration -> (module that must import, package to install)
-REPORT_TO_PACKAGES = {
-    "wandb": ("wandb", "wandb"), "tensorboard": ("tensorboard", "tensorboard"), "trackio": ("trackio", "trackio"),
-    "mlflow": ("mlflow", "mlflow"), "comet_ml": ("comet_ml", "comet-ml"), "clearml": ("clearml", "clearml"),
-    "neptune": ("neptune", "neptune"), "aim": ("aim", "aim"), "dvclive": ("dvclive", "dvclive"),
-    "swanlab": ("swanlab", "swanlab"),
-}
+# report_to integrations whose pip package has another name (the others install under their own name)
+PIP_PACKAGES = {"comet_ml": "comet-ml"}
+# integrations transformers' availability list does not decide (flyte: unchecked; azure_ml: hidden when mlflow is in)
+UNCHECKED_INTEGRATIONS = ("flyte", "azure_ml")
 
 
 def missing_integrations(report_to: Any) -> list[str]:
-    """The `report_to` integrations whose package is not installed (checked without importing them)."""
+    """The `report_to` integrations transformers knows but does not find installed (its own availability checks;
+    the unchecked ones are left to their callbacks)."""
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    missing = []
-    for name in names:
-        if name in REPORT_TO_PACKAGES and importlib.util.find_spec(REPORT_TO_PACKAGES[name][0]) is None:
-            if name == "tensorboard" and importlib.util.find_spec("tensorboardX") is not None:
-                continue
-            missing.append(name)
-    return missing
+    names = [name for name in names if name in INTEGRATION_TO_CALLBACK and name not in UNCHECKED_INTEGRATIONS]
+    if not names:
+        return []
+    available = get_available_reporting_integrations()
+    return [name for name in names if name not in available]
 
 
 def _world_size_from_env() -> int:
@@ -164,7 +160,7 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
         if missing:
             raise ValueError(
                 f"report_to names {', '.join(missing)}, which is not installed here: "
-                + ", ".join(f"pip install {REPORT_TO_PACKAGES[name][1]}" for name in missing)
+                + ", ".join(f"pip install {PIP_PACKAGES.get(name, name)}" for name in missing)
                 + " (or the project extra of that name, e.g. pip install -e '.[wandb]'), or drop it from report_to."
             )
 

@@ -88,7 +88,6 @@ class GRPORunTrainer(GRPOTrainer):
     _tag_names = ["trl", "grpo"]
     config_class: type[GRPORunConfig] = GRPORunConfig
     default_rewards: tuple[str, ...] = ()
-    _defer_old_logps = False  # JustRLTrainer sets it around TRL's generation (see there)
 
     def __init__(
         self,
@@ -263,6 +262,7 @@ class JustRLTrainer(GRPORunTrainer):
     default_rewards = DEFAULT_REWARDS
     _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
     _policy_logps: torch.Tensor | None = None
+    _defer_old_logps = False  # set around TRL's generation: its old-log-prob pass is deferred to _prepare_inputs
     _old_logps_deferred = False
 
     def check_args(self, args: GRPORunConfig) -> None:

@@ -264,46 +264,61 @@ class ValidationCallback(TrainerCallback):
         return scores
 
     def _validate_all(self) -> dict[str, float]:
-        trainer = self.trainer
-        accelerator = trainer.accelerator
+        """mean@n per benchmark, sampled the way the trainer generates (see the module docstring)."""
         mode = self._mode()
-        metrics: dict[str, float] = {}
         if mode in ("server", "colocate"):
             self._sync_vllm_weights()
-        if mode in ("server", "custom"):  # the main process samples everything, the others wait for the scores
-            error = None
-            if accelerator.is_main_process:
-                sampler = self.sampler or ServerSampler(trainer.vllm_generation.vllm_client, trainer.processing_class)
-                try:
-                    metrics = dict(self._metric(name, self._score(name, problems, sampler.generate))
-                                   for name, problems in self.problems.items())
-                except Exception as exc:  # noqa: BLE001 - shared with the other processes, then handled there
-                    error = f"{type(exc).__name__}: {exc}"
-                    logger.debug("validation failed", exc_info=True)
-            shared = broadcast_object_list([metrics, error], from_process=0)
-            metrics, error = shared
-            if error is not None:
-                raise ValidationFailed(error)
-            return metrics
-        # colocate / transformers: every process samples its share (a tensor-parallel group shares one share)
+        if mode in ("server", "custom"):
+            return self._validate_on_main()
         if mode == "colocate":
-            tp = max(1, int(getattr(trainer.vllm_generation, "tensor_parallel_size", 1)))
-            share, shares = accelerator.process_index // tp, accelerator.num_processes // tp
-            keep = accelerator.process_index % tp == 0
-            generation = trainer.vllm_generation
-            sampler = ColocateSampler(generation.llm, trainer.processing_class)
-            sleeps = bool(getattr(generation, "enable_sleep_mode", False))
-            if sleeps:  # TRL puts the engine to sleep between rollouts; its KV cache is needed now
-                generation.llm.wake_up(tags=["kv_cache"])
+            return self._validate_colocated()
+        return self._validate_with_transformers()
+
+    def _validate_on_main(self) -> dict[str, float]:
+        """The main process samples everything (one server serves all); the others wait for its scores or error."""
+        trainer = self.trainer
+        metrics: dict[str, float] = {}
+        error = None
+        if trainer.accelerator.is_main_process:
+            sampler = self.sampler or ServerSampler(trainer.vllm_generation.vllm_client, trainer.processing_class)
             try:
-                for name, problems in self.problems.items():
-                    scores = self._score(name, list(problems[share::shares]), sampler.generate)
-                    metrics.update([self._metric(name, gather_object(scores if keep else []))])
-            finally:
-                if sleeps:
-                    generation.llm.sleep(level=2)
-                    generation._llm_weights_sleeping = True
-            return metrics
+                metrics = dict(self._metric(name, self._score(name, problems, sampler.generate))
+                               for name, problems in self.problems.items())
+            except Exception as exc:  # noqa: BLE001 - shared with the other processes, then handled there
+                error = f"{type(exc).__name__}: {exc}"
+                logger.debug("validation failed", exc_info=True)
+        metrics, error = broadcast_object_list([metrics, error], from_process=0)
+        if error is not None:
+            raise ValidationFailed(error)
+        return metrics
+
+    def _validate_colocated(self) -> dict[str, float]:
+        """Every tensor-parallel group samples its share of each benchmark with the colocated engine."""
+        trainer = self.trainer
+        accelerator, generation = trainer.accelerator, trainer.vllm_generation
+        tp = max(1, int(getattr(generation, "tensor_parallel_size", 1)))
+        share, shares = accelerator.process_index // tp, accelerator.num_processes // tp
+        keep = accelerator.process_index % tp == 0  # one copy of each group's scores
+        sampler = ColocateSampler(generation.llm, trainer.processing_class)
+        sleeps = bool(getattr(generation, "enable_sleep_mode", False))
+        if sleeps:  # TRL puts the engine to sleep between rollouts; its KV cache is needed now
+            generation.llm.wake_up(tags=["kv_cache"])
+        metrics: dict[str, float] = {}
+        try:
+            for name, problems in self.problems.items():
+                scores = self._score(name, list(problems[share::shares]), sampler.generate)
+                metrics.update([self._metric(name, gather_object(scores if keep else []))])
+        finally:
+            if sleeps:
+                generation.llm.sleep(level=2)
+                generation._llm_weights_sleeping = True
+        return metrics
+
+    def _validate_with_transformers(self) -> dict[str, float]:
+        """Every training process samples its share with transformers `generate` on the training model."""
+        trainer = self.trainer
+        accelerator = trainer.accelerator
+        metrics: dict[str, float] = {}
         with unwrap_model_for_generation(trainer.model_wrapped, accelerator) as model:
             was_training = model.training
             model.eval()
