@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from trl_justrl.models import resolve_model
+from trl_justrl.preemption import forwarding_signals
 from trl_justrl.run_folder import FolderLock, FolderLocked
 from trl_justrl.shared.benchmarks import BenchmarkError, get_benchmark, load_problems
 from trl_justrl.shared.sampling import SamplingSettings
@@ -64,20 +65,14 @@ def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
         env = os.environ | {"CUDA_VISIBLE_DEVICES": ",".join(mine) if args.backend == "vllm" else ""}
         cmd = [sys.executable, "-m", "evaluation", *argv, "--shard", f"{rank}/{args.data_parallel_size}"]
         workers.append(subprocess.Popen(cmd, env=env))
-    received: list[int] = []
 
-    def forward(signum: int, frame) -> None:
-        received.append(signum)
+    def forward(signum: int, count: int) -> None:
         for worker in workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
-    try:
+    with forwarding_signals(forward) as received:
         codes = [w.wait() for w in workers]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     if received:
         print(f"stopped on {signal.Signals(received[0]).name}: the workers stopped too; finished problems are kept, "
               "re-run to resume", file=sys.stderr)

@@ -17,12 +17,14 @@ generated; a checkpoint saved mid-batch leaves that batch out, so the regenerate
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -32,6 +34,26 @@ logger = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what a launcher passes on to its children
+
+
+@contextlib.contextmanager
+def forwarding_signals(forward: Callable[[int, int], None]) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM / SIGUSR1 / SIGINT call `forward(signum, count)` (count: signals so far, this
+    one included) instead of their handlers; yields the list of signals received; the previous handlers return after.
+    Used by the processes that start others (the cluster launcher, the evaluation's data-parallel parent)."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        forward(signum, len(received))
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def stop_when_parent_dies(sig: int) -> bool:

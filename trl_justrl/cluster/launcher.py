@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..preemption import EXIT_REQUEUE
+from ..preemption import EXIT_REQUEUE, forwarding_signals
 from ..run_folder import alive
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
@@ -136,9 +136,6 @@ def multinode_commands(env: Mapping[str, str], recipe: str | None, accelerate_co
     return plan, launch_commands(plan, settings), node_rank
 
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-
-
 def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> int:
     """Start this node's background processes, run its foreground one, then stop the background ones.
 
@@ -153,48 +150,44 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
             raise PlanError(f"{cmd.argv[0]!r} is not on PATH on this node ({hint}).")
     background: list[subprocess.Popen] = []
     foreground: list[subprocess.Popen] = []
-    received: list[int] = []
 
-    def forward(signum: int, frame) -> None:
-        received.append(signum)
-        sent = signal.SIGUSR1 if len(received) == 1 else signal.SIGTERM
+    def forward(signum: int, count: int) -> None:
+        sent = signal.SIGUSR1 if count == 1 else signal.SIGTERM
         print(f"[trl_justrl.cluster.launcher] {signal.Signals(signum).name}: sending {sent.name} to training",
               file=sys.stderr, flush=True)
         for proc in foreground:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sent)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     code = 0
-    try:
-        for cmd in commands:
-            print(f"[trl_justrl.cluster.launcher] node {cmd.node} {cmd.role}: {cmd.shell()}", flush=True)
-            env = {**os.environ, **cmd.env}
-            if cmd.background:
-                background.append(subprocess.Popen(cmd.argv, env=env, start_new_session=True))
+    with forwarding_signals(forward) as received:
+        try:
+            for cmd in commands:
+                print(f"[trl_justrl.cluster.launcher] node {cmd.node} {cmd.role}: {cmd.shell()}", flush=True)
+                env = {**os.environ, **cmd.env}
+                if cmd.background:
+                    background.append(subprocess.Popen(cmd.argv, env=env, start_new_session=True))
+                else:
+                    proc = subprocess.Popen(cmd.argv, env=env, start_new_session=True)
+                    foreground.append(proc)
+                    code = proc.wait()
+                    while alive(proc.pid, group=True):  # its children (the training processes) may still be saving
+                        time.sleep(1.0)
+                    break
             else:
-                proc = subprocess.Popen(cmd.argv, env=env, start_new_session=True)
-                foreground.append(proc)
-                code = proc.wait()
-                while alive(proc.pid, group=True):  # its children (the training processes) may still be saving
-                    time.sleep(1.0)
-                break
-        else:
-            for proc in background:  # nothing in the foreground: wait for the background processes
-                proc.wait()
-            code = max((p.returncode or 0 for p in background), default=0)
-    finally:
-        for proc in background:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=SERVER_STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
+                for proc in background:  # nothing in the foreground: wait for the background processes
+                    proc.wait()
+                code = max((p.returncode or 0 for p in background), default=0)
+        finally:
+            for proc in background:
+                if proc.poll() is None:
                     with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    try:
+                        proc.wait(timeout=SERVER_STOP_GRACE_S)
+                    except subprocess.TimeoutExpired:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.killpg(proc.pid, signal.SIGKILL)
     if received or code == EXIT_REQUEUE:
         if requeue_job:
             print(f"[trl_justrl.cluster.launcher] requeueing SLURM job {requeue_job}", file=sys.stderr, flush=True)
