@@ -52,7 +52,8 @@ def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool)
     except OSError as err:
         raise OutputDirError(f"output_dir {folder} cannot be created ({err.strerror or err}).") from err
     _probe_writable(folder)
-    used = [p.name for p in checkpoints(folder)] + [name for name in RUN_FILES if (folder / name).exists()]
+    previous = checkpoints(folder)
+    used = [p.name for p in previous] + [name for name in RUN_FILES if (folder / name).exists()]
     if used and not resuming:
         if not overwrite:
             shown = ", ".join(used[:6]) + (f" and {len(used) - 6} more" if len(used) > 6 else "")
@@ -61,7 +62,7 @@ def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool)
                 "start afresh there with --overwrite_output_dir true (its checkpoints are deleted), or choose "
                 "another output_dir."
             )
-        for old in checkpoints(folder):
+        for old in previous:
             shutil.rmtree(old)
         for name in RUN_FILES:
             (folder / name).unlink(missing_ok=True)
