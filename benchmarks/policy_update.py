@@ -2,6 +2,7 @@
 
     python benchmarks/policy_update.py                      # CPU, scaled-down paper lengths, both trainers
     python benchmarks/policy_update.py --uniform            # every prompt and completion the same length (no padding)
+    python benchmarks/policy_update.py --max-tokens 1120    # also JustRLTrainer with packed forwards
     python benchmarks/policy_update.py --preset qwen2-1.5b  # GPU: a Qwen2-1.5B config, bf16, paper lengths
 
 Both trainers get the same random Qwen2-shaped model (built from a config, seeded), the same generation batch (a
@@ -10,17 +11,18 @@ fixed `rollout_func` returns the same token ids: no sampling is timed) and the s
 loss through TRL, plus padding-free micro-batches). A JustRL step is timed from the start of its generation batch to
 the end of its last optimizer update; the first step (warm-up) is left out and the median of the rest is reported,
 with real (unpadded) tokens per second, the ratio, and the largest difference between the two runs' per-update
-losses. `--repeats N` runs the pair N times, alternating stock and JustRL, and reports the median of the N ratios
-(a shared machine's load drifts). With micro-batches of one completion it also estimates the model FLOPs each
-trainer executes per step and the rate each achieved (how far the speed-up is from the work saved). Results and the
-run's machine and versions are printed; `--json PATH` also writes them.
+losses. `--max-tokens N` adds a third run, `justrl_packed`: JustRLTrainer with `max_tokens_per_microbatch=N` (each
+update's completions packed end to end into forwards of at most N real tokens). `--repeats N` runs the set N times,
+alternating the trainers, and reports the median of the N ratios to stock (a shared machine's load drifts). With
+micro-batches of one completion (or packed ones) it also estimates the model FLOPs each trainer executes per step and
+the rate each achieved (how far the speed-up is from the work saved). Results and the run's machine and versions are
+printed; `--json PATH` also writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -150,7 +152,8 @@ def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Na
         trainer_class = GRPOTrainer
     else:
         config = JustRLConfig(**common, prompts_per_step=args.prompts, prompts_per_update=args.prompts // updates,
-                              warmup_rl_steps=0, save_every_rl_steps=None)
+                              warmup_rl_steps=0, save_every_rl_steps=None,
+                              max_tokens_per_microbatch=args.max_tokens if kind == "justrl_packed" else None)
         trainer_class = JustRLTrainer
     prompts = [f"problem {i}" for i in range(args.prompts)]
     dataset = Dataset.from_list([{"prompt": p} for p in prompts] * (args.steps + 1))
@@ -224,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=1, help="completions per forward (the recipe: 1)")
     parser.add_argument("--steps", type=int, default=2, help="timed JustRL steps after one warm-up step")
     parser.add_argument("--uniform", action="store_true", help="no padding: every length equal (overhead check)")
-    parser.add_argument("--only", choices=["stock", "justrl"], default=None)
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="also run JustRLTrainer packing each update's completions into forwards of at most this "
+                        "many real tokens ('justrl_packed': max_tokens_per_microbatch; the paper's verl run used "
+                        "32,768 for a 16,384-token context)")
+    parser.add_argument("--only", choices=["stock", "justrl", "justrl_packed"], default=None)
     parser.add_argument("--repeats", type=int, default=1,
                         help="run the pair this many times, alternating; the speed-up is the median of the pairs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -243,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats must be at least 1")
     if args.prompts % 4:
         parser.error("--prompts must be a multiple of 4 (4 optimizer updates per step)")
+    if args.only == "justrl_packed" and args.max_tokens is None:
+        parser.error("--only justrl_packed needs --max-tokens")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
@@ -263,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         len(rollouts["prompt_ids"][i // args.generations]) for i in range(len(rollouts["completion_ids"])))
 
     # Alternate the trainers (stock, JustRL, stock, ...) so that slow drifts of a shared machine hit both alike.
-    kinds = [kind for kind in ("stock", "justrl") if args.only in (None, kind)]
+    kinds = ["stock", "justrl"] + (["justrl_packed"] if args.max_tokens is not None else [])
+    kinds = [kind for kind in kinds if args.only in (None, kind)]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
         for kind in kinds:
@@ -286,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "command": " ".join(["python", "benchmarks/policy_update.py", *(argv if argv is not None else sys.argv[1:])]),
         "preset": args.preset, "preset_values": preset, "device": args.device, "uniform": args.uniform,
-        "micro_batch": args.micro_batch,
+        "micro_batch": args.micro_batch, "max_tokens_per_microbatch": args.max_tokens,
         "completions": len(lengths), "completion_mean": statistics.mean(lengths), "completion_max": max(lengths),
         "truncated": sum(n >= preset["cap"] for n in lengths), "real_tokens_per_step": real_tokens,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -295,20 +305,25 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {name: __import__(name).__version__ for name in ("torch", "transformers", "trl", "accelerate")},
         "results": results,
     }
-    if args.micro_batch == 1:  # the estimate follows single-row micro-batches only
+    if args.micro_batch == 1:  # single-row micro-batches, or packed rows (the same work: each row causal, unpadded)
         flops = executed_flops(preset, rollouts, args.generations, args.device)
         for kind, result in results.items():
-            result["executed_gflops_per_step"] = flops[kind] / 1e9
-            result["achieved_gflops_per_s"] = flops[kind] / 1e9 / result["seconds_per_step"]
+            work = flops["stock" if kind == "stock" else "justrl"]  # packing changes how, not what, is computed
+            result["executed_gflops_per_step"] = work / 1e9
+            result["achieved_gflops_per_s"] = work / 1e9 / result["seconds_per_step"]
         report["executed_flop_ratio"] = flops["stock"] / flops["justrl"]
-    if "stock" in results and "justrl" in results:
-        ratios = [a["seconds_per_step"] / b["seconds_per_step"] for a, b in zip(runs["stock"], runs["justrl"],
+    differences = []
+    for kind, key in (("justrl", "speedup"), ("justrl_packed", "speedup_packed")):
+        if "stock" not in results or kind not in results:
+            continue
+        ratios = [a["seconds_per_step"] / b["seconds_per_step"] for a, b in zip(runs["stock"], runs[kind],
                                                                                  strict=True)]
-        report["speedup"] = statistics.median(ratios)  # of the paired runs
-        report["speedup_per_repeat"] = ratios
-        pairs = [pair for a, b in zip(runs["stock"], runs["justrl"], strict=True)
-                 for pair in zip(a["losses"], b["losses"], strict=False)]
-        report["max_loss_difference"] = max((abs(a - b) for a, b in pairs), default=math.nan)
+        report[key] = statistics.median(ratios)  # of the paired runs
+        report[key + "_per_repeat"] = ratios
+        differences += [abs(x - y) for a, b in zip(runs["stock"], runs[kind], strict=True)
+                        for x, y in zip(a["losses"], b["losses"], strict=False)]
+    if differences:
+        report["max_loss_difference"] = max(differences)
     if args.device == "cuda":
         for result in results.values():
             result["mfu"] = model_flops_per_token(preset) * result["real_tokens_per_s"] / 989e12  # H100 bf16 dense

@@ -50,15 +50,17 @@ def test_tiny_run_alternates_and_reports(policy_update, tmp_path, smollm2_path, 
     assert policy_update.main([
         "--steps", "1", "--repeats", "2", "--workdir", str(tmp_path), "--json", str(out), "--set", "hidden_size=32",
         "intermediate_size=64", "num_hidden_layers=2", "vocab_size=512", "cap=24", "mean=8", "prompt_min=4",
-        "prompt_max=8",
+        "prompt_max=8", "--max-tokens", "48",
     ]) == 0
     printed = capsys.readouterr().out
-    assert printed.index("stock (run 1/2)") < printed.index("justrl (run 1/2)") < printed.index("stock (run 2/2)")
+    assert (printed.index("stock (run 1/2)") < printed.index("justrl (run 1/2)")
+            < printed.index("justrl_packed (run 1/2)") < printed.index("stock (run 2/2)"))
     report = json.loads(out.read_text())
-    for kind in ("stock", "justrl"):
+    for kind in ("stock", "justrl", "justrl_packed"):
         result = report["results"][kind]
         assert len(result["run_seconds_per_step"]) == 2 and len(result["losses"]) == 8  # 2 steps x 4 updates
         assert result["executed_gflops_per_step"] > 0 and result["real_tokens_per_s"] > 0
     assert len(report["speedup_per_repeat"]) == 2 and report["speedup"] > 0
+    assert len(report["speedup_packed_per_repeat"]) == 2 and report["speedup_packed"] > 0
     assert report["executed_flop_ratio"] > 1.0  # the batch has padding to cut
     assert report["max_loss_difference"] < 1e-5  # the same objective on the same inputs

@@ -78,14 +78,16 @@ def test_iterable_train_and_eval_sets_are_filtered_lazily(tmp_path, tiny_model_p
     assert "eval_loss" in metrics and "eval_reward" in metrics
 
 
-def test_lora_trains_the_adapters_only(tmp_path, tiny_model_path, tiny_config):
+@pytest.mark.parametrize("packed", [False, True])
+def test_lora_trains_the_adapters_only(tmp_path, tiny_model_path, tiny_config, packed):
     from peft import LoraConfig, PeftModel
 
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
-    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"],
-                            args=tiny_config(tmp_path, max_steps=2, weight_decay=0.0), peft_config=peft_config,
-                            train_dataset=load_training_data("synthetic", synthetic_size=8))
+    args = tiny_config(tmp_path, max_steps=2, weight_decay=0.0, max_tokens_per_microbatch=260 if packed else None)
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,
+                            peft_config=peft_config, train_dataset=load_training_data("synthetic", synthetic_size=8))
     assert isinstance(trainer.model, PeftModel)
+    assert trainer.model.config._attn_implementation == ("justrl_packed_sdpa" if packed else "sdpa")
     before = weights(trainer.model)
     trainer.train()
     moved = changed(before, weights(trainer.model))

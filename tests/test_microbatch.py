@@ -63,24 +63,33 @@ def test_trimmed_forward_equals_trls_padded_forward(trainer, chunk):
     assert torch.all(trimmed[0][~real] == 0)  # padding positions are padded back with zeros
 
 
-def test_trimmed_loss_and_gradients_equal_the_padded_path(trainer):
-    torch.manual_seed(0)
-    batch = padded_batch(rows=6, seed=5)
-    real = batch["completion_mask"].float()
-    inputs = batch | {
-        "advantages": torch.randn(6),
-        "old_per_token_logps": -torch.rand(6, COMPLETION_WIDTH) * 8,
-        "num_items_in_batch": real.sum(),
+def loss_inputs(rows: int, seed: int) -> dict:
+    """A training micro-batch as TRL's compute_loss takes it: `padded_batch` plus advantages and old log-probs."""
+    torch.manual_seed(seed)
+    batch = padded_batch(rows=rows, seed=seed)
+    return batch | {
+        "advantages": torch.randn(rows),
+        "old_per_token_logps": -torch.rand(rows, COMPLETION_WIDTH) * 8,
+        "num_items_in_batch": batch["completion_mask"].float().sum(),
     }
+
+
+def loss_and_gradients(trainer, inputs: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The trainer's training loss of `inputs` and the gradients it leaves on the parameters."""
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, inputs)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]
+
+
+def test_trimmed_loss_and_gradients_equal_the_padded_path(trainer):
+    inputs = loss_inputs(rows=6, seed=5)
     results = {}
     for remove_padding in (True, False):
         trainer.args.remove_padding = remove_padding
-        trainer.model.zero_grad()
-        loss = trainer.compute_loss(trainer.model, inputs)
-        loss.backward()
-        results[remove_padding] = (loss.detach(), [p.grad.clone() for p in trainer.model.parameters()])
+        results[remove_padding] = loss_and_gradients(trainer, inputs)
     trainer.args.remove_padding = True
     torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-6, atol=1e-6)
     for trimmed, padded in zip(results[True][1], results[False][1], strict=True):

@@ -262,3 +262,22 @@ def test_grpo_recipe_without_a_prompt_cap_is_a_clear_error(tmp_path):
         make_plan(1, 8, recipe=recipe)
     recipe.write_text(recipe.read_text() + "max_prompt_length: 512\n")
     assert make_plan(1, 8, recipe=recipe).recipe.max_context == 768
+
+
+def test_packed_recipe_plans_one_micro_batch_per_update_and_refuses_deepspeed(tmp_path, monkeypatch):
+    """max_tokens_per_microbatch: the planner maps the batch as JustRLConfig does (a device's share of an update is
+    one micro-batch) and refuses the DeepSpeed configs, before anything starts."""
+    recipe = tmp_path / "packed.yaml"
+    recipe.write_text((REPO / PAPER_RECIPE).read_text() + "\nmax_tokens_per_microbatch: 32768\n")
+    plan = make_plan(5, 8, recipe=recipe)
+    g = plan.geometry
+    assert plan.exact and (g.per_device_train_batch_size, g.gradient_accumulation_steps) == (16, 1)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    config = JustRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, max_tokens_per_microbatch=32768)
+    config.generation_batch_size = config.steps_per_generation = None
+    assert config._map_recipe_batch(32) == g
+    hosts = [f"h{i}" for i in range(5)]
+    with pytest.raises(PlanError, match="max_tokens_per_microbatch.*DeepSpeed.*ddp.yaml or fsdp2.yaml"):
+        launch_commands(plan, LaunchSettings(hosts=hosts))  # zero2.yaml, the default
+    for name in ("ddp.yaml", "fsdp2.yaml"):
+        assert launch_commands(plan, LaunchSettings(hosts=hosts, accelerate_config=f"accelerate_configs/{name}"))

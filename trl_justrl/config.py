@@ -214,7 +214,7 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             prompts_per_step=self.prompts_per_step,
             prompts_per_update=self.prompts_per_update,
             num_generations=self.num_generations,
-            max_micro_batch=self.per_device_train_batch_size,
+            max_micro_batch=self._largest_micro_batch(),
         )
         self.per_device_train_batch_size = geometry.per_device_train_batch_size
         self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
@@ -225,6 +225,10 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
             self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
         return geometry
+
+    def _largest_micro_batch(self) -> int:
+        """The micro-batch bound the recipe batch is mapped with (per_device_train_batch_size)."""
+        return self.per_device_train_batch_size
 
     @property
     def updates_per_rl_step(self) -> int:
@@ -276,6 +280,17 @@ class JustRLConfig(GRPORunConfig):
             "help": "Run every policy forward (the old-log-prob pass and the training forward) over each micro-batch's "
             "real extent only, and group completions of similar length into the same micro-batch within an "
             "optimizer update. Exact: the same log-probs, loss and gradients as TRL's padded path, less compute."
+        },
+    )
+    max_tokens_per_microbatch: int | None = field(
+        default=None,  # off: RECIPE's verl script packed up to 32,768 real tokens per GPU (ppo_max_token_len_per_gpu)
+        metadata={
+            "help": "Pack completions end to end into forwards of at most this many real tokens, each attending only "
+            "to itself (verl's use_dynamic_bsz; a longer completion runs alone). With prompts_per_step set, a "
+            "device's whole share of an optimizer update becomes one micro-batch (per_device_train_batch_size) and "
+            "is split into such packs, each with its own forward and backward. Exact (the same token-mean loss and "
+            "gradients); needs remove_padding and SDPA or flash attention; not offered under DeepSpeed. The paper's "
+            "verl run used 32,768. Null: one micro-batch per forward."
         },
     )
 
@@ -357,6 +372,7 @@ class JustRLConfig(GRPORunConfig):
 
     def __post_init__(self):
         self._map_dual_clip()
+        self._check_packing()
         super().__post_init__()
         if self.max_prompt_length is None:
             raise ValueError("JustRL drops prompts over max_prompt_length (the recipe: 1,024); it cannot be null.")
@@ -365,6 +381,23 @@ class JustRLConfig(GRPORunConfig):
                 f"clip_ratio_c ({self.clip_ratio_c}) must exceed the upper clip bound 1 + epsilon_high "
                 f"({1.0 + self.epsilon_high}); the recipe uses 10.0."
             )
+
+    def _largest_micro_batch(self) -> int:
+        """With packing, a device's whole share of an update is one micro-batch (the packs split it by tokens)."""
+        if self.max_tokens_per_microbatch is not None and self.prompts_per_update and self.num_generations:
+            return self.prompts_per_update * self.num_generations
+        return self.per_device_train_batch_size
+
+    def _check_packing(self) -> None:
+        if self.max_tokens_per_microbatch is None:
+            return
+        if self.max_tokens_per_microbatch < 1:
+            raise ValueError(f"max_tokens_per_microbatch = {self.max_tokens_per_microbatch}: at least 1, or null.")
+        if not self.remove_padding:
+            raise ValueError("max_tokens_per_microbatch packs padding-free rows: it needs remove_padding = true.")
+        if self.deepspeed:
+            raise ValueError("max_tokens_per_microbatch is not offered under DeepSpeed (its engine steps the optimizer "
+                             "on every backward of a micro-step; packs need several). Unset it, or use DDP / FSDP.")
 
     def _map_dual_clip(self) -> None:
         """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""

@@ -115,7 +115,8 @@ def _merge(micro_batches: list[dict[str, Any]], rows: int) -> dict[str, Any] | N
     return merged
 
 
-def _take(batch: dict[str, Any], index: torch.Tensor, rows: int) -> dict[str, Any]:
+def take_rows(batch: dict[str, Any], index: torch.Tensor, rows: int) -> dict[str, Any]:
+    """The rows `index` of every row-aligned field (tensors and lists with `rows` entries); other fields as they are."""
     out = {}
     for key, value in batch.items():
         if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == rows:
@@ -148,7 +149,7 @@ def group_by_length(micro_batches: list[dict[str, Any]], per_update: int) -> lis
             continue
         total = rows * len(window)
         order = torch.argsort(_row_lengths(merged).cpu(), stable=True)
-        regrouped.extend(_take(merged, order[i : i + rows], total) for i in range(0, total, rows))
+        regrouped.extend(take_rows(merged, order[i : i + rows], total) for i in range(0, total, rows))
     return regrouped
 
 

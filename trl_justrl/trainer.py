@@ -29,9 +29,10 @@ from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig
 from .data import PromptLengthFilter
 from .loss import dual_clip_mask
-from .microbatch import fill_old_logps, forward_trimmed, group_by_length
+from .microbatch import fill_old_logps, forward_trimmed, group_by_length, take_rows
 from .models import resolve_model
 from .open_rs import OpenRSAccuracy  # noqa: F401 - registers Open-RS's rewards for name lookup
+from .packing import enable_packing, forward_packed, plan_packs, row_extents
 from .preemption import GracefulStop
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
@@ -177,11 +178,15 @@ class GRPORunTrainer(GRPOTrainer):
         if args.validation_benchmarks:  # the problems load (and fail, naming the file) here, before training
             self.add_callback(ValidationCallback.from_config(self, args))
         self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
+        self.configure_model()
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
 
     def check_args(self, args: GRPORunConfig) -> None:
         """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""
+
+    def configure_model(self) -> None:
+        """Adjust the loaded model for this trainer's forwards (nothing here)."""
 
     def _save_checkpoint(self, model, trial) -> None:
         """transformers' checkpoint, then, once every process has written its share, the completion marker
@@ -269,24 +274,43 @@ class JustRLTrainer(GRPORunTrainer):
         """Refuse settings that would change the JustRL objective (before any model loads)."""
         check_objective(args)
 
+    def configure_model(self) -> None:
+        """With `max_tokens_per_microbatch`: per-row attention in packed forwards (packing.py), where it is exact."""
+        if self.args.max_tokens_per_microbatch is None:
+            return
+        if self.is_deepspeed_enabled or self.args.n_gpu > 1:
+            raise ValueError("max_tokens_per_microbatch is not offered under DeepSpeed or torch DataParallel: packs "
+                             "need several backward passes per optimizer micro-step. Unset it, or use DDP / FSDP.")
+        if self._is_vlm:
+            raise ValueError("max_tokens_per_microbatch packs text rows; image inputs are not split by tokens. "
+                             "Unset it for vision-language models.")
+        enable_packing(self.accelerator.unwrap_model(self.model))
+
     # ---- the objective is TRL's: loss_type="dapo" with delta = clip_ratio_c (see loss.py); one extra metric -----
 
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
         compute_aux_loss=False, **multimodal,
     ):
-        """TRL's forward, each chunk over its real extent only (`remove_padding`, microbatch.py); inside
-        `compute_loss` the log-probs are kept (detached) for the dual-clip metric."""
+        """TRL's forward, each chunk over its real extent only (`remove_padding`, microbatch.py), or with
+        `max_tokens_per_microbatch` the rows packed end to end (packing.py); inside `compute_loss` the log-probs are
+        kept (detached) for the dual-clip metric."""
         if self._defer_old_logps and model is self.model and not torch.is_grad_enabled():
             self._defer_old_logps, self._old_logps_deferred = False, True  # TRL's old-log-prob pass: done later
             return None, None, None
         forward = super()._get_per_token_logps_and_entropies
         # Image inputs are indexed by row and image, not by column: TRL's own (padded) path for them.
         if self.args.remove_padding and all(value is None for value in multimodal.values()):
-            logps, entropies, aux_loss = forward_trimmed(
-                forward, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                compute_aux_loss,
-            )
+            extents = row_extents(attention_mask, logits_to_keep)
+            packs = self._plan_packs(None if extents is None else [end - start for start, end in extents])
+            if packs is not None:
+                logps, entropies, aux_loss = forward_packed(forward, model, input_ids, extents, packs,
+                                                            logits_to_keep, compute_entropy, compute_aux_loss)
+            else:
+                logps, entropies, aux_loss = forward_trimmed(
+                    forward, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                    compute_aux_loss,
+                )
         else:
             logps, entropies, aux_loss = forward(
                 model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
@@ -334,7 +358,54 @@ class JustRLTrainer(GRPORunTrainer):
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, unchanged; then logs `clip_ratio/dual_mean`, the fraction of tokens held at the dual clip."""
+        """TRL's loss, unchanged, and `clip_ratio/dual_mean` (the fraction of tokens held at the dual clip).
+
+        With `max_tokens_per_microbatch`, a training micro-batch over the budget is split into packs; each pack but
+        the last is backpropagated here (without gradient sync), the last one by the Trainer. TRL's "dapo" loss of a
+        pack is its tokens' share of the update's token mean, so the gradients add up to the micro-batch's.
+        """
+        packs = self._training_packs(inputs)
+        if len(packs) == 1:
+            return self._pack_loss(model, inputs, return_outputs, num_items_in_batch)
+        earlier = []
+        for pack in packs[:-1]:
+            with self.accelerator.no_sync(model):
+                loss = self._pack_loss(model, pack, return_outputs, num_items_in_batch)
+                self.accelerator.backward(loss)
+            earlier.append(loss.detach())
+        return self._pack_loss(model, packs[-1], return_outputs, num_items_in_batch) + torch.stack(earlier).sum()
+
+    def _training_packs(self, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+        """The training micro-batch as packs of at most `max_tokens_per_microbatch` real tokens (one when packing is
+        off, outside training, or everything fits)."""
+        if self.args.max_tokens_per_microbatch is None or not (self.model.training and torch.is_grad_enabled()):
+            return [inputs]
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+        plan = self._plan_packs(mask.sum(dim=1).tolist())
+        if plan is None or len(plan) == 1:
+            return [inputs]
+        return [take_rows(inputs, torch.tensor(sorted(pack)), mask.size(0)) for pack in plan]
+
+    def _plan_packs(self, tokens: list[int] | None) -> list[list[int]] | None:
+        """Packs of at most `max_tokens_per_microbatch` tokens of rows with `tokens` real tokens, as many on every
+        process (a wrapped model's forward may talk to the other processes: DDP syncs buffers, FSDP gathers weights).
+        None when packing is off, or when some process has rows it cannot pack (`tokens` None): then every process
+        runs its rows unpacked."""
+        budget = self.args.max_tokens_per_microbatch
+        if budget is None:
+            return None
+        packs = plan_packs(tokens, budget) if tokens is not None else None
+        if self.accelerator.num_processes > 1:
+            local = torch.tensor([[int(packs is None), len(packs or [])]], device=self.accelerator.device)
+            unpackable, count = self.accelerator.gather(local).max(dim=0).values.tolist()
+            if unpackable:
+                return None
+            if count > len(packs):
+                packs = plan_packs(tokens, budget, at_least=count)
+        return packs
+
+    def _pack_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss of one micro-batch (or pack), then the dual-clip metric."""
         self._keep_policy_logps, self._policy_logps = True, None
         try:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

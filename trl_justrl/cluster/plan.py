@@ -73,6 +73,7 @@ class RecipeBatch(PromptBatch):
     vllm_gpus: int | None = None  # the recipe's preferred number of serving GPUs (`vllm_gpus` key), if any
     vllm_gpu_memory_utilization: float | None = None  # the recipe's `vllm_gpu_memory_utilization`, if set
     validation_max_new_tokens: int | None = None  # the validation response cap when the recipe validates, else None
+    max_tokens_per_microbatch: int | None = None  # packed forwards (JustRLConfig): an update's share is one micro-batch
 
     @property
     def max_context(self) -> int:
@@ -112,13 +113,17 @@ class RecipeBatch(PromptBatch):
                 )
         memory = values.get("vllm_gpu_memory_utilization")
         max_steps = values.get("max_steps", -1)
+        packed = values.get("max_tokens_per_microbatch") if trainer == "justrl" else None
+        # as JustRLConfig maps it: with packing, a device's whole share of an update is one micro-batch
+        largest = (int(get("prompts_per_update")) * int(get("num_generations")) if packed is not None
+                   else int(get("per_device_train_batch_size")))
         return cls(
             path=str(path) if path is not None else None,
             model=values.get("model_name_or_path"),
             prompts_per_step=int(get("prompts_per_step")),
             prompts_per_update=int(get("prompts_per_update")),
             num_generations=int(get("num_generations")),
-            max_micro_batch=int(get("per_device_train_batch_size")),
+            max_micro_batch=largest,
             max_prompt_length=int(get("max_prompt_length")),
             max_completion_length=int(get("max_completion_length")),
             max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
@@ -126,6 +131,7 @@ class RecipeBatch(PromptBatch):
             vllm_gpus=int(values["vllm_gpus"]) if values.get("vllm_gpus") is not None else None,
             vllm_gpu_memory_utilization=float(memory) if memory is not None else None,
             validation_max_new_tokens=int(get("validation_max_new_tokens")) if get("validation_benchmarks") else None,
+            max_tokens_per_microbatch=int(packed) if packed is not None else None,
         )
 
     def geometry(self, world_size: int) -> BatchGeometry:
@@ -509,7 +515,11 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
         raise PlanError(f"{topo.nodes} nodes need {topo.nodes} host addresses, got {len(settings.hosts)}.")
     if recipe.path is None:
         raise PlanError("Launch commands need a recipe file (--recipe).")
-    check_accelerate_config(settings.accelerate_config, len(topo.training_nodes), topo.training_processes)
+    accelerate = check_accelerate_config(settings.accelerate_config, len(topo.training_nodes),
+                                         topo.training_processes)
+    if recipe.max_tokens_per_microbatch is not None and accelerate.get("distributed_type") == "DEEPSPEED":
+        raise PlanError(f"Recipe {recipe.path} sets max_tokens_per_microbatch, which DeepSpeed does not support (its "
+                        f"engine steps on every backward); use accelerate_configs/ddp.yaml or fsdp2.yaml, or unset it.")
     commands: list[Command] = []
     vllm_host = settings.hosts[0]
     if topo.mode == "server":
