@@ -32,7 +32,7 @@ from .loss import dual_clip_mask
 from .microbatch import fill_old_logps, forward_trimmed, group_by_length, take_rows
 from .models import resolve_model
 from .open_rs import OpenRSAccuracy  # noqa: F401 - registers Open-RS's rewards for name lookup
-from .packing import enable_packing, forward_packed, plan_packs, row_extents
+from .packing import enable_packing, forward_packed, plan_packs, row_extents, row_tokens
 from .preemption import GracefulStop
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
@@ -381,7 +381,7 @@ class JustRLTrainer(GRPORunTrainer):
         if self.args.max_tokens_per_microbatch is None or not (self.model.training and torch.is_grad_enabled()):
             return [inputs]
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        plan = self._plan_packs(mask.sum(dim=1).tolist())
+        plan = self._plan_packs(row_tokens(mask))
         if plan is None or len(plan) == 1:
             return [inputs]
         return [take_rows(inputs, torch.tensor(sorted(pack)), mask.size(0)) for pack in plan]
