@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                         "32,768 for a 16,384-token context)")
     parser.add_argument("--only", choices=["stock", "justrl", "justrl_packed"], default=None)
     parser.add_argument("--repeats", type=int, default=1,
-                        help="run the pair this many times, alternating; the speed-up is the median of the pairs")
+                        help="run the trainers this many times, alternating; each speed-up is the median of the pairs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override preset values, e.g. --set mean=150 hidden_size=128")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/benchmark_policy_update"))
