@@ -214,7 +214,7 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             prompts_per_step=self.prompts_per_step,
             prompts_per_update=self.prompts_per_update,
             num_generations=self.num_generations,
-            max_micro_batch=self._largest_micro_batch(),
+            max_micro_batch=self._micro_batch_bound(),
         )
         self.per_device_train_batch_size = geometry.per_device_train_batch_size
         self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
@@ -226,7 +226,7 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
         return geometry
 
-    def _largest_micro_batch(self) -> int:
+    def _micro_batch_bound(self) -> int | None:
         """The micro-batch bound the recipe batch is mapped with (per_device_train_batch_size)."""
         return self.per_device_train_batch_size
 
@@ -382,11 +382,9 @@ class JustRLConfig(GRPORunConfig):
                 f"({1.0 + self.epsilon_high}); the recipe uses 10.0."
             )
 
-    def _largest_micro_batch(self) -> int:
-        """With packing, a device's whole share of an update is one micro-batch (the packs split it by tokens)."""
-        if self.max_tokens_per_microbatch is not None and self.prompts_per_update and self.num_generations:
-            return self.prompts_per_update * self.num_generations
-        return self.per_device_train_batch_size
+    def _micro_batch_bound(self) -> int | None:
+        """With packing, none: a device's whole share of an update is one micro-batch (the packs split it)."""
+        return None if self.max_tokens_per_microbatch is not None else self.per_device_train_batch_size
 
     def _check_packing(self) -> None:
         if self.max_tokens_per_microbatch is None:

@@ -85,12 +85,13 @@ def compute_batch_geometry(
     prompts_per_step: int,
     prompts_per_update: int,
     num_generations: int,
-    max_micro_batch: int = 1,
+    max_micro_batch: int | None = 1,
 ) -> BatchGeometry:
     """Map prompts per step / per update onto TRL's batch knobs for `world_size` processes.
 
     The micro-batch is the largest divisor of each process's share of an update that does not exceed
-    `max_micro_batch` (the paper uses 1 completion per GPU per forward). Raises `BatchGeometryError`, naming the
+    `max_micro_batch` (the paper uses 1 completion per GPU per forward); None makes the whole share one micro-batch
+    (packed forwards split it by tokens). Raises `BatchGeometryError`, naming the
     numbers and a fix, when the batch cannot be split evenly.
     """
     for name, value in (
@@ -98,7 +99,7 @@ def compute_batch_geometry(
         ("prompts_per_step", prompts_per_step),
         ("prompts_per_update", prompts_per_update),
         ("num_generations", num_generations),
-        ("per_device_train_batch_size", max_micro_batch),
+        ("per_device_train_batch_size", 1 if max_micro_batch is None else max_micro_batch),
     ):
         if not isinstance(value, int) or value < 1:
             raise BatchGeometryError(f"{name} must be a positive integer, got {value!r}.")
@@ -122,7 +123,7 @@ def compute_batch_geometry(
             f"multiple of that)."
         )
     share = completions_per_update // world_size
-    micro = max(d for d in _divisors(share) if d <= max_micro_batch)
+    micro = share if max_micro_batch is None else max(d for d in _divisors(share) if d <= max_micro_batch)
     gradient_accumulation_steps = share // micro
     updates_per_step = prompts_per_step // prompts_per_update
     return BatchGeometry(

@@ -175,8 +175,8 @@ AttentionInterface.register(PACKED_SDPA, _packed_sdpa_attention)
 AttentionMaskInterface.register(PACKED_SDPA, _packed_sdpa_mask)
 
 
-def enable_packing(model: Any) -> str:
-    """Make `model` attend per row in packed forwards; returns the attention implementation it then uses.
+def enable_packing(model: Any) -> None:
+    """Make `model` attend per row in packed forwards (flash attention does already; SDPA becomes PACKED_SDPA).
 
     Raises ValueError, naming the setting, for attention this cannot pack exactly (eager, flex, sliding windows).
     """
@@ -188,7 +188,7 @@ def enable_packing(model: Any) -> str:
                          f"{sorted(layer_types)} layers. Unset max_tokens_per_microbatch for it.")
     implementation = base.config._attn_implementation
     if implementation in FLASH_ATTENTION or implementation == PACKED_SDPA:
-        return implementation
+        return
     if implementation != "sdpa":
         raise ValueError(
             f"max_tokens_per_microbatch needs the model's attention to be 'sdpa' or flash attention (per-row attention "
@@ -196,4 +196,3 @@ def enable_packing(model: Any) -> str:
             f"model_init_kwargs: {{attn_implementation: sdpa}}), or unset max_tokens_per_microbatch."
         )
     base.set_attn_implementation(PACKED_SDPA)
-    return PACKED_SDPA

@@ -301,8 +301,10 @@ class JustRLTrainer(GRPORunTrainer):
         forward = super()._get_per_token_logps_and_entropies
         # Image inputs are indexed by row and image, not by column: TRL's own (padded) path for them.
         if self.args.remove_padding and all(value is None for value in multimodal.values()):
-            extents = row_extents(attention_mask, logits_to_keep)
-            packs = self._plan_packs(None if extents is None else [end - start for start, end in extents])
+            packs = None
+            if self.args.max_tokens_per_microbatch is not None:  # packing: the rows' extents and the packs first
+                extents = row_extents(attention_mask, logits_to_keep)
+                packs = self._plan_packs(None if extents is None else [end - start for start, end in extents])
             if packs is not None:
                 logps, entropies, aux_loss = forward_packed(forward, model, input_ids, extents, packs,
                                                             logits_to_keep, compute_entropy, compute_aux_loss)
@@ -389,11 +391,8 @@ class JustRLTrainer(GRPORunTrainer):
     def _plan_packs(self, tokens: list[int] | None) -> list[list[int]] | None:
         """Packs of at most `max_tokens_per_microbatch` tokens of rows with `tokens` real tokens, as many on every
         process (a wrapped model's forward may talk to the other processes: DDP syncs buffers, FSDP gathers weights).
-        None when packing is off, or when some process has rows it cannot pack (`tokens` None): then every process
-        runs its rows unpacked."""
+        None when some process has rows it cannot pack (`tokens` None): then every process runs its rows unpacked."""
         budget = self.args.max_tokens_per_microbatch
-        if budget is None:
-            return None
         packs = plan_packs(tokens, budget) if tokens is not None else None
         if self.accelerator.num_processes > 1:
             local = torch.tensor([[int(packs is None), len(packs or [])]], device=self.accelerator.device)

@@ -65,7 +65,7 @@ class RecipeBatch(PromptBatch):
     prompts_per_step: int
     prompts_per_update: int
     num_generations: int
-    max_micro_batch: int
+    max_micro_batch: int | None  # None: one micro-batch per update share (packed forwards)
     max_prompt_length: int
     max_completion_length: int
     max_steps: int | None  # optimizer updates (TRL's max_steps), None when the recipe trains by epochs
@@ -114,16 +114,13 @@ class RecipeBatch(PromptBatch):
         memory = values.get("vllm_gpu_memory_utilization")
         max_steps = values.get("max_steps", -1)
         packed = values.get("max_tokens_per_microbatch") if trainer == "justrl" else None
-        # as JustRLConfig maps it: with packing, a device's whole share of an update is one micro-batch
-        largest = (int(get("prompts_per_update")) * int(get("num_generations")) if packed is not None
-                   else int(get("per_device_train_batch_size")))
         return cls(
             path=str(path) if path is not None else None,
             model=values.get("model_name_or_path"),
             prompts_per_step=int(get("prompts_per_step")),
             prompts_per_update=int(get("prompts_per_update")),
             num_generations=int(get("num_generations")),
-            max_micro_batch=largest,
+            max_micro_batch=None if packed is not None else int(get("per_device_train_batch_size")),
             max_prompt_length=int(get("max_prompt_length")),
             max_completion_length=int(get("max_completion_length")),
             max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
