@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
 
-    from trl_justrl.shared.benchmarks import BENCHMARKS, load_problems
-    from trl_justrl.shared.grading import grade_answer, grade_many
+    from trl_justrl.benchmarks.registry import BENCHMARKS, load_problems
+    from trl_justrl.grading.grader import grade_answer, grade_many
 
     items = []
     for benchmark in BENCHMARKS.values():

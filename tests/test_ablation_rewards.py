@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import trl_justrl.rewards as rewards_module
-from trl_justrl import JustRLConfig
+import trl_justrl.rewards.inputs as reward_inputs
+from trl_justrl import GRPORunConfig, JustRLConfig
 from trl_justrl.rewards import (
     CosineScaledAccuracy,
     DapoOverlongPenalty,
@@ -32,8 +32,8 @@ RECIPE_BUFFER, RECIPE_FACTOR, RECIPE_MAX_LEN = 4096, 1.0, 15360
 OPEN_RS_COSINE = {"min_value_wrong": 0.0, "max_value_wrong": -0.5, "min_value_correct": 0.5, "max_value_correct": 1.0}
 
 
-def make_config(tmp_path, **overrides) -> JustRLConfig:
-    return JustRLConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **overrides)
+def make_config(tmp_path, config_class=JustRLConfig, **overrides) -> JustRLConfig:
+    return config_class(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **overrides)
 
 
 def messages(text: str) -> list[dict]:
@@ -174,7 +174,7 @@ def test_robust_verifier_accepts_what_strict_matching_rejects():
 
 def test_robust_verifier_logs_accuracy_and_predictions(tmp_path):
     (reward,) = get_reward_funcs(["robust_math"], make_config(tmp_path))
-    from trl_justrl.shared.grading import DEFAULT_TIMEOUT_S
+    from trl_justrl.grading.grader import DEFAULT_TIMEOUT_S
 
     assert reward.__name__ == "robust_math" and reward.timeout_s == DEFAULT_TIMEOUT_S  # the evaluation's limit
     logged, extra = {}, {}
@@ -213,7 +213,7 @@ def test_symbolic_rewards_call_the_shared_grader_with_the_configured_limit(tmp_p
         seen.append((response, ground_truth, timeout_s))
         return True
 
-    monkeypatch.setattr(rewards_module, "grade_answer", spy)
+    monkeypatch.setattr(reward_inputs, "grade_answer", spy)
     config = make_config(tmp_path, robust_verifier_timeout_s=3, max_completion_length=10)
     robust, cosine = get_reward_funcs(["robust_math", "open_rs_cosine"], config)
     assert robust(["r1"], answer=["a"]) == [1.0]
@@ -305,7 +305,8 @@ def test_cosine_reward_from_the_config(tmp_path):
     assert scores == pytest.approx(expected) and scores == pytest.approx([1.0, 0.75, -0.25, -0.5])
     assert logged == {"cosine/accuracy": 0.5}
 
-    other = make_config(tmp_path, cosine_max_len=50, cosine_min_value_wrong=-1.0, max_completion_length=100)
+    other = make_config(tmp_path, GRPORunConfig, cosine_max_len=50, cosine_min_value_wrong=-1.0,
+                        max_completion_length=100)
     (reward,) = get_reward_funcs(["open_rs_cosine"], other)
     assert reward.max_len == 50 and reward.values["min_value_wrong"] == -1.0
     assert reward([messages("\\boxed{3}")], completion_ids=[[1]], answer=["4"]) == pytest.approx(
@@ -319,8 +320,10 @@ def test_ablation_defaults_are_off_and_the_recipe_values(tmp_path):
     config = make_config(tmp_path)
     assert config.overlong_buffer_length == RECIPE_BUFFER and config.overlong_penalty_factor == RECIPE_FACTOR
     assert config.robust_verifier_timeout_s is None  # the evaluation grader's own limit
-    assert {k: getattr(config, f"cosine_{k}") for k in OPEN_RS_COSINE} == OPEN_RS_COSINE
-    assert config.cosine_max_len is None
+    assert not hasattr(config, "cosine_max_len")  # Open-RS's cosine settings: trainer grpo's config only
+    grpo = make_config(tmp_path, GRPORunConfig)
+    assert {k: getattr(grpo, f"cosine_{k}") for k in OPEN_RS_COSINE} == OPEN_RS_COSINE
+    assert grpo.cosine_max_len is None
     from trl_justrl.train import JustRLScriptArguments
 
     assert JustRLScriptArguments().reward_funcs == ["dapo_strict"]  # no ablation reward unless a recipe names it
@@ -332,8 +335,6 @@ def test_ablation_settings_are_reward_choices_not_objective_changes(tmp_path):
         overlong_buffer_length=16,
         overlong_penalty_factor=0.5,
         robust_verifier_timeout_s=2,
-        cosine_max_len=64,
-        cosine_min_value_wrong=-1.0,
         reward_weights=[1.0, 0.5],
     )
     check_objective(config)  # does not raise
@@ -345,8 +346,9 @@ def test_ablation_settings_are_reward_choices_not_objective_changes(tmp_path):
      {"cosine_max_len": 0}],
 )
 def test_out_of_range_ablation_settings_are_refused(tmp_path, override):
+    config_class = GRPORunConfig if "cosine_max_len" in override else JustRLConfig
     with pytest.raises(ValueError, match=next(iter(override))):
-        make_config(tmp_path, **override)
+        make_config(tmp_path, config_class, **override)
 
 
 def test_rewards_resolve_through_the_trainer_with_a_config(tmp_path):
@@ -388,10 +390,10 @@ ABLATIONS = {
 
 
 def parse_recipe(name):
-    from trl_justrl.train import make_parser
+    from trl_justrl.train import parse_args
 
     recipe = Path(__file__).resolve().parents[1] / "launch" / "recipes" / f"{name}.yaml"
-    return make_parser().parse_args_and_config(
+    return parse_args(
         ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
 
 

@@ -13,7 +13,7 @@ from trl_justrl.data import (
     DAPO_INSTRUCTION_SUFFIX,
     PROMPT_SUFFIX,
     DataError,
-    filter_long_prompts,
+    PromptLengthFilter,
     load_training_data,
     synthetic_arithmetic,
 )
@@ -133,12 +133,17 @@ def test_length_filter_drops_and_counts(tmp_path, tokenizer):
         for p in ds["prompt"]
     ]
     limit = sorted(lengths)[1]  # keeps the two short prompts only
-    kept, dropped = filter_long_prompts(ds, tokenizer, limit)
+
+    def filter_long_prompts(dataset, limit):
+        length_filter = PromptLengthFilter(tokenizer, limit)
+        return length_filter.apply(dataset), length_filter.dropped
+
+    kept, dropped = filter_long_prompts(ds, limit)
     assert dropped == 1 and len(kept) == 2 and "400" not in kept["ground_truth"]
-    kept_all, none = filter_long_prompts(ds, tokenizer, max(lengths))
+    kept_all, none = filter_long_prompts(ds, max(lengths))
     assert none == 0 and len(kept_all) == 3  # a prompt exactly at the limit is kept
     with pytest.raises(DataError, match="nothing is left"):
-        filter_long_prompts(ds, tokenizer, 5)
+        filter_long_prompts(ds, 5)
 
 
 def test_synthetic_data_is_seeded_and_correct():

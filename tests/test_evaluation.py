@@ -9,16 +9,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.cli import main as cli_main
-from evaluation.compass import CompassVerifier, build_prompt, parse_verdict
-from evaluation.runner import EvalOptions, run_evaluation
-from evaluation.stats import compute_stats, distinct_ngrams
-from evaluation.store import GenerationStore
-from evaluation.table import render_table
-from trl_justrl.shared.benchmarks import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
-from trl_justrl.shared.grading import grade_answer
-from trl_justrl.shared.prompts import eval_messages
-from trl_justrl.shared.sampling import Sample, SamplingSettings, TransformersBackend
+from trl_justrl.benchmarks.registry import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
+from trl_justrl.benchmarks.sampling import Sample, SamplingSettings, TransformersBackend
+from trl_justrl.evaluation.cli import main as cli_main
+from trl_justrl.evaluation.compass import CompassVerifier, build_prompt, parse_verdict
+from trl_justrl.evaluation.runner import EvalOptions, run_evaluation
+from trl_justrl.evaluation.stats import compute_stats, distinct_ngrams
+from trl_justrl.evaluation.store import GenerationStore
+from trl_justrl.evaluation.table import render_table
+from trl_justrl.grading.grader import grade_answer
+from trl_justrl.prompts import eval_messages
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
 
@@ -278,7 +278,7 @@ def test_compass_prompt_and_verdicts():
 def test_validation_callback_in_a_training_run(tmp_path, tiny_model_path):
     from trl_justrl import JustRLConfig, JustRLTrainer
     from trl_justrl.data import load_training_data
-    from trl_justrl.shared.validation import ValidationCallback
+    from trl_justrl.validation import ValidationCallback
 
     args = JustRLConfig(
         output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, report_to="none", prompts_per_step=2,

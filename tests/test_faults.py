@@ -16,13 +16,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evaluation.store import GenerationStore
+from trl_justrl.benchmarks.sampling import Sample, TransformersBackend
 from trl_justrl.cluster.launcher import run_node
 from trl_justrl.cluster.plan import Command
 from trl_justrl.data import DataError, load_training_data, looks_local
+from trl_justrl.evaluation.store import GenerationStore
 from trl_justrl.preemption import EXIT_REQUEUE
 from trl_justrl.run_folder import LOCK_NAME
-from trl_justrl.shared.sampling import Sample, TransformersBackend
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +101,8 @@ def test_a_torn_or_undecodable_line_is_set_aside_and_redone(tmp_path, caplog):
 def test_each_problem_is_on_disk_before_the_next_is_generated(tmp_path, tiny_model_path):
     import inspect
 
-    from evaluation.runner import EvalOptions, run_evaluation
-    from trl_justrl.shared.sampling import SamplingSettings
+    from trl_justrl.benchmarks.sampling import SamplingSettings
+    from trl_justrl.evaluation.runner import EvalOptions, run_evaluation
 
     assert inspect.isgeneratorfunction(TransformersBackend.generate)  # it yields each problem as it is done
     data = tmp_path / "data" / "AIME24"
@@ -128,7 +128,7 @@ def test_each_problem_is_on_disk_before_the_next_is_generated(tmp_path, tiny_mod
 
 
 def test_one_evaluation_per_folder(tmp_path, tiny_model_path):
-    from evaluation.cli import main as cli_main
+    from trl_justrl.evaluation.cli import main as cli_main
 
     out = tmp_path / "ev"
     out.mkdir()
@@ -162,7 +162,8 @@ def test_data_parallel_evaluation_forwards_signals_and_leaves_no_worker(tmp_path
     pd.DataFrame([{"id": str(i), "problem": f"{i}+{i}?", "answer": str(2 * i)} for i in range(40)]).to_parquet(
         data / "test.parquet")
     out = tmp_path / "ev"
-    cmd = [sys.executable, "-m", "evaluation", "--model", str(tiny_model_path), "--data-dir", str(tmp_path / "data"),
+    cmd = [sys.executable, "-m", "trl_justrl.evaluation", "--model", str(tiny_model_path),
+           "--data-dir", str(tmp_path / "data"),
            "--benchmarks", "AIME24", "--n", "2", "--backend", "transformers", "--max-new-tokens", "64",
            "--output-dir", str(out), "--data-parallel-size", "2", "--dtype", "float32"]
     parent = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

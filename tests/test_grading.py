@@ -1,5 +1,5 @@
 """The grader's answer-comparison policy: wrong answers it must reject, right ones in other forms it must accept,
-and a time limit that holds in any thread (trl_justrl.shared.grading)."""
+and a time limit that holds in any thread (trl_justrl.grading.grader)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from trl_justrl.shared.grading import extract_answer, grade_answer, grade_many, normalize_answer, order_free
+from trl_justrl.grading.grader import extract_answer, grade_answer, grade_many, normalize_answer, order_free
 
 
 def boxed(answer: str) -> str:

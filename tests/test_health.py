@@ -8,6 +8,7 @@ import math
 import random
 import sys
 import types
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -15,11 +16,12 @@ from transformers import TrainerControl, TrainerState
 
 from trl_justrl import JustRLConfig, JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.reporting.health import HealthMonitor, HealthThresholds, send_tracker_alert
+from trl_justrl.reporting.health import HealthMonitor, HealthMonitorSettings, send_tracker_alert
 from trl_justrl.reporting.summary import format_summary, summarize_run
 
-THRESHOLDS = HealthThresholds(entropy_floor=0.8, patience=5, reward_flat_window=20, reward_flat_tolerance=0.02,
-                              max_truncation_ratio=0.2, max_clip_fraction=0.1)
+THRESHOLDS = HealthMonitorSettings(health_entropy_floor=0.8, health_patience=5, health_reward_flat_window=20,
+                                   health_reward_flat_tolerance=0.02, health_max_truncation_ratio=0.2,
+                                   health_max_clip_fraction=0.1)
 NO_TRACKER = SimpleNamespace(report_to=["none"])
 
 
@@ -67,7 +69,7 @@ def signatures(monitor: HealthMonitor) -> list[tuple[int, str]]:
 
 
 def test_a_healthy_run_stays_quiet(caplog):
-    monitor = HealthMonitor(THRESHOLDS, stop_training=True)
+    monitor = HealthMonitor(replace(THRESHOLDS, health_stop_training=True))
     with caplog.at_level(logging.WARNING, logger="trl_justrl.reporting.health"):
         state, stops = feed(monitor, stream(400))
     assert monitor.alerts == [] and not any(stops) and not caplog.records
@@ -138,11 +140,11 @@ def test_non_finite_loss_or_grad_norm_fires_at_once():
 
 def test_training_stops_only_when_asked():
     entries = stream(20, entropy=lambda s: 0.5 if s >= 8 else 1.3)
-    monitor = HealthMonitor(THRESHOLDS, stop_training=False)
+    monitor = HealthMonitor(replace(THRESHOLDS, health_stop_training=False))
     _, stops = feed(monitor, entries)
     assert monitor.alerts and not any(stops)
 
-    monitor = HealthMonitor(THRESHOLDS, stop_training=True)
+    monitor = HealthMonitor(replace(THRESHOLDS, health_stop_training=True))
     _, stops = feed(monitor, entries)
     assert stops.index(True) == 11  # step 12: the 5th consecutive entropy under the floor
 
@@ -194,7 +196,7 @@ def test_tracker_alerts(monkeypatch):
 def test_thresholds_are_config_fields_and_checked(tmp_path):
     config = JustRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     assert (config.health_monitor, config.health_stop_training) == (True, False)
-    assert HealthThresholds.from_config(config) == THRESHOLDS
+    assert HealthMonitorSettings.from_config(config) == THRESHOLDS
     for bad in ({"health_patience": 0}, {"health_reward_flat_window": 1}, {"health_max_truncation_ratio": 1.5},
                 {"health_reward_flat_tolerance": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):

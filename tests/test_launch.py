@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_justrl.train import make_parser
+from trl_justrl.train import parse_args
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_impossible_world_size_fails_before_loading_a_model(tmp_path, tiny_model
 def test_unknown_recipe_key_is_an_error(tmp_path, tiny_model_path):
     recipe = write_recipe(tmp_path, tiny_model_path, learning_rat=1.0)
     with pytest.raises(ValueError, match="learning_rat"):
-        make_parser().parse_args_and_config(["--config", str(recipe)])
+        parse_args(["--config", str(recipe)])
 
 
 @pytest.mark.parametrize("name", ["justrl_deepseek_1.5b", "justrl_nemotron_1.5b", "demo_cpu"])
@@ -116,7 +116,7 @@ def test_shipped_recipes_parse(name, monkeypatch):
     recipe = REPO / "launch" / "recipes" / f"{name}.yaml"
     # (the paper recipes report to wandb, which this CPU machine does not install: refused at parse time otherwise)
     overrides = ["--use_cpu", "true", "--bf16", "false", "--report_to", "none"] if name != "demo_cpu" else []
-    script_args, training_args, model_args = make_parser().parse_args_and_config(["--config", str(recipe), *overrides])
+    script_args, training_args, model_args = parse_args(["--config", str(recipe), *overrides])
     assert model_args.model_name_or_path and script_args.reward_funcs == ["dapo_strict"]
     if name != "demo_cpu":  # the paper recipes leave every recipe value at JustRLConfig's defaults
         assert training_args.use_vllm and training_args.vllm_mode == "server"

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("trl_justrl", "evaluation")
-# Modules at the top of trl_justrl/ that are entry points rather than the training core.
-ENTRY_POINTS = {"trl_justrl.train", "trl_justrl.plan", "trl_justrl.plot"}
+PACKAGES = ("trl_justrl",)
+# What builds on the training core: the training entry point, the cluster planner and launchers, the evaluation.
+ABOVE_THE_CORE = ("trl_justrl.train", "trl_justrl.cluster.plan", "trl_justrl.cluster.launcher",
+                  "trl_justrl.cluster.serve", "trl_justrl.evaluation")
 
 
 def module_name(path: Path) -> str:
@@ -83,11 +84,14 @@ def test_the_cycle_finder_finds_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_the_graph_sees_relative_and_lazy_imports():
+def test_the_graph_sees_relative_absolute_and_lazy_imports(tmp_path):
     graph = import_graph()
-    assert "trl_justrl.shared.grading" in graph["trl_justrl.rewards"]  # `from .shared.grading import ...`
-    assert "trl_justrl.shared.answers" in graph["trl_justrl.shared.grading"]  # `from .answers import ...`
-    assert "trl_justrl.models" in graph["evaluation.cli"]  # absolute import
+    assert "trl_justrl.grading.grader" in graph["trl_justrl.rewards.inputs"]  # `from ..grading.grader import ...`
+    assert "trl_justrl.grading.answers" in graph["trl_justrl.grading.grader"]  # `from .answers import ...`
+    assert "trl_justrl.evaluation.compass" in graph["trl_justrl.evaluation.runner"]  # inside a function
+    module = tmp_path / "absolute.py"
+    module.write_text("def f():\n    from trl_justrl.models import resolve_model\n")
+    assert imports_of("trl_justrl.absolute", module, set(graph)) == {"trl_justrl.models"}
 
 
 def test_no_import_cycles():
@@ -100,23 +104,38 @@ def _edges(graph, source_prefix: str):
             for b in targets]
 
 
+def _within(name: str, *packages: str) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
 def test_imports_point_down_the_layers():
     graph = import_graph()
     wrong = []
-    # shared (what training and evaluation share) is the bottom: it imports only itself
-    wrong += [e for e in _edges(graph, "trl_justrl.shared") if not e[1].startswith("trl_justrl.shared")]
-    # run reporting reads logs and settings: shared at most, never the training core
-    wrong += [e for e in _edges(graph, "trl_justrl.reporting")
-              if not e[1].startswith(("trl_justrl.reporting", "trl_justrl.shared"))]
+    # math answers and grading are the bottom: they import only themselves
+    wrong += [e for e in _edges(graph, "trl_justrl.grading") if not _within(e[1], "trl_justrl.grading")]
+    wrong += _edges(graph, "trl_justrl.prompts")
+    # the benchmarks build on grading and the prompts only
+    wrong += [e for e in _edges(graph, "trl_justrl.benchmarks")
+              if not _within(e[1], "trl_justrl.benchmarks", "trl_justrl.grading", "trl_justrl.prompts")]
+    # run reporting reads logs and settings: never the training core
+    wrong += [e for e in _edges(graph, "trl_justrl.reporting") if not _within(e[1], "trl_justrl.reporting")]
     # the vLLM server checks the trainer runs import nothing of the project
     wrong += _edges(graph, "trl_justrl.cluster.vllm_server")
-    # training never imports the evaluation package (evaluation builds on trl_justrl)
-    wrong += [e for e in _edges(graph, "trl_justrl") if e[1].startswith("evaluation")]
-    # the training core never imports the entry points or the planner / launchers built on it
-    core = [m for m in graph if m.startswith("trl_justrl.") and m.count(".") == 1 and m not in ENTRY_POINTS]
-    above = ("trl_justrl.cluster.plan", "trl_justrl.cluster.launcher", "trl_justrl.cluster.serve", *ENTRY_POINTS)
-    wrong += [(a, b) for a in core for b in graph[a] if b in above]
+    # nothing outside the evaluation imports it (it builds on the rest)
+    wrong += [(a, b) for a, targets in graph.items() for b in targets
+              if _within(b, "trl_justrl.evaluation") and not _within(a, "trl_justrl.evaluation")]
+    # the training core never imports what is built on it (entry point, planner, launchers, evaluation)
+    core = [m for m in graph if m != "trl_justrl" and not _within(m, *ABOVE_THE_CORE)]
+    wrong += [(a, b) for a in core for b in graph[a] if _within(b, *ABOVE_THE_CORE)]
     assert not wrong, wrong
+
+
+def test_only_the_project_namespace_is_installed():
+    """No generic top-level package (such as `evaluation`) goes into site-packages."""
+    setup = (REPO / "setup.cfg").read_text()
+    include = setup.split("[options.packages.find]")[1].split("include =")[1].split("[")[0].split()
+    assert include == ["trl_justrl", "trl_justrl.*"]
+    assert sorted(p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()) == ["trl_justrl"]
 
 
 def test_every_module_imports_in_a_fresh_interpreter():
@@ -128,7 +147,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("entry", ["trl_justrl.plan", "trl_justrl.plot", "evaluation"])
+@pytest.mark.parametrize("entry", ["trl_justrl.cluster.plan", "trl_justrl.reporting.plot", "trl_justrl.evaluation"])
 def test_documented_entry_points_still_answer(entry):
     result = subprocess.run([sys.executable, "-m", entry, "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=300)

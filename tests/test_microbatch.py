@@ -8,7 +8,7 @@ from trl import GRPOTrainer
 
 from trl_justrl import JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.microbatch import group_by_length, real_extent
+from trl_justrl.padding_free.trimming import group_by_length, real_extent
 
 pytestmark = pytest.mark.slow
 
@@ -140,17 +140,18 @@ def test_old_log_probs_are_computed_for_every_update_but_the_first(tmp_path, tin
                                                                    monkeypatch):
     """TRL's old-log-prob pass runs per micro-batch after they are formed, skipping the first update (on-policy)."""
     forwards, seen = [], []
-    original_forward, original_loss = JustRLTrainer._old_logps_forward, GRPOTrainer.compute_loss
+    original_fill, original_loss = JustRLTrainer._fill_old_logps, GRPOTrainer.compute_loss
 
-    def count_forward(self, batch):
-        forwards.append(batch["completion_ids"].size(0))
-        return original_forward(self, batch)
+    def count_forward(self, micro_batches):
+        missing = [batch for batch in micro_batches if batch.get("old_per_token_logps") is None]
+        original_fill(self, micro_batches)
+        forwards.extend(batch["completion_ids"].size(0) for batch in missing)
 
     def record_loss(self, model, inputs, *args, **kwargs):
         seen.append(inputs.get("old_per_token_logps") is not None)
         return original_loss(self, model, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(JustRLTrainer, "_old_logps_forward", count_forward)
+    monkeypatch.setattr(JustRLTrainer, "_fill_old_logps", count_forward)
     monkeypatch.setattr(GRPOTrainer, "compute_loss", record_loss)
     args = tiny_config(tmp_path, per_device_train_batch_size=2)  # 2 updates of 2 micro-batches per generation
     trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,

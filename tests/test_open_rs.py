@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from trl_justrl.data import DataError, load_training_data, normalize_row
-from trl_justrl.open_rs import GOLD_UNPARSED_METRIC, OpenRSAccuracy, OpenRSCosineAsRun
 from trl_justrl.rewards import cosine_scaled_reward, get_reward_funcs
-from trl_justrl.train import TRAINERS, make_parser, trainer_choice
+from trl_justrl.rewards.open_rs import GOLD_UNPARSED_METRIC, OpenRSAccuracy, OpenRSCosineAsRun
+from trl_justrl.train import TRAINERS, make_parser, parse_args, trainer_choice
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "launch" / "recipes"
@@ -266,7 +266,7 @@ def test_open_rs_recipes_hold_the_papers_values(name, monkeypatch):
                                num_generations=values["num_generations"],
                                max_micro_batch=values["per_device_train_batch_size"])
     assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.completions_per_update) == (6, 4, 72)
-    script, training, model = make_parser(["--config", str(recipe)]).parse_args_and_config(
+    script, training, model = parse_args(
         ["--config", str(recipe), "--use_cpu", "true", "--bf16", "false", "--report_to", "none"])
     assert script.trainer == "grpo" and type(training).__name__ == "GRPORunConfig"
     assert model.model_name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
@@ -302,9 +302,9 @@ def test_open_rs_layouts_plan_and_launch(capsys):
 
 
 def test_open_rs_protocol_settings_and_table():
-    from evaluation.protocols import PROTOCOLS
-    from evaluation.table import OPEN_RS_TABLE, render_table
-    from trl_justrl.shared.prompts import eval_messages
+    from trl_justrl.evaluation.protocols import PROTOCOLS
+    from trl_justrl.evaluation.table import OPEN_RS_TABLE, render_table
+    from trl_justrl.prompts import eval_messages
 
     p = PROTOCOLS["open-rs"]
     assert p.benchmarks == ("AIME24", "MATH-500", "AMC23", "Minerva", "OlympiadBench")
@@ -322,7 +322,7 @@ def test_open_rs_protocol_end_to_end_on_cpu(tmp_path, tiny_model_path):
     """The five Open-RS benchmarks from ../shared when present (else one written here), one sample per problem."""
     import pandas as pd
 
-    from evaluation.cli import main as cli_main
+    from trl_justrl.evaluation.cli import main as cli_main
 
 
     data, names = SHARED_BENCHMARKS, ["AIME24", "MATH-500", "AMC23", "Minerva", "OlympiadBench"]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_microbatch import COMPLETION_WIDTH, loss_and_gradients, loss_inputs, padded_batch
+from test_microbatch import COMPLETION_WIDTH, loss_inputs, padded_batch
 from trl import GRPOTrainer
 
 from trl_justrl import JustRLConfig, JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.packing import PACKED_SDPA, enable_packing, plan_packs, row_extents
+from trl_justrl.padding_free import PreparedMicroBatch
+from trl_justrl.padding_free.packing import PACKED_SDPA, check_packing_backend, enable_packing, plan_packs, row_extents
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def test_packed_forward_equals_trls_padded_forward(trainer, budget):
 
 def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
     """The test above can fail: packed rows attending across each other give other log-probs."""
-    from trl_justrl import packing
+    from trl_justrl.padding_free import packing
 
     def one_sequence(module, query, key, value, attention_mask, **kwargs):
         kwargs.pop("packed_row_bounds", None)
@@ -95,20 +96,41 @@ def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
     assert (crossed[real] - padded[real]).abs().max() > 1e-3
 
 
+def training_step_loss_and_gradients(trainer, inputs: dict) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The trainer's training step on one prepared micro-batch: its loss and the gradients it leaves."""
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
+    trainer.model.zero_grad()
+    loss = trainer.training_step(trainer.model, PreparedMicroBatch(inputs))
+    return loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]
+
+
 def test_packed_loss_and_gradients_equal_the_padded_path(trainer):
-    """One micro-batch over the budget: split into packs, the earlier ones backpropagated inside compute_loss."""
+    """One micro-batch over the budget: split into packs, each with its forward and backward in training_step."""
     inputs = loss_inputs(rows=6, seed=5)
     trainer.model.train()
     assert len(trainer._training_packs(inputs)) > 1
     results = {}
     for budget in (40, None):
         trainer.args.max_tokens_per_microbatch, trainer.args.remove_padding = budget, budget is not None
-        results[budget] = loss_and_gradients(trainer, inputs)
+        results[budget] = training_step_loss_and_gradients(trainer, inputs)
     trainer.args.max_tokens_per_microbatch, trainer.args.remove_padding = 40, True
     torch.testing.assert_close(results[40][0], results[None][0], rtol=1e-5, atol=1e-6)
     for packed, padded in zip(results[40][1], results[None][1], strict=True):
         torch.testing.assert_close(packed, padded, rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in results[40][1])
+
+
+def test_compute_loss_returns_a_loss_and_runs_no_backward(trainer):
+    """Packing splits a micro-batch in training_step; compute_loss of the same micro-batch only computes its loss
+    (the packed forward inside it is one graph), leaving every gradient untouched."""
+    inputs = loss_inputs(rows=6, seed=5)
+    trainer.model.train()
+    assert len(trainer._training_packs(inputs)) > 1
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, inputs)
+    assert loss.requires_grad and loss.dim() == 0
+    assert all(p.grad is None for p in trainer.model.parameters())
 
 
 def test_other_calls_keep_plain_sdpa(trainer):
@@ -155,6 +177,23 @@ def test_packing_settings(tmp_path, tiny_config, monkeypatch):
         tiny_config(tmp_path, max_tokens_per_microbatch=0)
     with pytest.raises(ValueError, match="DeepSpeed"):
         tiny_config(tmp_path, max_tokens_per_microbatch=64, deepspeed={"train_micro_batch_size_per_gpu": "auto"})
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` with a DeepSpeed config sets
+    with pytest.raises(ValueError, match="DeepSpeed"):
+        tiny_config(tmp_path, max_tokens_per_microbatch=64)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    with pytest.raises(ValueError, match="DataParallel"):
+        check_packing_backend(deepspeed=False, data_parallel=True)
+
+
+def test_the_deepspeed_refusal_has_one_source():
+    """Config, trainer and planner refuse packing under DeepSpeed through packing.check_packing_backend only."""
+    package = Path(__file__).resolve().parents[1] / "trl_justrl"
+    sources = {path.relative_to(package).as_posix(): path.read_text() for path in package.rglob("*.py")}
+    refusing = sorted(name for name, text in sources.items() if "not offered under DeepSpeed" in text)
+    assert refusing == ["padding_free/packing.py"]
+    callers = sorted(name for name, text in sources.items() if "check_packing_backend(" in text
+                     and name != "padding_free/packing.py")
+    assert callers == ["cluster/plan.py", "config.py", "padding_free/updates.py"]
 
 
 def test_training_with_packing_ends_at_the_same_weights(tmp_path, tiny_model_path, tiny_config):

@@ -208,7 +208,7 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
     result = run(train_command(config))
     assert result.returncode == 2 and "already holds a run (checkpoint-3)" in result.stderr
     assert "Loading weights" not in result.stderr
-    from trl_justrl.train import make_parser
+    from trl_justrl.train import parse_args
 
     for bad, message in ((["--learning_rate", "nan"], "learning_rate = nan"),
                          (["--learning_rate=-1e-6"], "learning_rate = -1e-06"),
@@ -217,7 +217,7 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
                          (["--report_to", "tensorboard"], "report_to names tensorboard, which is not installed")):
         argv = ["--config", str(config), *bad]  # refused while the arguments are parsed, before anything loads
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-            make_parser(argv).parse_args_and_config(argv)
+            parse_args(argv)
 
 
 def test_one_writer_per_folder(tmp_path, tiny_model_path):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trl_justrl.shared.sampling import SamplingSettings, problem_seed
-from trl_justrl.shared.validation import (
+from trl_justrl.benchmarks.sampling import SamplingSettings, problem_seed
+from trl_justrl.validation import (
     ServerSampler,
     ValidationCallback,
     ValidationFailed,

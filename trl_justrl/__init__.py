@@ -1,10 +1,9 @@
 """trl-justrl: the JustRL recipe (simple single-stage GRPO for small reasoning models) on TRL."""
 
-from .config import GRPORunConfig, JustRLConfig
+from .config import GRPORunConfig, JustRLConfig, RunConfig
 from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
 from .loss import per_token_policy_loss
-from .open_rs import OpenRSAccuracy, OpenRSCosineAsRun  # importing registers Open-RS's rewards
-from .rewards import dapo_score, get_reward_funcs, register_reward
+from .rewards import OpenRSAccuracy, OpenRSCosineAsRun, dapo_score, get_reward_funcs, register_reward
 from .trainer import GRPORunTrainer, JustRLTrainer
 
 __version__ = "0.1.0"
@@ -18,6 +17,7 @@ __all__ = [
     "JustRLTrainer",
     "OpenRSAccuracy",
     "OpenRSCosineAsRun",
+    "RunConfig",
     "compute_batch_geometry",
     "dapo_score",
     "get_reward_funcs",

@@ -1,9 +1,9 @@
-"""`JustRLConfig`: TRL's `GRPOConfig` whose defaults are the JustRL recipe.
+"""The run configs: `JustRLConfig` (TRL's `GRPOConfig` whose defaults are the JustRL recipe) and `GRPORunConfig`
+(TRL's defaults, for `trainer: grpo` runs such as Open-RS), both built on `RunConfig`.
 
-Every recipe number lives here exactly once, with its source (RECIPE.md = the paper, its blog and its released verl
-script). The paper's batch semantics (prompts per step / per optimizer update) and its step-counted schedules
-(warm-up, checkpoint frequency) are mapped onto TRL's fields for the real world size in `__post_init__`, before
-any model is loaded.
+Every recipe number lives here once, with its source (`# RECIPE:` = the JustRL paper or its released verl script;
+README, "How each recipe value maps"). The paper's batch (prompts per step / per update) and step-counted schedules
+are mapped onto TRL's fields for the real world size in `__post_init__`, before any model loads.
 """
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK,
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
-from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
-from .reporting.health import HealthMonitorSettings, HealthThresholds
-from .rewards import RewardSettings
-from .shared.validation import ValidationSettings
+from .geometry import (
+    BatchGeometry,
+    BatchGeometryError,
+    compute_batch_geometry,
+    micro_batch_bound,
+    rollout_context,
+    server_context,
+)
+from .padding_free.packing import check_packing_backend
+from .reporting.health import HealthMonitorSettings
+from .rewards import DapoRewardSettings, OpenRSRewardSettings
+from .validation import ValidationSettings
 
 # Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
 OBJECTIVE_INVARIANTS: dict[str, object] = {
@@ -59,17 +67,11 @@ def _world_size_from_env() -> int:
 
 
 @dataclass
-class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, GRPOConfig):
-    """TRL's `GRPOConfig` (its defaults, its objective) plus what this project adds around any GRPO run.
-
-    `launch/train.py` uses it with `trainer: grpo` (TRL's objective, e.g. the Open-RS recipes). Its own fields: the
-    batch in prompts per step / per optimizer update (mapped onto TRL's batch fields for the real world size), the
-    step-counted warm-up and checkpoint interval, the prompt cap (prompts over it are dropped, never truncated), the
-    vLLM weight-sync limit; it carries the registered rewards' settings (`rewards.RewardSettings`), the health
-    monitor's (`reporting.health.HealthMonitorSettings`) and the in-training validation's
-    (`shared.validation.ValidationSettings`), defined next to the code that uses them. Every new field defaults to
-    TRL's behaviour (off / unset).
-    """
+class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, GRPOConfig):
+    """TRL's `GRPOConfig` plus what this project adds around any GRPO run: the batch in prompts per step / per
+    update, step-counted warm-up and checkpoints, the prompt cap (drop, never truncate), stop and vLLM limits, and the
+    settings of the rewards, health monitor and validation (defined next to their code). New fields default to TRL's
+    behaviour (off / unset)."""
 
     prompts_per_step: int | None = field(
         default=None,
@@ -137,7 +139,7 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
             )
         self.batch_geometry: BatchGeometry | None = geometry
         self._check_run_settings()
-        HealthThresholds.from_config(self)  # range checks of the health monitor's thresholds
+        self.check_health_settings()
         self.check_reward_settings()
         self.check_validation_settings()
 
@@ -166,16 +168,14 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
 
     @property
     def prompt_and_completion_cap(self) -> int:
-        """The longest sequence a rollout can make (prompt cap + completion cap)."""
-        return (self.max_prompt_length or 0) + (self.max_completion_length or 0)
+        """The longest sequence a rollout can make (geometry.rollout_context)."""
+        return rollout_context(self.max_prompt_length, self.max_completion_length)
 
     @property
     def vllm_context_needed(self) -> int:
-        """The context a vLLM server must hold: a rollout, or a validation prompt plus its response cap when
-        validation is on (1,024 + 31,744 = 32,768 for the paper recipes)."""
-        if not self.validation_benchmarks:
-            return self.prompt_and_completion_cap
-        return max(self.prompt_and_completion_cap, (self.max_prompt_length or 0) + self.validation_max_new_tokens)
+        """The context a vLLM server must hold for this run (geometry.server_context)."""
+        validation = self.validation_max_new_tokens if self.validation_benchmarks else None
+        return server_context(self.max_prompt_length, self.max_completion_length, validation)
 
     def _check_trl_batch(self, world_size: int) -> None:
         """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
@@ -237,17 +237,24 @@ class GRPORunConfig(RewardSettings, HealthMonitorSettings, ValidationSettings, G
 
 
 @dataclass
-class JustRLConfig(GRPORunConfig):
-    """GRPO configuration with the JustRL recipe as defaults (see README, "How each recipe value maps").
+class GRPORunConfig(OpenRSRewardSettings, RunConfig):
+    """`trainer: grpo`: TRL's GRPO objective and defaults, the project's run services, and the Open-RS cosine
+    rewards' settings (e.g. the Open-RS recipes)."""
 
-    Beyond GRPORunConfig: the recipe's values as defaults (the paper's batch semantics, step-counted schedules and
-    prompt cap included), the dual-clip constant (mapped onto TRL's `delta`) and padding-free updates.
-    """
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_cosine_settings()
 
-    # ---- GRPORunConfig fields whose defaults become the recipe ----------------------------------------------
+
+@dataclass
+class JustRLConfig(RunConfig):
+    """GRPO configuration with the JustRL recipe as defaults (README, "How each recipe value maps"): the paper's
+    batch, schedules and prompt cap, the dual-clip constant (mapped onto TRL's `delta`) and padding-free updates."""
+
+    # ---- RunConfig fields whose defaults become the recipe ----------------------------------------------
     prompts_per_step: int | None = field(
         default=256,  # RECIPE: prompts per training step (train_batch_size) = 256
-        metadata={"help": "Prompts per training step (one generation batch); see GRPORunConfig. Null: TRL's fields."},
+        metadata={"help": "Prompts per training step (one generation batch); see RunConfig. Null: TRL's fields."},
     )
     prompts_per_update: int | None = field(
         default=64,  # RECIPE: prompts per optimizer update (ppo_mini_batch_size) = 64
@@ -289,7 +296,7 @@ class JustRLConfig(GRPORunConfig):
             "to itself (verl's use_dynamic_bsz; a longer completion runs alone). With prompts_per_step set, a "
             "device's whole share of an optimizer update becomes one micro-batch (per_device_train_batch_size) and "
             "is split into such packs, each with its own forward and backward. Exact (the same token-mean loss and "
-            "gradients); needs remove_padding and SDPA or flash attention; not offered under DeepSpeed. The paper's "
+            "gradients); needs remove_padding and SDPA or flash attention; refused under DeepSpeed. The paper's "
             "verl run used 32,768. Null: one micro-batch per forward."
         },
     )
@@ -383,8 +390,7 @@ class JustRLConfig(GRPORunConfig):
             )
 
     def _micro_batch_bound(self) -> int | None:
-        """With packing, none: a device's whole share of an update is one micro-batch (the packs split it)."""
-        return None if self.max_tokens_per_microbatch is not None else self.per_device_train_batch_size
+        return micro_batch_bound(self.per_device_train_batch_size, self.max_tokens_per_microbatch)
 
     def _check_packing(self) -> None:
         if self.max_tokens_per_microbatch is None:
@@ -393,9 +399,8 @@ class JustRLConfig(GRPORunConfig):
             raise ValueError(f"max_tokens_per_microbatch = {self.max_tokens_per_microbatch}: at least 1, or null.")
         if not self.remove_padding:
             raise ValueError("max_tokens_per_microbatch packs padding-free rows: it needs remove_padding = true.")
-        if self.deepspeed:
-            raise ValueError("max_tokens_per_microbatch is not offered under DeepSpeed (its engine steps the optimizer "
-                             "on every backward of a micro-step; packs need several). Unset it, or use DDP / FSDP.")
+        # accelerate launch with a DeepSpeed config says so in the environment; a `deepspeed` argument says it here
+        check_packing_backend(deepspeed=bool(self.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true")
 
     def _map_dual_clip(self) -> None:
         """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""
@@ -410,4 +415,4 @@ class JustRLConfig(GRPORunConfig):
 
 
 # The config class of each `trainer` a recipe may name (launch/train.py pairs each with its trainer class).
-CONFIG_CLASSES: dict[str, type[GRPORunConfig]] = {"justrl": JustRLConfig, "grpo": GRPORunConfig}
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"justrl": JustRLConfig, "grpo": GRPORunConfig}

@@ -19,10 +19,10 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
-from .shared.answers import DataError as DataError  # re-exported: the data errors users catch
-from .shared.answers import row_ground_truth
-from .shared.prompts import PROMPT_SUFFIX as PROMPT_SUFFIX  # re-exported: the recipe's suffix
-from .shared.prompts import with_suffix
+from .grading.answers import DataError as DataError  # re-exported: the data errors users catch
+from .grading.answers import row_ground_truth
+from .prompts import PROMPT_SUFFIX as PROMPT_SUFFIX  # re-exported: the recipe's suffix
+from .prompts import with_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -319,14 +319,6 @@ class PromptLengthFilter:
 
 def _is_text_chat(prompt: Any) -> bool:
     return isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
-
-
-def filter_long_prompts(
-    dataset: Dataset, tokenizer: Any, max_prompt_length: int, chat_template_kwargs: dict | None = None
-) -> tuple[Dataset, int]:
-    """Drop prompts over `max_prompt_length` tokens (the recipe never truncates); return the rest and the count."""
-    length_filter = PromptLengthFilter(tokenizer, max_prompt_length, chat_template_kwargs)
-    return length_filter.apply(dataset), length_filter.dropped
 
 
 # ---- The built-in demo data ----------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
-"""Batch geometry: map the paper's batch semantics onto TRL's GRPO batch knobs for a given world size.
+"""A recipe's shape: its batch on a given number of processes, and the contexts its sequences need.
 
-JustRL (like verl) talks about *prompts per training step* (one generation batch) and *prompts per optimizer
-update* (the PPO mini-batch). TRL talks about `per_device_train_batch_size` (completions per micro-batch),
-`gradient_accumulation_steps` and `steps_per_generation`. This module is the single place where one is
-translated into the other; the config and the cluster planner both call it.
+The paper (like verl) counts *prompts per training step* (one generation batch) and *prompts per optimizer update*
+(the PPO mini-batch); TRL counts completions per micro-batch, `gradient_accumulation_steps` and
+`steps_per_generation`. The configs and the cluster planner both call these rules, so a plan the planner calls exact
+is the batch the run uses.
 """
 
 from __future__ import annotations
@@ -136,3 +136,23 @@ def compute_batch_geometry(
         steps_per_generation=gradient_accumulation_steps * updates_per_step,
     )
 
+
+def micro_batch_bound(per_device_train_batch_size: int, max_tokens_per_microbatch: int | None) -> int | None:
+    """The largest micro-batch a recipe's batch is mapped with: `per_device_train_batch_size`, or None with packed
+    forwards (a device's whole share of an update is one micro-batch, which the packs split by tokens)."""
+    return None if max_tokens_per_microbatch is not None else per_device_train_batch_size
+
+
+def rollout_context(max_prompt_length: int | None, max_completion_length: int | None) -> int:
+    """The longest sequence a rollout makes: prompt cap + completion cap (the paper's 16K: 1,024 + 15,360)."""
+    return (max_prompt_length or 0) + (max_completion_length or 0)
+
+
+def server_context(max_prompt_length: int | None, max_completion_length: int | None,
+                   validation_max_new_tokens: int | None = None) -> int:
+    """The context a vLLM server must hold: a rollout, or, when the run validates (`validation_max_new_tokens` set),
+    also a validation prompt plus its response cap (1,024 + 31,744 = 32,768 for the paper recipes)."""
+    rollout = rollout_context(max_prompt_length, max_completion_length)
+    if validation_max_new_tokens is None:
+        return rollout
+    return max(rollout, (max_prompt_length or 0) + validation_max_new_tokens)

@@ -23,7 +23,8 @@ from transformers.trainer_utils import IntervalStrategy
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
 from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
-from .config import GRPORunConfig
+from .cluster.plan import LAYOUT_KEYS
+from .config import RunConfig
 from .data import DEFAULT_DATASET, load_training_data
 from .preemption import EXIT_REQUEUE
 from .reporting.console import install_compact_console
@@ -75,11 +76,6 @@ class JustRLScriptArguments(ScriptArguments):
         metadata={"help": "A system turn put before every prompt (Open-RS's recipes set theirs); null: none."},
     )
     synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
-    vllm_gpus: int | None = field(
-        default=None,
-        metadata={"help": "The recipe's layout for the planner and launchers: GPUs of node 0 that serve vLLM (their "
-                  "--vllm-gpus / VLLM_GPUS override it). Not read by training."},
-    )
     print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
     console_log: str = field(
         default="compact",
@@ -115,7 +111,27 @@ def make_parser(argv: Sequence[str] | None = None) -> TrlParser:
     return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig))
 
 
-def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model_args: ModelConfig) -> Path:
+def parse_args(argv: Sequence[str]) -> tuple[JustRLScriptArguments, RunConfig, ModelConfig]:
+    """`--config recipe.yaml [--key value ...]` parsed by TRL's TrlParser (command line over recipe). A recipe may
+    also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
+    ignores those, and any other unknown key is an error naming it."""
+    argv = list(argv)
+    parser = make_parser(argv)
+    *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
+        args=argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if from_command_line:
+        parser.error(f"unrecognized arguments: {' '.join(from_command_line)}")
+    unknown = [key.removeprefix("--") for key in from_recipe[::2] if key.removeprefix("--") not in LAYOUT_KEYS]
+    if unknown:
+        raise ValueError(f"Unknown keys in the recipe: {unknown}. They are not settings of the "
+                         f"{type(parsed[1]).__name__}, the script or the model (see --help), nor layout keys of the "
+                         f"cluster planner ({list(LAYOUT_KEYS)}).")
+    script_args, training_args, model_args = parsed
+    return script_args, training_args, model_args
+
+
+def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig) -> Path:
     """Train with the given arguments; return the output folder (final model and trainer_state.json)."""
     start = time.time()
     if not model_args.model_name_or_path:
@@ -145,7 +161,7 @@ def main(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model
             lock.release()
 
 
-def _train(script_args: JustRLScriptArguments, training_args: GRPORunConfig, model_args: ModelConfig,
+def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig,
            trainer_class: type[GRPORunTrainer], resume: str | None, output_dir: Path, start: float) -> Path:
     """Load the data, train, save (main's body once the pre-flight checks passed and the folder is locked)."""
     load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
@@ -219,12 +235,12 @@ def save_final_model(trainer: GRPORunTrainer, output_dir: Path) -> None:
 RESUME_LATEST = ("latest", "last", "auto", "true")
 
 
-def resume_requested(args: GRPORunConfig) -> bool:
+def resume_requested(args: RunConfig) -> bool:
     value = args.resume_from_checkpoint
     return not (value is None or str(value).lower() in ("", "false", "none"))
 
 
-def resolve_resume_checkpoint(args: GRPORunConfig) -> str | None:
+def resolve_resume_checkpoint(args: RunConfig) -> str | None:
     """`--resume_from_checkpoint latest`: the newest whole checkpoint-N in output_dir (checkpoints.find_resumable
     skips and names torn or incomplete ones), or None (a fresh start) if there is none. That one flag makes a
     relaunched or requeued job continue where it stopped. A given path must exist and be resumable."""
@@ -256,7 +272,7 @@ def cli(argv: Sequence[str] | None = None) -> Path:
     """Parse `--config recipe.yaml [--key value ...]` and train."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(argv) if argv is not None else sys.argv[1:]
-    script_args, training_args, model_args = make_parser(argv).parse_args_and_config(args=argv)
+    script_args, training_args, model_args = parse_args(argv)
     try:
         return main(script_args, training_args, model_args)
     except TrainingStopped as stop:

@@ -22,23 +22,21 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel
 from transformers.trainer_utils import rotate_checkpoints
 from trl import GRPOTrainer
-from trl.models.utils import disable_gradient_checkpointing
 
 from .checkpoints import write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
-from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig
+from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
 from .data import PromptLengthFilter
+from .forwards import PolicyForwardTap
 from .loss import dual_clip_mask
-from .microbatch import fill_old_logps, forward_trimmed, group_by_length, take_rows
 from .models import resolve_model
-from .open_rs import OpenRSAccuracy  # noqa: F401 - registers Open-RS's rewards for name lookup
-from .packing import enable_packing, forward_packed, plan_packs, row_extents, row_tokens
+from .padding_free import PaddingFreeUpdates
 from .preemption import GracefulStop
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
-from .rewards import available_rewards, get_reward_funcs
-from .shared.validation import ValidationCallback
+from .rewards import REWARDS, get_reward_funcs
+from .validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +55,7 @@ def check_objective(args: JustRLConfig) -> None:
 
 
 def _resolve_rewards(
-    reward_funcs: Any, args: GRPORunConfig | None = None, processing_class: Any = None
+    reward_funcs: Any, args: RunConfig | None = None, processing_class: Any = None
 ) -> list[Callable | str | PreTrainedModel]:
     """Registered reward names become functions (those with settings built from `args`, e.g. the ablation rewards);
     callables and reward-model ids pass through to TRL."""
@@ -65,14 +63,13 @@ def _resolve_rewards(
         reward_funcs = list(DEFAULT_REWARDS)
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
-    registered = set(available_rewards())
     return [
-        get_reward_funcs([f], args, processing_class)[0] if isinstance(f, str) and f in registered else f
+        get_reward_funcs([f], args, processing_class)[0] if isinstance(f, str) and f in REWARDS else f
         for f in reward_funcs
     ]
 
 
-def keep_token_out_of_saved_args(args: GRPORunConfig) -> None:
+def keep_token_out_of_saved_args(args: RunConfig) -> None:
     """transformers pickles the whole config into every `training_args.bin` (pushed with each checkpoint): a
     `hub_token` given as an argument moves to this process's HF_TOKEN environment variable (where the Hub client
     finds it) and leaves the config."""
@@ -87,14 +84,14 @@ class GRPORunTrainer(GRPOTrainer):
     """TRL's GRPOTrainer and its objective, unchanged, with the project's run services (see the module docstring)."""
 
     _tag_names = ["trl", "grpo"]
-    config_class: type[GRPORunConfig] = GRPORunConfig
+    config_class: type[RunConfig] = GRPORunConfig
     default_rewards: tuple[str, ...] = ()
 
     def __init__(
         self,
         model: str | PreTrainedModel,
         reward_funcs: Any = None,
-        args: JustRLConfig | None = None,
+        args: RunConfig | None = None,
         train_dataset: Dataset | IterableDataset | None = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
@@ -182,7 +179,7 @@ class GRPORunTrainer(GRPOTrainer):
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
 
-    def check_args(self, args: GRPORunConfig) -> None:
+    def check_args(self, args: RunConfig) -> None:
         """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""
 
     def configure_model(self) -> None:
@@ -259,160 +256,30 @@ class GRPORunTrainer(GRPOTrainer):
         super().log(logs, start_time)
 
 
-class JustRLTrainer(GRPORunTrainer):
-    """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy."""
+class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
+    """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy.
+
+    The objective is TRL's own (`loss_type="dapo"`, `delta = clip_ratio_c`; loss.py proves the equivalence), the
+    defaults are JustRLConfig's, updates are padding-free (padding_free.PaddingFreeUpdates). What this class adds:
+    the refusal of settings that would change the objective, and the `clip_ratio/dual_mean` metric.
+    """
 
     _tag_names = ["trl", "grpo", "justrl"]
     config_class = JustRLConfig
     default_rewards = DEFAULT_REWARDS
-    _keep_policy_logps = False  # set while compute_loss runs (see _get_per_token_logps_and_entropies)
-    _policy_logps: torch.Tensor | None = None
-    _defer_old_logps = False  # set around TRL's generation: its old-log-prob pass is deferred to _prepare_inputs
-    _old_logps_deferred = False
 
-    def check_args(self, args: GRPORunConfig) -> None:
+    def check_args(self, args: RunConfig) -> None:
         """Refuse settings that would change the JustRL objective (before any model loads)."""
         check_objective(args)
 
-    def configure_model(self) -> None:
-        """With `max_tokens_per_microbatch`: per-row attention in packed forwards (packing.py), where it is exact."""
-        if self.args.max_tokens_per_microbatch is None:
-            return
-        if self.is_deepspeed_enabled or self.args.n_gpu > 1:
-            raise ValueError("max_tokens_per_microbatch is not offered under DeepSpeed or torch DataParallel: packs "
-                             "need several backward passes per optimizer micro-step. Unset it, or use DDP / FSDP.")
-        if self._is_vlm:
-            raise ValueError("max_tokens_per_microbatch packs text rows; image inputs are not split by tokens. "
-                             "Unset it for vision-language models.")
-        enable_packing(self.accelerator.unwrap_model(self.model))
-
-    # ---- the objective is TRL's: loss_type="dapo" with delta = clip_ratio_c (see loss.py); one extra metric -----
-
-    def _get_per_token_logps_and_entropies(
-        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False,
-        compute_aux_loss=False, **multimodal,
-    ):
-        """TRL's forward, each chunk over its real extent only (`remove_padding`, microbatch.py), or with
-        `max_tokens_per_microbatch` the rows packed end to end (packing.py); inside `compute_loss` the log-probs are
-        kept (detached) for the dual-clip metric."""
-        if self._defer_old_logps and model is self.model and not torch.is_grad_enabled():
-            self._defer_old_logps, self._old_logps_deferred = False, True  # TRL's old-log-prob pass: done later
-            return None, None, None
-        forward = super()._get_per_token_logps_and_entropies
-        # Image inputs are indexed by row and image, not by column: TRL's own (padded) path for them.
-        if self.args.remove_padding and all(value is None for value in multimodal.values()):
-            packs = None
-            if self.args.max_tokens_per_microbatch is not None:  # packing: the rows' extents and the packs first
-                extents = row_extents(attention_mask, logits_to_keep)
-                packs = self._plan_packs(None if extents is None else [end - start for start, end in extents])
-            if packs is not None:
-                logps, entropies, aux_loss = forward_packed(forward, model, input_ids, extents, packs,
-                                                            logits_to_keep, compute_entropy, compute_aux_loss)
-            else:
-                logps, entropies, aux_loss = forward_trimmed(
-                    forward, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
-                    compute_aux_loss,
-                )
-        else:
-            logps, entropies, aux_loss = forward(
-                model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss,
-                **multimodal,
-            )
-        if self._keep_policy_logps:
-            self._policy_logps = logps.detach()
-        return logps, entropies, aux_loss
-
-    def _prepare_inputs(self, generation_batch: dict[str, Any]) -> dict[str, Any]:
-        """TRL's buffering of a generation batch into micro-batches. With `remove_padding`, each update's completions
-        are then regrouped by length (the same completions per update; microbatch.group_by_length), and the old
-        log-probs are computed for the updates after the first only (the first update is on-policy)."""
-        buffered = self._buffered_inputs
-        inputs = super()._prepare_inputs(generation_batch)
-        if self.model.training and self._buffered_inputs is not buffered:  # a new generation batch
-            if self.args.remove_padding:
-                self._buffered_inputs = group_by_length(self._buffered_inputs, self.args.gradient_accumulation_steps)
-            if self._old_logps_deferred:
-                self._old_logps_deferred = False
-                checkpointing_off = disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs)
-                with torch.no_grad(), checkpointing_off:
-                    fill_old_logps(self._buffered_inputs, self.args.gradient_accumulation_steps,
-                                   self._old_logps_forward)
-            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
-        return inputs
-
-    def _old_logps_forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The sampling policy's per-token log-probs of one micro-batch (TRL's old-log-prob pass, per micro-batch)."""
-        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(
-            self.model, ids, mask, batch["completion_ids"].size(1), self.args.per_device_train_batch_size
-        )
-        return logps
-
-    def _can_defer_old_logps(self) -> bool:
-        """Whether TRL's old-log-prob pass may wait until the micro-batches are formed (skipping the first update's
-        rows, which are on-policy): one PPO epoch, text only, no vLLM correction or off-policy mask reading it."""
-        return (
-            self.args.remove_padding and self.model.training and self.num_iterations == 1
-            and self.args.gradient_accumulation_steps < self.args.steps_per_generation
-            and not (self.use_vllm and self.vllm_importance_sampling_correction)
-            and self.off_policy_mask_threshold is None and not self._is_vlm
-        )
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, unchanged, and `clip_ratio/dual_mean` (the fraction of tokens held at the dual clip).
-
-        With `max_tokens_per_microbatch`, a training micro-batch over the budget is split into packs; each pack but
-        the last is backpropagated here (without gradient sync), the last one by the Trainer. TRL's "dapo" loss of a
-        pack is its tokens' share of the update's token mean, so the gradients add up to the micro-batch's.
-        """
-        packs = self._training_packs(inputs)
-        if len(packs) == 1:
-            return self._pack_loss(model, inputs, return_outputs, num_items_in_batch)
-        earlier = []
-        for pack in packs[:-1]:
-            with self.accelerator.no_sync(model):
-                loss = self._pack_loss(model, pack, return_outputs, num_items_in_batch)
-                self.accelerator.backward(loss)
-            earlier.append(loss.detach())
-        return self._pack_loss(model, packs[-1], return_outputs, num_items_in_batch) + torch.stack(earlier).sum()
-
-    def _training_packs(self, inputs: dict[str, Any]) -> list[dict[str, Any]]:
-        """The training micro-batch as packs of at most `max_tokens_per_microbatch` real tokens (one when packing is
-        off, outside training, or everything fits)."""
-        if self.args.max_tokens_per_microbatch is None or not (self.model.training and torch.is_grad_enabled()):
-            return [inputs]
-        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        plan = self._plan_packs(row_tokens(mask))
-        if plan is None or len(plan) == 1:
-            return [inputs]
-        return [take_rows(inputs, torch.tensor(sorted(pack)), mask.size(0)) for pack in plan]
-
-    def _plan_packs(self, tokens: list[int] | None) -> list[list[int]] | None:
-        """Packs of at most `max_tokens_per_microbatch` tokens of rows with `tokens` real tokens, as many on every
-        process (a wrapped model's forward may talk to the other processes: DDP syncs buffers, FSDP gathers weights).
-        None when some process has rows it cannot pack (`tokens` None): then every process runs its rows unpacked."""
-        budget = self.args.max_tokens_per_microbatch
-        packs = plan_packs(tokens, budget) if tokens is not None else None
-        if self.accelerator.num_processes > 1:
-            local = torch.tensor([[int(packs is None), len(packs or [])]], device=self.accelerator.device)
-            unpackable, count = self.accelerator.gather(local).max(dim=0).values.tolist()
-            if unpackable:
-                return None
-            if count > len(packs):
-                packs = plan_packs(tokens, budget, at_least=count)
-        return packs
-
-    def _pack_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss of one micro-batch (or pack), then the dual-clip metric."""
-        self._keep_policy_logps, self._policy_logps = True, None
-        try:
+        """TRL's loss, unchanged; logs `clip_ratio/dual_mean`, the share of tokens held at the dual clip."""
+        with PolicyForwardTap(self) as tap:
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        finally:
-            self._keep_policy_logps = False
-        if self._policy_logps is not None:
-            self._log_dual_clip_fraction(inputs, self._policy_logps)
-            self._policy_logps = None
+        if len(tap.logps) != 1:
+            raise RuntimeError(f"GRPOTrainer.compute_loss made {len(tap.logps)} policy forwards, not one; this trl "
+                               "version changed what the dual-clip metric relies on.")
+        self._log_dual_clip_fraction(inputs, tap.logps[0])
         return loss
 
     def _log_dual_clip_fraction(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
@@ -426,12 +293,3 @@ class JustRLTrainer(GRPORunTrainer):
         totals = self.accelerator.reduce(totals, reduction="sum")
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
-
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-        """GRPORunTrainer's (TRL's generation and scoring, counted into the budget), with TRL's old-log-prob pass
-        deferred to `_prepare_inputs` where it can skip the on-policy first update."""
-        self._defer_old_logps = self._can_defer_old_logps()
-        try:
-            return super()._generate_and_score_completions(inputs)
-        finally:
-            self._defer_old_logps = False

@@ -1,14 +1,9 @@
-"""Cluster planner: which GPUs serve vLLM, which train, the TRL batch geometry, the budget and the launch commands.
+"""Cluster planner (`python -m trl_justrl.cluster.plan`): which GPUs serve vLLM and which train, the TRL batch
+geometry, the budget and the launch commands the launchers run (so their dry runs print exactly what would run).
 
-`python -m trl_justrl.plan --nodes 4 --gpus-per-node 8 [--vllm-gpus K] [--recipe R] [--json]`. The batch geometry is
-`trl_justrl.geometry.compute_batch_geometry`, the same function `JustRLConfig` calls at start-up, so a plan the
-planner calls exact is the batch the run will use. The launchers (`launch/multinode.sh`, `launch/slurm/train.slurm`)
-take their commands from here, so their dry runs print exactly what they would run.
-
-Layout rules (TRL 1.16 server mode): one vLLM server, on the first GPUs of the first node; its client connects to a
-single host and port, so serving never spans nodes. On one node the remaining GPUs train; on several nodes the
-first node only serves (accelerate starts the same number of processes on every training node) and the other nodes
-train. `--vllm-gpus 0` generates with vLLM colocated in the training processes instead.
+Layout (TRL's server mode): one vLLM server on the first GPUs of node 0 (its client talks to one host and port). On
+one node the other GPUs train; on several, node 0 only serves (accelerate starts as many processes on every
+training node) and the others train. `--vllm-gpus 0` colocates vLLM in the training processes instead.
 """
 
 from __future__ import annotations
@@ -24,8 +19,17 @@ from typing import Any
 
 import yaml
 
-from ..config import CONFIG_CLASSES, GRPORunConfig
-from ..geometry import BatchGeometry, BatchGeometryError, PromptBatch, compute_batch_geometry
+from ..config import CONFIG_CLASSES, RunConfig
+from ..geometry import (
+    BatchGeometry,
+    BatchGeometryError,
+    PromptBatch,
+    compute_batch_geometry,
+    micro_batch_bound,
+    rollout_context,
+    server_context,
+)
+from ..padding_free.packing import check_packing_backend
 from ..reporting.budget import paper_budget_tokens
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +43,8 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # TRL's `trl vllm-serve` default
 # The default serving size is therefore at most 4 GPUs; TRL 1.16 serves dense models without data parallelism.
 DEFAULT_MAX_VLLM_GPUS = 4
 VLLM_SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}  # TRL's weight-transfer endpoints live behind vLLM's dev mode
+# Recipe keys only the planner and launchers read (training accepts and ignores them): GPUs of node 0 serving vLLM.
+LAYOUT_KEYS = ("vllm_gpus",)
 
 
 class PlanError(ValueError):
@@ -48,7 +54,7 @@ class PlanError(ValueError):
 # ---- the recipe's batch ------------------------------------------------------------------------------------------
 
 
-def _config_default(name: str, config_class: type[GRPORunConfig] = CONFIG_CLASSES["justrl"]) -> Any:
+def _config_default(name: str, config_class: type[RunConfig] = CONFIG_CLASSES["justrl"]) -> Any:
     """The recipe config's default for `name` (JustRLConfig's: the paper's values, kept in trl_justrl/config.py)."""
     for f in fields(config_class):
         if f.name == name:
@@ -77,16 +83,13 @@ class RecipeBatch(PromptBatch):
 
     @property
     def max_context(self) -> int:
-        """Prompt + completion cap: the 16K context (1,024 + 15,360) in the paper."""
-        return self.max_prompt_length + self.max_completion_length
+        """Prompt + completion cap (geometry.rollout_context): the 16K context in the paper."""
+        return rollout_context(self.max_prompt_length, self.max_completion_length)
 
     @property
     def server_context(self) -> int:
-        """The vLLM server's max_model_len: a rollout, or a validation prompt + its response cap when the recipe
-        validates (1,024 + 31,744 = 32,768 for the paper recipes); GRPORunConfig.vllm_context_needed at run time."""
-        if self.validation_max_new_tokens is None:
-            return self.max_context
-        return max(self.max_context, self.max_prompt_length + self.validation_max_new_tokens)
+        """The vLLM server's max_model_len (geometry.server_context, as the run's config computes it)."""
+        return server_context(self.max_prompt_length, self.max_completion_length, self.validation_max_new_tokens)
 
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
@@ -120,7 +123,7 @@ class RecipeBatch(PromptBatch):
             prompts_per_step=int(get("prompts_per_step")),
             prompts_per_update=int(get("prompts_per_update")),
             num_generations=int(get("num_generations")),
-            max_micro_batch=None if packed is not None else int(get("per_device_train_batch_size")),
+            max_micro_batch=micro_batch_bound(int(get("per_device_train_batch_size")), packed),
             max_prompt_length=int(get("max_prompt_length")),
             max_completion_length=int(get("max_completion_length")),
             max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
@@ -514,9 +517,11 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
         raise PlanError("Launch commands need a recipe file (--recipe).")
     accelerate = check_accelerate_config(settings.accelerate_config, len(topo.training_nodes),
                                          topo.training_processes)
-    if recipe.max_tokens_per_microbatch is not None and accelerate.get("distributed_type") == "DEEPSPEED":
-        raise PlanError(f"Recipe {recipe.path} sets max_tokens_per_microbatch, which DeepSpeed does not support (its "
-                        f"engine steps on every backward); use accelerate_configs/ddp.yaml or fsdp2.yaml, or unset it.")
+    if recipe.max_tokens_per_microbatch is not None:
+        try:
+            check_packing_backend(deepspeed=accelerate.get("distributed_type") == "DEEPSPEED")
+        except ValueError as err:
+            raise PlanError(f"Recipe {recipe.path} with {settings.accelerate_config}: {err}") from err
     commands: list[Command] = []
     vllm_host = settings.hosts[0]
     if topo.mode == "server":
@@ -641,7 +646,7 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trl_justrl.plan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m trl_justrl.cluster.plan", description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
     p.add_argument("--vllm-gpus", type=int, default=None,

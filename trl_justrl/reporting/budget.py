@@ -40,15 +40,15 @@ def run_paper_estimate(args, max_optimizer_steps: int) -> int:
     """The paper's estimate for this configured run: its JustRL steps x prompts x rollouts x max context.
 
     The JustRL steps are the generation batches that `max_optimizer_steps` updates consume; prompts per step come from
-    TRL's generation batch (so this also holds with `prompts_per_step` unset); max context = max prompt + max
-    completion length (1,024 + 15,360 = 16,384 in the recipe).
+    TRL's generation batch (so this also holds with `prompts_per_step` unset); max context is the config's
+    `prompt_and_completion_cap` (1,024 + 15,360 = 16,384 in the recipe).
     """
     steps = math.ceil(max_optimizer_steps / updates_per_generation(args))
     return paper_budget_tokens(
         steps=steps,
         prompts_per_step=args.generation_batch_size // args.num_generations,
         rollouts=args.num_generations,
-        max_context=args.max_prompt_length + args.max_completion_length,
+        max_context=args.prompt_and_completion_cap,
     )
 
 

@@ -29,10 +29,12 @@ import logging
 import math
 import sys
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from transformers import TrainerCallback
+
+from .history import format_value
 
 logger = logging.getLogger(__name__)
 
@@ -107,43 +109,25 @@ class HealthMonitorSettings:
                   "health_patience logged steps."},
     )
 
-
-@dataclass(frozen=True)
-class HealthThresholds:
-    """The monitor's thresholds: the `health_*` fields of HealthMonitorSettings."""
-
-    entropy_floor: float
-    patience: int
-    reward_flat_window: int
-    reward_flat_tolerance: float
-    max_truncation_ratio: float
-    max_clip_fraction: float
-
-    def __post_init__(self):
-        if self.patience < 1:
-            raise ValueError(f"health_patience must be at least 1, got {self.patience}.")
-        if self.reward_flat_window < 2:
-            raise ValueError(f"health_reward_flat_window must be at least 2, got {self.reward_flat_window}.")
-        if self.reward_flat_tolerance < 0:
-            raise ValueError(f"health_reward_flat_tolerance must not be negative, got {self.reward_flat_tolerance}.")
-        for name in ("max_truncation_ratio", "max_clip_fraction"):
+    def check_health_settings(self) -> None:
+        """Range checks of the thresholds, each error naming its setting."""
+        if self.health_patience < 1:
+            raise ValueError(f"health_patience must be at least 1, got {self.health_patience}.")
+        if self.health_reward_flat_window < 2:
+            raise ValueError(f"health_reward_flat_window must be at least 2, got {self.health_reward_flat_window}.")
+        if self.health_reward_flat_tolerance < 0:
+            raise ValueError(
+                f"health_reward_flat_tolerance must not be negative, got {self.health_reward_flat_tolerance}.")
+        for name in ("health_max_truncation_ratio", "health_max_clip_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"health_{name} is a fraction in [0, 1], got {getattr(self, name)}.")
+                raise ValueError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}.")
 
     @classmethod
-    def from_config(cls, args: Any) -> HealthThresholds:
-        return cls(
-            entropy_floor=args.health_entropy_floor,
-            patience=args.health_patience,
-            reward_flat_window=args.health_reward_flat_window,
-            reward_flat_tolerance=args.health_reward_flat_tolerance,
-            max_truncation_ratio=args.health_max_truncation_ratio,
-            max_clip_fraction=args.health_max_clip_fraction,
-        )
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
+    def from_config(cls, args: Any) -> HealthMonitorSettings:
+        """The health settings of a run's config (a copy, checked)."""
+        settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+        settings.check_health_settings()
+        return settings
 
 
 def _number(logs: dict[str, Any], key: str) -> float | None:
@@ -157,26 +141,27 @@ def _number(logs: dict[str, Any], key: str) -> float | None:
 class HealthMonitor(TrainerCallback):
     """Warn (and optionally stop training) on the JustRL failure signatures; see the module docstring."""
 
-    def __init__(self, thresholds: HealthThresholds, stop_training: bool = False):
-        self.thresholds = thresholds
-        self.stop_training = stop_training
+    def __init__(self, settings: HealthMonitorSettings):
+        settings.check_health_settings()
+        self.settings = settings
+        self.stop_training = settings.health_stop_training
         self.reset()
 
     @classmethod
     def from_config(cls, args: Any) -> HealthMonitor:
-        return cls(HealthThresholds.from_config(args), stop_training=args.health_stop_training)
+        return cls(HealthMonitorSettings.from_config(args))
 
     def reset(self) -> None:
         self.alerts: list[HealthAlert] = []
         self._streak = dict.fromkeys(("entropy_collapse", "truncation_high", "clip_fraction_high"), 0)
-        self._rewards: deque[float] = deque(maxlen=self.thresholds.reward_flat_window)
+        self._rewards: deque[float] = deque(maxlen=self.settings.health_reward_flat_window)
         self._active: set[str] = set()  # signatures in an episode that has already been warned about
 
     # ---- the checks (pure: no logging, no side effects beyond the monitor's own state) ------------------------
 
     def observe(self, logs: dict[str, Any], step: int) -> list[HealthAlert]:
         """Update the episode state with one log entry; return the alerts that fire on it."""
-        t = self.thresholds
+        t = self.settings
         fired: list[HealthAlert] = []
         values = {key: _number(logs, key) for key in WATCHED}
         finite = {key: v for key, v in values.items() if v is not None and math.isfinite(v)}
@@ -189,27 +174,29 @@ class HealthMonitor(TrainerCallback):
         entropy = finite.get(ENTROPY)
         self._episode(
             fired, step, "entropy_collapse",
-            self._sustained("entropy_collapse", None if entropy is None else entropy < t.entropy_floor),
-            f"policy entropy {_fmt(entropy)} under the floor {t.entropy_floor} for {t.patience} consecutive logged "
-            "steps (the paper: healthy 1.0-1.6, collapsed 0.5-0.6)",
+            self._sustained("entropy_collapse", None if entropy is None else entropy < t.health_entropy_floor),
+            f"policy entropy {format_value(entropy)} under the floor {t.health_entropy_floor} for {t.health_patience} "
+            "consecutive logged steps (the paper: healthy 1.0-1.6, collapsed 0.5-0.6)",
         )
 
         truncation = finite.get(TRUNCATION)
         self._episode(
             fired, step, "truncation_high",
-            self._sustained("truncation_high", None if truncation is None else truncation > t.max_truncation_ratio),
-            f"{_fmt(truncation)} of the completions truncated at max_completion_length (bound "
-            f"{t.max_truncation_ratio}) for {t.patience} consecutive logged steps; mean response length "
-            f"{_fmt(finite.get(LENGTH))} tokens",
+            self._sustained("truncation_high",
+                            None if truncation is None else truncation > t.health_max_truncation_ratio),
+            f"{format_value(truncation)} of the completions truncated at max_completion_length (bound "
+            f"{t.health_max_truncation_ratio}) for {t.health_patience} consecutive logged steps; mean response length "
+            f"{format_value(finite.get(LENGTH))} tokens",
         )
 
         clips = {key: finite[key] for key in CLIP_FRACTIONS if key in finite}
         worst = max(clips, key=clips.get) if clips else None
         self._episode(
             fired, step, "clip_fraction_high",
-            self._sustained("clip_fraction_high", None if worst is None else clips[worst] > t.max_clip_fraction),
-            f"{worst} = {_fmt(clips.get(worst))} above {t.max_clip_fraction} for {t.patience} consecutive logged "
-            "steps: the policy moves too far per update",
+            self._sustained("clip_fraction_high",
+                            None if worst is None else clips[worst] > t.health_max_clip_fraction),
+            f"{worst} = {format_value(clips.get(worst))} above {t.health_max_clip_fraction} for {t.health_patience} "
+            "consecutive logged steps: the policy moves too far per update",
         )
 
         reward = finite.get(REWARD)
@@ -218,9 +205,9 @@ class HealthMonitor(TrainerCallback):
             spread = max(self._rewards) - min(self._rewards)
             self._episode(
                 fired, step, "reward_flat",
-                len(self._rewards) == t.reward_flat_window and spread <= t.reward_flat_tolerance,
-                f"mean reward flat for {t.reward_flat_window} logged steps: range {spread:.4g} <= "
-                f"{t.reward_flat_tolerance} (last {reward:+.4f})",
+                len(self._rewards) == t.health_reward_flat_window and spread <= t.health_reward_flat_tolerance,
+                f"mean reward flat for {t.health_reward_flat_window} logged steps: range {spread:.4g} <= "
+                f"{t.health_reward_flat_tolerance} (last {reward:+.4f})",
             )
         return fired
 
@@ -229,7 +216,7 @@ class HealthMonitor(TrainerCallback):
         if crossed is None:
             return None
         self._streak[signature] = self._streak[signature] + 1 if crossed else 0
-        return self._streak[signature] >= self.thresholds.patience
+        return self._streak[signature] >= self.settings.health_patience
 
     def _episode(self, fired: list[HealthAlert], step: int, signature: str, holds: bool | None, message: str) -> None:
         """Fire when `holds` starts an episode; end the episode when it no longer holds (None: no information)."""

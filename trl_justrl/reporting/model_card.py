@@ -7,9 +7,9 @@ named, non-secret settings are listed (never tokens).
 
 from __future__ import annotations
 
-import math
-from enum import Enum
 from typing import Any
+
+from .history import format_value
 
 SECTION_TITLE = "## Training recipe"
 JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL recipe "
@@ -53,16 +53,6 @@ METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
 MAX_METRIC_ROWS = 12
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, Enum):
-        value = value.value
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4g}"
-    return "-" if value is None else str(value)
-
-
 def _metric_rows(log_history: list[dict[str, Any]], updates_per_step: int) -> list[str]:
     logged = [h for h in log_history if "reward" in h and "step" in h]
     if len(logged) > MAX_METRIC_ROWS:  # first, then the most recent ones
@@ -70,7 +60,7 @@ def _metric_rows(log_history: list[dict[str, Any]], updates_per_step: int) -> li
     rows = []
     for entry in logged:
         step = entry["step"] / updates_per_step if updates_per_step else entry["step"]
-        cells = [f"{step:g}", *(_fmt(entry.get(key)) for _, key in METRIC_COLUMNS)]
+        cells = [f"{step:g}", *(format_value(entry.get(key), missing='-') for _, key in METRIC_COLUMNS)]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
@@ -106,7 +96,8 @@ def recipe_card_section(
             f"{geometry.gradient_accumulation_steps})"
         )
     lines += ["", "| recipe value | setting |", "| --- | --- |"]
-    lines += [f"| {label} | {_fmt(getattr(args, attr, None))} |" for label, attr in RECIPE_ROWS if hasattr(args, attr)]
+    lines += [f"| {label} | {format_value(getattr(args, attr, None), missing='-')} |"
+              for label, attr in RECIPE_ROWS if hasattr(args, attr)]
     rows = _metric_rows(log_history, updates)
     lines += ["", "### Training metrics so far", ""]
     if rows:

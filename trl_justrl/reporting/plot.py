@@ -1,6 +1,6 @@
 """Training dynamics in the style of the paper's Figure 2, drawn from a run's trainer_state.json.
 
-    python -m trl_justrl.plot <output_dir> [--output PATH]      (default PATH: <output_dir>/dynamics.png)
+    python -m trl_justrl.reporting.plot <output_dir> [--output PATH]      (default PATH: <output_dir>/dynamics.png)
 
 Panels: policy entropy, mean reward and mean response length against the JustRL step, plus the validation score
 when the run logged it (`eval/<benchmark>/mean@<n>`, ValidationCallback: the paper's Figure 1). The JustRL step (one
@@ -128,7 +128,7 @@ def plot_dynamics(output_dir: str | Path, output: str | Path | None = None) -> P
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trl_justrl.plot",
+        prog="python -m trl_justrl.reporting.plot",
         description="Draw a run's training dynamics (entropy, reward, response length, validation accuracy) "
         "from its trainer_state.json.",
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
 from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD
 from .health import HISTORY_PREFIX as HEALTH_PREFIX
-from .history import load_trainer_state
+from .history import format_value, load_trainer_state
 from .plot import plot_dynamics
 
 logger = logging.getLogger(__name__)
@@ -81,10 +81,6 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     )
 
 
-def _fmt(value: float | None, spec: str = "+.3f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
 def _tokens(value: int | None) -> str:
     return "n/a" if value is None else f"{int(value):,}"
 
@@ -102,17 +98,18 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
         "=" * 64,
         "Run summary",
         f"  optimizer steps        {summary.optimizer_steps} ({summary.generation_steps} logged generation steps)",
-        f"  mean reward            first {_fmt(summary.first[REWARD])}  ->  last {_fmt(summary.last[REWARD])}"
+        f"  mean reward            first {format_value(summary.first[REWARD], '+.3f')}  ->  last "
+        f"{format_value(summary.last[REWARD], '+.3f')}"
         f"   (rose: {rose})",
-        f"  accuracy               first {_fmt(summary.first[ACCURACY], '.3f')}  ->  last "
-        f"{_fmt(summary.last[ACCURACY], '.3f')}",
-        f"  groups, mixed outcomes first {_fmt(_mixed(summary.first), '.2f')}  ->  last "
-        f"{_fmt(_mixed(summary.last), '.2f')}   (share of groups whose rewards differ: the learning signal)",
-        f"  entropy                first {_fmt(summary.first[ENTROPY], '.3f')}  ->  last "
-        f"{_fmt(summary.last[ENTROPY], '.3f')}   (mean {_fmt(summary.mean_entropy, '.3f')})",
-        f"  completion length      first {_fmt(summary.first[LENGTH], '.1f')}  ->  last "
-        f"{_fmt(summary.last[LENGTH], '.1f')} tokens   (mean {_fmt(summary.mean_length, '.1f')})",
-        f"  training time          {_fmt(summary.train_runtime_s, '.0f')} s"
+        f"  accuracy               first {format_value(summary.first[ACCURACY], '.3f')}  ->  last "
+        f"{format_value(summary.last[ACCURACY], '.3f')}",
+        f"  groups, mixed outcomes first {format_value(_mixed(summary.first), '.2f')}  ->  last "
+        f"{format_value(_mixed(summary.last), '.2f')}   (share of groups whose rewards differ: the learning signal)",
+        f"  entropy                first {format_value(summary.first[ENTROPY], '.3f')}  ->  last "
+        f"{format_value(summary.last[ENTROPY], '.3f')}   (mean {format_value(summary.mean_entropy, '.3f')})",
+        f"  completion length      first {format_value(summary.first[LENGTH], '.1f')}  ->  last "
+        f"{format_value(summary.last[LENGTH], '.1f')} tokens   (mean {format_value(summary.mean_length, '.1f')})",
+        f"  training time          {format_value(summary.train_runtime_s, '.0f')} s"
         + (f"   (wall time with loading: {wall_time_s:.0f} s)" if wall_time_s is not None else ""),
         f"  tokens                 generated {_tokens(summary.tokens_generated)}, trained "
         f"{_tokens(summary.tokens_trained)}   (paper-style estimate for this run: "

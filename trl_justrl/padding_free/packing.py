@@ -1,20 +1,15 @@
-"""Padding-free packing, as verl's `use_dynamic_bsz` did: several completions in one forward of at most N real tokens.
+"""Packed forwards, as verl's `use_dynamic_bsz`: several rows end to end in one forward of at most N real tokens.
 
-With `max_tokens_per_microbatch`, `JustRLTrainer` puts the rows of a micro-batch end to end into one packed row per
-forward (each row's real tokens only, no padding), and each row attends only to its own tokens. Every token keeps the
-position it had in TRL's padded batch, so the log-probs, entropies, loss and gradients are those of one row at a time
-(up to float summation order): the objective is unchanged (TRL's token mean over the update; verl's packing-dependent
-weighting is not copied). Few large products instead of many small ones is the whole gain.
-
-Attention per row: with flash attention, transformers' own variable-length path (`cu_seq_lens_*`); with SDPA, the
-model's attention implementation becomes `justrl_packed_sdpa`, which runs SDPA once per row of a packed forward and is
-plain SDPA (with the same masks) for every other call, generation included. Other implementations are refused.
+Each row attends only to itself and keeps the positions it had in TRL's padded batch, so log-probs, loss and
+gradients are those of one row at a time (up to float summation order; verl's packing-dependent loss weighting is
+not copied). Per-row attention: flash attention's own variable-length path, or, for SDPA, `justrl_packed_sdpa`
+(SDPA once per row of a packed call, plain SDPA for every other call, generation included).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,6 +17,8 @@ import torch.nn.functional as F
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
+
+from .trimming import Forward
 
 PACKED_SDPA = "justrl_packed_sdpa"
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3", "flash_attention_4")  # varlen in transformers itself
@@ -87,10 +84,6 @@ class PackedCall:
             return self.model(*args, **kwargs)
         finally:
             _IN_PACKED_CALL.reset(token)
-
-
-# forward(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss)
-Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 
 def forward_packed(
@@ -171,8 +164,19 @@ def _packed_sdpa_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
     return None if _IN_PACKED_CALL.get() else sdpa_mask(*args, **kwargs)
 
 
-AttentionInterface.register(PACKED_SDPA, _packed_sdpa_attention)
-AttentionMaskInterface.register(PACKED_SDPA, _packed_sdpa_mask)
+def check_packing_backend(*, deepspeed: bool, data_parallel: bool = False) -> None:
+    """Refuse packing where it cannot be exact: the one rule the config, the trainer and the cluster planner apply.
+
+    Packs need several backward passes per optimizer micro-step, each without gradient synchronisation but the last;
+    DeepSpeed's engine steps the optimizer on every backward, and torch DataParallel replicates per forward.
+    """
+    if deepspeed:
+        raise ValueError("max_tokens_per_microbatch is not offered under DeepSpeed (its engine steps the optimizer on "
+                         "every backward of a micro-step; packs need several). Unset it, or use DDP / FSDP "
+                         "(accelerate_configs/ddp.yaml or fsdp2.yaml).")
+    if data_parallel:
+        raise ValueError("max_tokens_per_microbatch is not offered under torch DataParallel (several GPUs in one "
+                         "process); launch one process per GPU (accelerate launch / torchrun), or unset it.")
 
 
 def enable_packing(model: Any) -> None:
@@ -187,6 +191,8 @@ def enable_packing(model: Any) -> None:
         raise ValueError(f"max_tokens_per_microbatch packs rows with full causal attention; this model has "
                          f"{sorted(layer_types)} layers. Unset max_tokens_per_microbatch for it.")
     implementation = base.config._attn_implementation
+    AttentionInterface.register(PACKED_SDPA, _packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, _packed_sdpa_mask)
     if implementation in FLASH_ATTENTION or implementation == PACKED_SDPA:
         return
     if implementation != "sdpa":

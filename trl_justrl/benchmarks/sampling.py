@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from .benchmarks import Problem
-from .prompts import eval_messages
+from ..prompts import eval_messages
+from .registry import Problem
 
 DEFAULT_MAX_NEW_TOKENS = 31744  # RECIPE: up to 32K context (31,744 new tokens)
 DEFAULT_TEMPERATURE = 0.7  # RECIPE: evaluation sampling temperature

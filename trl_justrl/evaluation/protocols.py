@@ -1,18 +1,15 @@
 """Evaluation protocols: each paper's benchmarks, samples per problem, sampling settings, prompt and table.
 
-`python -m evaluation --protocol justrl` (the default) evaluates as JustRL did: nine benchmarks, avg@N with N = 4 or
-32 per benchmark, temperature 0.7, top-p 0.9, 31,744 new tokens, the problem plus the recipe suffix. `--protocol
-open-rs` evaluates as Open-RS did (lighteval, zero-shot): five benchmarks, pass@1 from one sample per problem,
-temperature 0.6, top-p 0.95, 32,768 new tokens, its lighteval math prompt. Explicit flags (`--n`, `--temperature`,
-...) override a protocol's values; `--n 8` makes the pass@1 estimate the mean of 8 samples per problem.
+`justrl` (the default): nine benchmarks, avg@N (N = 4 or 32), temperature 0.7, top-p 0.9, 31,744 new tokens, the
+problem plus the recipe suffix. `open-rs` (lighteval, zero-shot): five benchmarks, pass@1, temperature 0.6, top-p
+0.95, 32,768 new tokens, its lighteval math prompt. Explicit flags (`--n`, `--temperature`, ...) override them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trl_justrl.shared.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-
+from ..benchmarks.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from .table import JUSTRL_TABLE, OPEN_RS_TABLE, ReferenceTable
 
 
@@ -26,7 +23,7 @@ class EvalProtocol:
     max_new_tokens: int
     temperature: float
     top_p: float
-    prompt_style: str  # trl_justrl.shared.prompts.eval_messages
+    prompt_style: str  # trl_justrl.prompts.eval_messages
     table: ReferenceTable
     metric: str  # how the table's numbers are named
 

@@ -33,10 +33,8 @@ from accelerate.utils import broadcast_object_list, gather_object
 from transformers import TrainerCallback
 from trl.models.utils import unwrap_model_for_generation
 
-from .benchmarks import Problem, get_benchmark, load_problems
-from .grading import math_verify_timeout
-from .prompts import eval_messages
-from .sampling import (
+from .benchmarks.registry import Problem, get_benchmark, load_problems
+from .benchmarks.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
@@ -45,6 +43,8 @@ from .sampling import (
     TransformersBackend,
     problem_seed,
 )
+from .grading.grader import math_verify_timeout
+from .prompts import eval_messages
 
 logger = logging.getLogger(__name__)
 

@@ -1,17 +1,9 @@
-"""Padding-free policy updates, as verl's `use_remove_padding` did: each forward runs over its rows' real extent.
+"""Trimmed forwards and length-grouped micro-batches, as verl's `use_remove_padding`: exact, less compute.
 
-TRL pads a generation batch to its longest prompt (left) and longest completion (right) and splits it into
-micro-batches without trimming, so with the recipe's lengths (a 15,360-token cap, most completions 4-5K) almost every
-forward runs over ~16K positions for ~5K real tokens. Two exact remedies, used by `JustRLTrainer`:
-
-- `forward_trimmed`: before each chunk's forward, cut the columns that are padding in every row of the chunk (left
-  prompt padding, right completion padding), keep the original position ids, and pad the per-token outputs back.
-  Padding keys are masked out of attention, so the real tokens' log-probs and entropies do not change.
-- `group_by_length`: inside each optimizer update, put completions of similar length in the same micro-batch, so
-  trimming pays off when a micro-batch holds several. The completions of every update stay the same, and TRL's "dapo"
-  normaliser (the generation batch's token count) does not depend on the split, so the update's gradient is the same.
-- `fill_old_logps`: the old-log-prob pass, run per micro-batch once they are formed, for every update but the first
-  (whose rows are still on-policy when it runs).
+TRL pads a generation batch to its longest prompt (left) and completion (right) and never trims a micro-batch, so
+with the recipe's 15,360-token cap most forwards run over ~16K positions for ~5K real tokens. Padding keys are
+masked out of attention, so cutting all-padding columns (keeping each token's position id) changes no log-prob;
+grouping similar lengths inside an update keeps its completions and TRL's "dapo" normaliser, so its gradient.
 """
 
 from __future__ import annotations
@@ -49,7 +41,8 @@ class AtPositions:
         return self.model(*args, **kwargs)
 
 
-# forward(model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, compute_aux_loss)
+# TRL's GRPOTrainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+# batch_size, compute_entropy, compute_aux_loss) -> (log-probs, entropies or None, MoE aux loss or None)
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]]
 
 
@@ -151,18 +144,3 @@ def group_by_length(micro_batches: list[dict[str, Any]], per_update: int) -> lis
         order = torch.argsort(_row_lengths(merged).cpu(), stable=True)
         regrouped.extend(take_rows(merged, order[i : i + rows], total) for i in range(0, total, rows))
     return regrouped
-
-
-def fill_old_logps(
-    micro_batches: list[dict[str, Any]], per_update: int, forward: Callable[[dict[str, Any]], torch.Tensor]
-) -> None:
-    """Set `old_per_token_logps` of the micro-batches of every update but the first, in place, with `forward` (the
-    policy that sampled them, before any update of this generation batch).
-
-    The first update's micro-batches are on-policy: TRL then takes the training forward's own log-probs, detached,
-    as the old ones (ratio 1), which is what the separate pass would compute with the same weights. That skips a
-    quarter of TRL's old-log-prob pass with the recipe's 4 updates per generation batch.
-    """
-    for index, batch in enumerate(micro_batches):
-        if index >= per_update:
-            batch["old_per_token_logps"] = forward(batch)

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from trl_justrl.shared.sampling import Sample
+from ..benchmarks.sampling import Sample
 
 logger = logging.getLogger(__name__)
 

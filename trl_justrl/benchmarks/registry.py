@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from .answers import DataError, row_ground_truth
+from ..grading.answers import DataError, row_ground_truth
 
 
 @dataclass(frozen=True)

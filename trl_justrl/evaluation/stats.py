@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from trl_justrl.shared.grading import extract_answer
-from trl_justrl.shared.sampling import Sample
+from ..benchmarks.sampling import Sample
+from ..grading.grader import extract_answer
 
 
 @dataclass(frozen=True)

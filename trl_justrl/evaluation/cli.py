@@ -1,5 +1,5 @@
-"""`python -m evaluation`: evaluate a checkpoint as a paper did (JustRL's avg@N on nine benchmarks by default;
-`--protocol open-rs` for Open-RS's pass@1 on five)."""
+"""`python -m trl_justrl.evaluation`: evaluate a checkpoint as a paper did (JustRL's avg@N on nine benchmarks by
+default; `--protocol open-rs` for Open-RS's pass@1 on five)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from trl_justrl.models import resolve_model
-from trl_justrl.preemption import forwarding_signals
-from trl_justrl.run_folder import FolderLock, FolderLocked
-from trl_justrl.shared.benchmarks import BenchmarkError, get_benchmark, load_problems
-from trl_justrl.shared.sampling import SamplingSettings
-
+from ..benchmarks.registry import BenchmarkError, get_benchmark, load_problems
+from ..benchmarks.sampling import SamplingSettings
+from ..models import resolve_model
+from ..preemption import forwarding_signals
+from ..run_folder import FolderLock, FolderLocked
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .runner import EvalOptions, format_report, run_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m trl_justrl.evaluation", description=__doc__)
     p.add_argument("--model", required=True, help="Hub id, local checkpoint, or 'smollm2-135m-instruct'.")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
                    help="justrl: nine benchmarks, avg@N (N 4 or 32), temperature 0.7, top-p 0.9, 31,744 tokens; "
@@ -63,7 +62,7 @@ def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
     for rank in range(args.data_parallel_size):
         mine = gpus[rank * args.tensor_parallel_size : (rank + 1) * args.tensor_parallel_size]
         env = os.environ | {"CUDA_VISIBLE_DEVICES": ",".join(mine) if args.backend == "vllm" else ""}
-        cmd = [sys.executable, "-m", "evaluation", *argv, "--shard", f"{rank}/{args.data_parallel_size}"]
+        cmd = [sys.executable, "-m", "trl_justrl.evaluation", *argv, "--shard", f"{rank}/{args.data_parallel_size}"]
         workers.append(subprocess.Popen(cmd, env=env))
 
     def forward(signum: int, count: int) -> None:
@@ -117,11 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def backend():
         model = resolve_model(args.model)  # the embedded model's name -> its cached checkpoint folder
         if args.backend == "vllm":
-            from trl_justrl.shared.sampling import VLLMBackend
+            from trl_justrl.benchmarks.sampling import VLLMBackend
 
             return VLLMBackend(model, tensor_parallel_size=args.tensor_parallel_size,
                                gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype)
-        from trl_justrl.shared.sampling import TransformersBackend
+        from trl_justrl.benchmarks.sampling import TransformersBackend
 
         return TransformersBackend.from_pretrained(model, dtype=args.dtype)
 

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from trl_justrl.shared.benchmarks import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
-from trl_justrl.shared.grading import grade_many
-from trl_justrl.shared.sampling import Backend, Sample, SamplingSettings
-
+from ..benchmarks.registry import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
+from ..benchmarks.sampling import Backend, Sample, SamplingSettings
+from ..grading.grader import grade_many
 from .stats import BenchmarkStats, compute_stats
 from .store import GenerationStore, read_json, write_json_atomic
 from .table import JUSTRL_TABLE, ReferenceTable, render_table
