@@ -159,3 +159,61 @@ def test_old_log_probs_are_computed_for_every_update_but_the_first(tmp_path, tin
     trainer.train()
     assert forwards == [2, 2, 2, 2]  # per generation batch: the second update's 2 micro-batches, 2 batches
     assert seen == [False, False, True, True] * 2
+
+
+def test_trls_old_log_prob_pass_is_the_one_skipped_forward(tmp_path, tiny_model_path, tiny_config, monkeypatch):
+    """While TRL scores a generation batch, the one policy forward JustRLTrainer skips is TRL's old-log-prob pass:
+    made without gradients over the whole generation batch, and TRL's output then carries no old log-probs."""
+    from trl_justrl.forwards import PolicyForwardTap
+
+    taps = []
+
+    class RecordingTap(PolicyForwardTap):
+        def __exit__(self, *exc):
+            taps.append(self)
+            return super().__exit__(*exc)
+
+    monkeypatch.setattr("trl_justrl.padding_free.updates.PolicyForwardTap", RecordingTap)
+    outputs = []
+    original = GRPOTrainer._generate_and_score_completions
+
+    def record(self, inputs):
+        outputs.append(original(self, inputs))
+        return outputs[-1]
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", record)
+    args = tiny_config(tmp_path, per_device_train_batch_size=2, max_steps=2)  # one generation batch of 8 rows
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=8))
+    trainer.train()
+    assert len(taps) == 1 and taps[0].skip
+    width = outputs[0]["completion_ids"].size(1)
+    assert taps[0].calls == [(8, width, False)] and "old_per_token_logps" not in outputs[0]
+
+
+@pytest.mark.parametrize("forwards", [0, 2])
+def test_a_trl_that_calls_differently_fails_loudly(trainer, forwards, monkeypatch):
+    """If a TRL release makes no policy forward while scoring (or more than one), the deferral stops with an error
+    naming the cause instead of training on wrong old log-probs; the dual-clip metric guards compute_loss alike."""
+    batch = padded_batch(rows=4, seed=1)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+
+    def changed_trl(self, inputs):
+        for _ in range(forwards):
+            with torch.no_grad():
+                self._get_per_token_logps_and_entropies(self.model, ids, mask, COMPLETION_WIDTH)
+        return batch
+
+    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", changed_trl)
+    trainer.model.train()
+    assert trainer._defers_old_logps()
+    with pytest.raises(RuntimeError, match="no longer makes exactly one policy forward"):
+        trainer._generate_and_score_completions([])
+
+    def loss_without_a_forward(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr(GRPOTrainer, "compute_loss", loss_without_a_forward)
+    with pytest.raises(RuntimeError, match="made 0 policy forwards, not one"):
+        trainer.compute_loss(trainer.model, loss_inputs(rows=2, seed=0))

@@ -1,11 +1,8 @@
-"""Crash-consistent checkpoints: a completion marker written last, and a `latest` that only resumes whole ones.
+"""Crash-consistent checkpoints: a completion marker written last, and a `latest` that resumes only whole ones.
 
-transformers writes `checkpoint-N/` file by file, so a kill mid-save leaves a folder that looks like a checkpoint.
-`GRPORunTrainer` writes `checkpoint-N/checkpoint_complete.json` after every process has written its share (a
-barrier, then the main process lists the files with their sizes), and rotates old checkpoints only after that.
-`find_resumable` picks the newest checkpoint whose marker is there and whose listed files are all present at their
-sizes, naming every newer one it skipped and why; `check_resumable` refuses a checkpoint that lacks the optimizer,
-scheduler or RNG state a full resume needs (transformers would silently start those afresh), naming the file.
+transformers writes `checkpoint-N/` file by file, so a kill mid-save leaves a folder that looks like a checkpoint:
+`GRPORunTrainer` writes `checkpoint_complete.json` (files and sizes) once every process has written its share, and
+`find_resumable` skips (and names) any checkpoint without it or with a file missing or resized.
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""Training data: load, normalise to one layout, build the recipe's prompt (suffix or system prompt), filter long ones.
-
-Sources: a Hub id (default DAPO-Math-17k), a local parquet / jsonl / json file, a folder of such files, or
-`synthetic` (a built-in, seeded set of integer-answer problems for the CPU demo; no network). Two row layouts are
-accepted: verl (`prompt` chat messages + `reward_model.ground_truth`) and plain (`problem` / `answer`, with
-Open-RS's `solution` kept). Every row comes out as `prompt` (chat messages: JustRL's last user turn ends with the
-suffix; Open-RS's start with its system prompt), `ground_truth` (a string) and, when the data has it, `solution`.
+"""Training data: load (Hub id, parquet / jsonl / json file or folder, or built-in `synthetic`), normalise the verl
+and plain layouts to `prompt` (chat messages with the recipe's suffix or system prompt) + `ground_truth` (+ Open-RS's
+`solution`), and drop prompts over the cap (`PromptLengthFilter`). Errors name the file, row and field.
 """
 
 from __future__ import annotations

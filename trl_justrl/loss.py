@@ -1,18 +1,14 @@
-"""The JustRL per-token policy objective: PPO clip-higher with dual-clip for negative advantages.
+"""The JustRL per-token policy objective as the paper states it: PPO clip-higher with dual-clip for A < 0.
 
 With r = exp(logp - logp_old), A the sequence advantage, lo / hi the clip ratios and c the dual-clip constant:
 
     loss_clip = max(-A * r, -A * clamp(r, 1 - lo, 1 + hi))
-    loss      = min(loss_clip, -A * c)   where A < 0
-              = loss_clip                otherwise
+    loss      = min(loss_clip, -A * c)   where A < 0,   loss_clip otherwise
 
-The batch loss is the token mean over the update: sum(loss * mask) / sum(mask).
-
-This is the reference formula, written as the paper states it. Training runs TRL's own loss path, which computes the
-same values and gradients: `loss_type="dapo"` (token mean), `epsilon` / `epsilon_high` = lo / hi and its two-sided
-clip `delta` = c, where TRL clamps the ratio at `delta` before the PPO min. For A < 0 that is
--A * max(min(r, c), clip(r)) = -A * min(max(r, clip(r)), c) = min(loss_clip, -A * c) since c > 1 + hi, and for A >= 0
-the clamp never binds. `tests/test_loss.py` checks the equivalence through a real `compute_loss` and backward.
+and the update's loss is the token mean sum(loss * mask) / sum(mask). Training runs TRL's own loss, which is the same:
+`loss_type="dapo"` and `delta` = c, where TRL clamps r at c before the PPO min: for A < 0,
+-A * max(min(r, c), clip(r)) = min(loss_clip, -A * c) since c > 1 + hi; for A >= 0 the clamp never binds
+(`tests/test_loss.py` checks it through a real compute_loss and backward).
 """
 
 from __future__ import annotations

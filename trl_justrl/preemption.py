@@ -1,18 +1,8 @@
-"""A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`, `--signal=USR1@120`): finish the optimizer update
-in progress, save a whole checkpoint at the step every process agrees on, and exit with `EXIT_REQUEUE`.
+"""A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`): finish the optimizer update in progress, save a
+whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75) to be requeued.
 
-`GracefulStop` is a TrainerCallback (GRPORunTrainer adds it): on the first signal it only sets a flag; at the end of
-the current optimizer update every process learns whether any of them was signalled (one all-reduce), and together
-they save and stop. A second signal, or `stop_grace_period_s` after the first, ends the process at once (exit
-128 + signal). `launch/train.py` then exits with `EXIT_REQUEUE` (75, EX_TEMPFAIL: "try again later"), which
-`launch/slurm/train.slurm` turns into `scontrol requeue`; the requeued job resumes with `--resume_from_checkpoint
-latest`.
-
-Where the stop lands: JustRL makes 4 optimizer updates per generation batch. Stopped after the last update of a
-batch, the resumed run continues exactly (same data order, same random streams). Stopped after update 1-3 of a
-batch, the checkpoint holds those updates; the resumed run samples a new generation batch for the rest, so its
-history differs from an uninterrupted run from there on. The token budget counts a generation batch when it is
-generated; a checkpoint saved mid-batch leaves that batch out, so the regenerated batch is counted once.
+A second signal, or `stop_grace_period_s` after the first, ends the process at once. A stop between the updates of
+one generation batch makes the resumed run sample a new batch for the rest (README, "Train on a cluster").
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""A run's output folder: usable before any model loads, one writer at a time, not silently reused.
+"""A run's output folder: checked before any model loads, one writer at a time, never silently reused.
 
-- `check_output_dir`: the folder is a folder we can write (a file or a read-only path is an error naming it); a used
-  folder (checkpoints, a saved model, a trainer state) is refused unless the run resumes from it or asks to
-  overwrite it, naming what is there; with `overwrite_output_dir` its old checkpoints are deleted first, so a later
-  `latest` can never pick the old run's.
-- `FolderLock`: `<folder>/.trl_justrl.lock` holds the writer's pid, host and purpose; a second run into the folder is
-  refused naming them. A lock left by a process that died on this host, or by an earlier run of the same SLURM job (a
-  requeue), is taken over (and said so); one from another host is not (its liveness cannot be checked): delete the
-  file by hand once that run is gone.
+`check_output_dir` refuses a folder that cannot be written or that holds another run (unless resuming or
+overwriting); `FolderLock` (`<folder>/.trl_justrl.lock`: pid, host, purpose) refuses a second writer and takes over a
+lock whose process died on this host or belonged to an earlier run of the same SLURM job.
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
-"""The trainers: `GRPORunTrainer` (TRL's GRPO objective, untouched, with the project's run services) and
-`JustRLTrainer` (the same, training exactly the JustRL objective through TRL's own loss).
+"""The trainers: `GRPORunTrainer` (TRL's GRPO objective, untouched, plus the project's run services) and
+`JustRLTrainer` (exactly the JustRL objective, through TRL's own loss, with padding-free updates).
 
-Run services, shared by both: embedded model names resolve to local checkpoints; prompts over `max_prompt_length`
-tokens are dropped and counted; registered reward names resolve; the drop count and the token budget are logged; the
-health monitor, the vLLM server checks and the model card's recipe section are attached. JustRL's objective is TRL's
-`loss_type="dapo"` with `delta = clip_ratio_c` (JustRLConfig maps it; `loss.py` shows the equivalence); settings that
-would change it (KL, entropy bonus, other loss types) are refused. Generation, rewards, advantages, the loss,
-logging, checkpoints and the Hub are TRL's and transformers'.
+Run services: embedded model names resolve, prompts over `max_prompt_length` are dropped and counted, registered
+reward names resolve, the token budget, health monitor, vLLM server checks, graceful stop, validation and the model
+card's recipe section are attached, checkpoints are marked complete. Everything else is TRL's and transformers'.
 """
 
 from __future__ import annotations

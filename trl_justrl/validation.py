@@ -1,22 +1,9 @@
-"""In-training validation as the JustRL script ran it (Figure 1): benchmarks sampled `n` times per problem before
-training and every `eval_steps`, graded with math-verify, logged as `eval/<benchmark>/mean@<n>` (the mean over all
-samples, comparable with the evaluation package's avg@N).
+"""In-training validation as the JustRL script ran it (the paper's Figure 1): benchmarks sampled `n` times per problem
+before training and every `eval_steps`, graded with math-verify, logged as `eval/<benchmark>/mean@<n>`.
 
-Who generates: with TRL's vLLM server mode, the main process sends each problem to the server through the trainer's
-own `VLLMClient.generate` (`/v1/completions`, `n` samples, the problem's seed) and shares the scores with the other
-processes; with colocated vLLM, every process (every tensor-parallel group) samples its share with the trainer's own
-engine; without vLLM, transformers `generate` on the training processes (fine for CPU smoke runs, hours at the
-paper's size). Before sampling from vLLM, the trainer's current weights are synced to it (as TRL does before a
-rollout), so the score is the model at this step.
-
-Grading as the script graded validation: the gold wrapped in `\\boxed{}` and parsed as LaTeX; the prediction parsed
-by math-verify, 1 when `verify` accepts it. One deviation: the script also parsed the prediction as a plain
-expression, which reaches sympy's `parse_expr` (it evaluates its input); the project never executes model text, so
-the prediction is parsed as LaTeX only. Answers written without any LaTeX (no `$...$`, `\\(...\\)` or `\\boxed{}`,
-e.g. "the answer is 5") can score 0 here where the script gave 1.
-
-A failure (server gone, unreadable file, a grading crash) is logged loudly with its cause and the run goes on, unless
-`validation_fail_fast` is set; every process takes the same decision.
+Sampling goes through the run's own generator: TRL's vLLM server client (main process), its colocated engine, or
+transformers `generate`; the trainer's weights are synced to vLLM first. Predictions are parsed as LaTeX only (the
+script also ran sympy's `parse_expr` on model text; README, "Evaluate like the paper").
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Before training: is the vLLM server there and set up for TRL? During training: weight syncs may not hang.
 
-TRL's own client waits for the server only after the model is loaded, with HTTP calls that have no per-request
-timeout, and its NCCL weight sync blocks forever if the server side dies. `check_vllm_server` runs first, within one
-overall deadline (connect, headers, body, every endpoint), and names the host and port in every failure;
-`SyncWatchdog` ends a weight sync that exceeds its limit with a clear error (and every thread's stack) instead of a
-silent hang.
+TRL's client waits for the server only after the model loads, without per-request timeouts, and its NCCL weight sync
+blocks forever if the server dies: `check_vllm_server` runs first within one deadline, naming host and port in every
+failure; `SyncWatchdog` ends an overlong weight sync with an error (and every thread's stack).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Answers: the last `\\boxed{...}` of a response, and a row's ground truth in the verl or plain data layout.
 
 Training (the strict DAPO reward, the data loaders) and evaluation (the grader, the benchmark loader) read answers
-the same way, so this module is shared and imports nothing else of the project.
+the same way, through this module.
 """
 
 from __future__ import annotations

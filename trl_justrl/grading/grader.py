@@ -1,34 +1,9 @@
 """Rule-based math grading: the last boxed answer against the ground truth, exactly or symbolically, time-limited.
 
 `grade_answer(response, ground_truth, problem=...)` decides every benchmark score, the `robust_math` reward and the
-in-training validation. Model text is never executed: answers are parsed as LaTeX only (math-verify's ANTLR parser;
-never sympy's `parse_expr`, which evaluates its input).
-
-What counts as the same answer (the policy; README, "Evaluate like the paper"):
-
-- **Extraction**: the content of the response's last `\\boxed{...}` (also `\\boxed {...}` and `\\fbox{...}`), braces
-  matched by counting. No box: wrong.
-- **Notation only**: spaces, `$`, `\\left` / `\\right`, `\\dfrac` / `\\tfrac`, LaTeX spacing (`\\!`, `\\,`, `\\;`),
-  `\\text {x}` = `\\text{x}`, `x^6` = `x^{6}`, `a_1` = `a_{1}`, thousands separators (`10,\\!080`, `10,080`), a
-  trailing dot (`-3./2`), `5 \\cdot i` = `5i`, e-notation (`4.5e33` = `4.5 \\times 10^{33}`) and mixed numbers
-  (`137 \\frac{1}{2}`, `137 1/2`) do not matter.
-- **Several values** (a comma-separated list, a tuple, a set): the same number of values, each equal. In order, unless
-  the gold is a set (`\\{...\\}`) or the problem asks for all of something ("find all", "all possible", "enter all"):
-  then in any order, but with multiplicity (`-2` is not `-2,-2`). A tuple written as a set, or a set as a tuple, is
-  wrong.
-- **Numbers**: exact values (integers, fractions, radicals, pi) must be equal exactly; where either side is a decimal,
-  within a relative tolerance of 1e-6 (`.0000673` is not `.0000672`).
-- **Bases and units**: a number in another base (`52_9` for `52_8`) is wrong; units may be left out, but units with
-  different powers (`inches^3` for `inches^2`) are wrong.
-- **Partial parses**: if the parser keeps only part of an answer (a hedge like `5.4 or 5.5`, a sum whose symbols it
-  drops), the answer is compared as text instead, never as the part that parsed.
-- **Time**: each parse and comparison has `timeout_s` (default 5 s); past it the answer is wrong. In the main thread
-  math-verify's own SIGALRM timer bounds it; from any other thread the symbolic work runs in a helper process with a
-  deadline, so the bound holds everywhere. `grade_many` grades a batch on several processes.
-
-Differences from the paper's grader (a DeepScaleR-style rule grader, then CompassVerifier-3B for what it rejects):
-this one is stricter on order, multiplicity, bases, unit powers and decimal tolerance, and has no model-based
-second opinion unless `--verifier compass` is given.
+in-training validation; its policy (notation, lists and order, numbers, bases and units, partial parses, time) is
+README's "Evaluate like the paper" table. Answers are parsed as LaTeX only, never with sympy's `parse_expr` (which
+evaluates its input), and every parse and comparison is bounded by `timeout_s`, in any thread.
 """
 
 from __future__ import annotations

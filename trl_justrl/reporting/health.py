@@ -1,26 +1,8 @@
-"""Training-health monitor: warn on the failure signatures of JustRL runs while they train.
+"""Training-health monitor: a TrainerCallback that warns on the failure signatures of JustRL runs as they train.
 
-`HealthMonitor` is a transformers `TrainerCallback`: on every log entry (`on_log`) it reads the metrics TRL and
-`JustRLTrainer` log and checks five signatures:
-
-- `entropy_collapse`: policy entropy (`entropy`) under `health_entropy_floor` for `health_patience` consecutive logged
-  values. The paper's healthy runs oscillate around 1.2-1.4 (range 1.0-1.6); its failed ablations collapse to 0.5-0.6.
-- `reward_flat`: the last `health_reward_flat_window` logged mean rewards (`reward`) all lie within
-  `health_reward_flat_tolerance` of each other (max - min <= tolerance): the reward is stuck, e.g. every rollout
-  wrong (-1) or every rollout right (+1), where GRPO's group advantages are all zero and nothing is learned.
-- `truncation_high`: the fraction of completions cut at `max_completion_length` (TRL's `completions/clipped_ratio`)
-  above `health_max_truncation_ratio` for `health_patience` consecutive logged values.
-- `clip_fraction_high`: a clip fraction (`clip_ratio/{low,high,dual}_mean`, logged by `JustRLTrainer`) above
-  `health_max_clip_fraction` for `health_patience` consecutive logged values: the policy moves too far per update.
-- `non_finite`: `loss`, `grad_norm` or a watched metric is NaN or infinite (fires at once). Note that transformers'
-  `logging_nan_inf_filter` (on by default) keeps a non-finite loss out of the logged `loss`; `grad_norm` still shows it.
-
-Each signature warns once per episode: it fires when its condition starts to hold and re-arms only after a logged
-value where the condition no longer holds. A fired alert is a `logger.warning` line (main process), a tracker alert
-where the run reports to one that has alerts (`wandb.alert`, `trackio.alert`), a `health/<signature>: 1.0` entry
-added to the log-history entry that triggered it (so trainer_state.json keeps it), and a `HealthAlert` kept in
-`HealthMonitor.alerts`. Training stops (`control.should_training_stop`) only when `health_stop_training` is set.
-Every process sees the same (already reduced) logs, so all processes take the same decision.
+Signatures (README, "Recipe science"): entropy collapse, a flat reward, high truncation, high clip fractions,
+non-finite values. Each warns once per episode: it re-arms only after a logged value where its condition no longer
+holds. Every process sees the same (already reduced) logs, so all take the same decision (to stop, if asked).
 """
 
 from __future__ import annotations

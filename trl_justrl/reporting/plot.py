@@ -1,12 +1,7 @@
-"""Training dynamics in the style of the paper's Figure 2, drawn from a run's trainer_state.json.
+"""Training dynamics in the style of the paper's Figure 2 (plus its Figure 1 validation panel when logged), from a
+run's trainer_state.json: `python -m trl_justrl.reporting.plot <output_dir> [--output PATH]`.
 
-    python -m trl_justrl.reporting.plot <output_dir> [--output PATH]      (default PATH: <output_dir>/dynamics.png)
-
-Panels: policy entropy, mean reward and mean response length against the JustRL step, plus the validation score
-when the run logged it (`eval/<benchmark>/mean@<n>`, ValidationCallback: the paper's Figure 1). The JustRL step (one
-generation batch) is the optimizer step divided by the updates per step, inferred from `budget/rl_step` (logged by
-JustRLTrainer); without it the x axis is the optimizer step. Drawn with matplotlib's Agg canvas (no display, no
-pyplot state).
+The x axis is the JustRL step (one generation batch), from `budget/rl_step`; without it, the optimizer step.
 """
 
 from __future__ import annotations
