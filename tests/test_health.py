@@ -196,7 +196,7 @@ def test_tracker_alerts(monkeypatch):
 def test_thresholds_are_config_fields_and_checked(tmp_path):
     config = JustRLConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none")
     assert (config.health_monitor, config.health_stop_training) == (True, False)
-    assert HealthMonitorSettings.from_config(config) == THRESHOLDS
+    assert HealthMonitor.from_config(config).settings == THRESHOLDS
     for bad in ({"health_patience": 0}, {"health_reward_flat_window": 1}, {"health_max_truncation_ratio": 1.5},
                 {"health_reward_flat_tolerance": -0.1}):
         with pytest.raises(ValueError, match=next(iter(bad))):

@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from accelerate.utils import parse_flag_from_env
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
@@ -400,7 +401,7 @@ class JustRLConfig(RunConfig):
         if not self.remove_padding:
             raise ValueError("max_tokens_per_microbatch packs padding-free rows: it needs remove_padding = true.")
         # accelerate launch with a DeepSpeed config says so in the environment; a `deepspeed` argument says it here
-        check_packing_backend(deepspeed=bool(self.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED") == "true")
+        check_packing_backend(deepspeed=bool(self.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"))
 
     def _map_dual_clip(self) -> None:
         """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""

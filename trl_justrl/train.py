@@ -120,8 +120,8 @@ def parse_args(argv: Sequence[str]) -> tuple[JustRLScriptArguments, RunConfig, M
     *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
         args=argv, return_remaining_strings=True, separate_remaining_strings=True
     )
-    if from_command_line:
-        parser.error(f"unrecognized arguments: {' '.join(from_command_line)}")
+    if from_command_line:  # as HfArgumentParser says it
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {from_command_line}")
     unknown = [key.removeprefix("--") for key in from_recipe[::2] if key.removeprefix("--") not in LAYOUT_KEYS]
     if unknown:
         raise ValueError(f"Unknown keys in the recipe: {unknown}. They are not settings of the "

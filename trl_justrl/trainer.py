@@ -81,7 +81,8 @@ class GRPORunTrainer(GRPOTrainer):
     """TRL's GRPOTrainer and its objective, unchanged, with the project's run services (see the module docstring)."""
 
     _tag_names = ["trl", "grpo"]
-    config_class: type[RunConfig] = GRPORunConfig
+    config_class: type[RunConfig] = GRPORunConfig  # built when no args are given
+    accepted_config: type[RunConfig] = RunConfig  # any run config: TRL's objective as that config sets it
     default_rewards: tuple[str, ...] = ()
 
     def __init__(
@@ -105,8 +106,9 @@ class GRPORunTrainer(GRPOTrainer):
         reward names accepted besides TRL's callables and reward-model ids."""
         if args is None:
             args = self.config_class(output_dir=f"{type(self).__name__.lower()}-output")
-        if not isinstance(args, self.config_class):
-            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(args).__name__}.")
+        if not isinstance(args, self.accepted_config):
+            raise TypeError(f"{type(self).__name__} needs a {self.accepted_config.__name__}, "
+                            f"got {type(args).__name__}.")
         self.check_args(args)
         keep_token_out_of_saved_args(args)
         if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
@@ -262,7 +264,7 @@ class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
     """
 
     _tag_names = ["trl", "grpo", "justrl"]
-    config_class = JustRLConfig
+    config_class = accepted_config = JustRLConfig
     default_rewards = DEFAULT_REWARDS
 
     def check_args(self, args: RunConfig) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import torch
@@ -80,10 +81,11 @@ class PaddingFreeUpdates:
 
     def _defers_old_logps(self) -> bool:
         """Whether TRL's old-log-prob pass may wait for the micro-batches (then skipping the on-policy first update):
-        training with padding removal, one PPO epoch, several updates per generation batch, text only, and nothing
-        that reads old log-probs while scoring (vLLM importance-sampling correction, off-policy masking)."""
+        training with padding removal, one PPO epoch, no reference model, several updates per generation batch, text
+        only, and nothing that reads old log-probs while scoring (vLLM importance-sampling correction, off-policy
+        masking)."""
         return (
-            self.args.remove_padding and self.model.training and self.num_iterations == 1
+            self.args.remove_padding and self.model.training and self.num_iterations == 1 and self.beta == 0.0
             and self.args.gradient_accumulation_steps < self.args.steps_per_generation
             and not (self.use_vllm and self.vllm_importance_sampling_correction)
             and self.off_policy_mask_threshold is None and not self._is_vlm
@@ -151,9 +153,13 @@ class PaddingFreeUpdates:
         micro-batch's loss, detached."""
         if self.args.max_tokens_per_microbatch is None:
             return super().training_step(model, inputs, num_items_in_batch)
+        start = time.perf_counter()
         model.train()  # first, as transformers' training_step does: TRL's _prepare_inputs reads the mode
+        if callable(getattr(self.optimizer, "train", None)):
+            self.optimizer.train()  # schedule-free optimizers: training weights before any forward
         *earlier, last = self._training_packs(self._prepare_inputs(inputs))
         losses = [self._pack_backward(model, pack, num_items_in_batch) for pack in earlier]
+        self._current_train_step_time += time.perf_counter() - start  # TRL's step_time counts the whole micro-step
         loss = super().training_step(model, PreparedMicroBatch(last), num_items_in_batch)
         return loss + torch.stack(losses).sum() if losses else loss
 

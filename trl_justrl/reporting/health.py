@@ -47,7 +47,7 @@ class HealthAlert:
 
 @dataclass
 class HealthMonitorSettings:
-    """The health monitor's settings (JustRLConfig inherits these fields; JustRLTrainer adds the monitor when
+    """The health monitor's settings (the run configs inherit these fields; both trainers add the monitor when
     `health_monitor` is on). "Logged steps" count the log entries that carry the metric (one per JustRL step with the
     recipes' logging_steps = updates per step)."""
 
@@ -104,12 +104,6 @@ class HealthMonitorSettings:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} is a fraction in [0, 1], got {getattr(self, name)}.")
 
-    @classmethod
-    def from_config(cls, args: Any) -> HealthMonitorSettings:
-        """The health settings of a run's config (a copy, checked)."""
-        settings = cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
-        settings.check_health_settings()
-        return settings
 
 
 def _number(logs: dict[str, Any], key: str) -> float | None:
@@ -131,7 +125,8 @@ class HealthMonitor(TrainerCallback):
 
     @classmethod
     def from_config(cls, args: Any) -> HealthMonitor:
-        return cls(HealthMonitorSettings.from_config(args))
+        """The monitor of a run's config (a copy of its `health_*` settings)."""
+        return cls(HealthMonitorSettings(**{f.name: getattr(args, f.name) for f in fields(HealthMonitorSettings)}))
 
     def reset(self) -> None:
         self.alerts: list[HealthAlert] = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,10 @@ def load_trainer_state(output_dir: str | Path) -> dict:
 
 
 def format_value(value: Any, spec: str = ".4g", missing: str = "n/a") -> str:
-    """A logged or configured value as text: `missing` for None, a float with `spec` ("nan" for NaN), an enum by its
-    value, anything else (integers included) as `str` gives it."""
+    """A logged or configured value as text: `missing` for None, a float with `spec`, an enum by its value, anything
+    else (integers included) as `str` gives it."""
     if value is None:
         return missing
     if isinstance(value, Enum):
         value = value.value
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else format(value, spec)
-    return str(value)
+    return format(value, spec) if isinstance(value, float) else str(value)

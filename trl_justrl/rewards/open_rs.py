@@ -199,7 +199,7 @@ def cosine_scaled_reward(
     at_zero = min_value_wrong and at_max_len = max_value_wrong (open-r1's naming, kept as is).
     `clamp=False` is the formula as Open-RS ran it: p = length / max_len unclamped, so past max_len the cosine turns
     back up (at 2 x max_len a response earns its length-0 value again). The `open_rs_cosine` reward clamps and counts
-    tokens; `open_rs_cosine_as_run` (trl_justrl.open_rs) does neither, as the original.
+    tokens; `open_rs_cosine_as_run` does neither, as the original.
     """
     length = as_int("length", length, minimum=0)
     max_len = as_int("max_len", max_len, minimum=1)
