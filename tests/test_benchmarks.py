@@ -64,3 +64,18 @@ def test_tiny_run_alternates_and_reports(policy_update, tmp_path, smollm2_path, 
     assert len(report["speedup_packed_per_repeat"]) == 2 and report["speedup_packed"] > 0
     assert report["executed_flop_ratio"] > 1.0  # the batch has padding to cut
     assert report["max_loss_difference"] < 1e-5  # the same objective on the same inputs
+
+
+def test_verify_order_finds_the_equation_asymmetry():
+    """benchmarks/verify_order.py on a released equation answer and an integer one: the orders disagree only where
+    math-verify's verify is asymmetric (Open-RS's order accepts an equation's bare right-hand side)."""
+    spec = importlib.util.spec_from_file_location("verify_order", ROOT / "benchmarks" / "verify_order.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    golds = [("MATH-500", "5x - 7y + 11z + 4 = 0"), ("AIME24", "204")]
+    items = [(b, g, kind, answer) for b, g in golds for kind, answer in module.answer_forms(g).items()]
+    result = module.compare_orders(items)
+    assert result["compared"] == len(items) and result["gold_unparsed"] == 0
+    found = {(d["gold"], d["kind"]): d["verify(prediction, gold)"] for d in result["disagree"]}
+    assert found[("5x - 7y + 11z + 4 = 0", "right-hand side")] is True
+    assert all(gold != "204" for gold, _ in found)

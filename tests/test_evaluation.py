@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,7 +14,13 @@ import pytest
 from trl_justrl.benchmarks.registry import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
 from trl_justrl.benchmarks.sampling import Sample, SamplingSettings, TransformersBackend
 from trl_justrl.evaluation.cli import main as cli_main
-from trl_justrl.evaluation.compass import CompassVerifier, build_prompt, parse_verdict
+from trl_justrl.evaluation.compass import (
+    CompassVerifier,
+    build_prompt,
+    build_released_prompt,
+    parse_released_verdict,
+    parse_verdict,
+)
 from trl_justrl.evaluation.runner import EvalOptions, run_evaluation
 from trl_justrl.evaluation.stats import compute_stats, distinct_ngrams
 from trl_justrl.evaluation.store import GenerationStore
@@ -272,6 +280,70 @@ def test_compass_prompt_and_verdicts():
     except ImportError:
         with pytest.raises(ImportError, match="needs vLLM"):
             CompassVerifier()
+
+
+# sha256 of JustRL's evals/grade.py CV_PROMPT.format(question="", gold_answer="GOLD", llm_response="RESPONSE")
+RELEASED_PROMPT_SHA256 = "68ade8c8c08dcf2f1b4c4faa36806c61b7a796a588d14e1d4c83e43af11b26e5"
+
+
+class FakeVLLM:
+    """What CompassVerifier calls of vLLM: LLM(...).chat(messages, SamplingParams, use_tqdm), outputs[0].text."""
+
+    def __init__(self, replies):
+        self.replies, self.calls = list(replies), []
+        fake = self
+
+        class SamplingParams:
+            def __init__(self, **kwargs):
+                self.kwargs = kwargs
+
+        class LLM:
+            def __init__(self, model, **kwargs):
+                fake.model = model
+
+            def chat(self, messages, params, use_tqdm=True):
+                fake.calls.append((messages, params.kwargs))
+                texts = [fake.replies.pop(0) for _ in messages]
+                return [SimpleNamespace(outputs=[SimpleNamespace(text=text)]) for text in texts]
+
+        self.module = SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+
+
+def test_compass_as_released_asks_and_reads_as_justrls_script(monkeypatch):
+    """The released protocol (the paper's table): its exact prompt with an empty question and the whole response,
+    greedy, 2,048 new tokens, and only an exact "A" is correct; the runner uses it for --verifier compass."""
+    import hashlib
+
+    from trl_justrl.benchmarks.registry import Problem
+    from trl_justrl.evaluation.runner import _grade
+
+    message = build_released_prompt("ignored problem", "GOLD", "RESPONSE")
+    assert hashlib.sha256(message.encode()).hexdigest() == RELEASED_PROMPT_SHA256
+    long = "y" * 20000 + " so \\boxed{two}"
+    assert long in build_released_prompt("What is 1+1?", "2", long)  # the whole response, no problem text
+    assert [parse_released_verdict(t) for t in ["A", " A\n", "a", "The answer is A", "B", ""]] == [
+        "A", "A", "C", "C", "B", "C"]
+
+    fake = FakeVLLM(["A", "The answer is A", "A"])
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    problems = [Problem("p1", "What is 1+1?", "2"), Problem("p2", "What is 2+2?", "4")]
+    samples = {"p1": [Sample("p1", 0, 0, "so \\boxed{2}", 5, "stop"), Sample("p1", 1, 0, "so \\boxed{two}", 5, "stop")],
+               "p2": [Sample("p2", 0, 0, "so \\boxed{four}", 5, "stop"), Sample("p2", 1, 0, "no box", 5, "length")]}
+    graded = _grade(problems, samples, "compass")
+    assert fake.model == "opencompass/CompassVerifier-3B"
+    (messages, params), = fake.calls
+    assert params == {"temperature": 0.0, "max_tokens": 2048}
+    rejected = [("2", "so \\boxed{two}"), ("4", "so \\boxed{four}"), ("4", "no box")]
+    assert [m[0]["content"] for m in messages] == [build_released_prompt("", gold, text) for gold, text in rejected]
+    assert graded["rule"] == {"p1": [True, False], "p2": [False, False]}
+    assert graded["correct"] == {"p1": [True, True], "p2": [False, True]}
+
+    fake = FakeVLLM(["b", "A."])
+    monkeypatch.setitem(sys.modules, "vllm", fake.module)
+    graded = _grade(problems[1:], {"p2": samples["p2"]}, "compass-short")
+    (messages, params), = fake.calls
+    assert params == {"temperature": 0.0, "max_tokens": 8} and "Reference answer:\n4" in messages[0][0]["content"]
+    assert graded["correct"] == {"p2": [False, True]}
 
 
 @pytest.mark.slow

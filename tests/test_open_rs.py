@@ -167,28 +167,25 @@ def test_recipe_rewards_resolve_from_the_config(tmp_path):
 # ---- the KL term is TRL's, and it is in the loss ---------------------------------------------------------------
 
 
-def _grpo_trainer(tmp_path, tiny_model_path, beta: float):
+def _grpo_trainer(tmp_path, tiny_model_path, beta: float, **overrides):
     from trl_justrl import GRPORunConfig, GRPORunTrainer
 
-    args = GRPORunConfig(
-        output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", beta=beta, loss_type="grpo",
-        num_generations=4, per_device_train_batch_size=4, max_completion_length=8, gradient_checkpointing=False,
-        vllm_importance_sampling_correction=False, save_strategy="no",
-    )
+    args = GRPORunConfig(**{
+        "output_dir": str(tmp_path), "use_cpu": True, "bf16": False, "report_to": "none", "beta": beta,
+        "loss_type": "grpo", "num_generations": 4, "per_device_train_batch_size": 4, "max_completion_length": 8,
+        "gradient_checkpointing": False, "vllm_importance_sampling_correction": False, "save_strategy": "no",
+        **overrides})
     data = load_training_data("synthetic", synthetic_size=8, suffix=False, system_prompt=SYSTEM)
     return GRPORunTrainer(model=str(tiny_model_path), reward_funcs=["open_rs_accuracy"], args=args,
                           train_dataset=data)
 
 
-def test_kl_term_changes_the_gradient_and_matches_an_independent_loss(tmp_path, tiny_model_path):
-    """With beta > 0 a reference model is loaded and TRL's grpo loss is mean over sequences of the per-sequence token
-    mean of (-A * ratio + beta * k3 KL); checked against that formula, and beta = 0 gives another gradient."""
-    trainer = _grpo_trainer(tmp_path / "kl", tiny_model_path, beta=0.5)
-    assert trainer.ref_model is not None  # the reference model is loaded
-    model = trainer.model
+def _batch_away_from_the_reference(trainer) -> dict:
+    """Moves the policy away from its reference (a KL term with a gradient) and returns a 4-row batch: prompt and
+    completion ids and masks, the joined ids and mask, and the reference log-probs."""
     torch.manual_seed(0)
-    with torch.no_grad():  # move the policy away from the reference, so the KL term has a gradient
-        for p in model.parameters():
+    with torch.no_grad():
+        for p in trainer.model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     g = torch.Generator().manual_seed(1)
     prompt_ids = torch.randint(5, 1000, (4, 6), generator=g)
@@ -198,6 +195,19 @@ def test_kl_term_changes_the_gradient_and_matches_an_independent_loss(tmp_path, 
     mask = torch.cat([torch.ones_like(prompt_ids), completion_mask], 1)
     with torch.no_grad():
         ref_logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.ref_model, ids, mask, 5)
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "completion_mask": completion_mask,
+            "ids": ids, "mask": mask, "ref_logps": ref_logps, "generator": g}
+
+
+def test_kl_term_changes_the_gradient_and_matches_an_independent_loss(tmp_path, tiny_model_path):
+    """With beta > 0 a reference model is loaded and TRL's grpo loss is mean over sequences of the per-sequence token
+    mean of (-A * ratio + beta * k3 KL); checked against that formula, and beta = 0 gives another gradient."""
+    trainer = _grpo_trainer(tmp_path / "kl", tiny_model_path, beta=0.5)
+    assert trainer.ref_model is not None  # the reference model is loaded
+    model = trainer.model
+    batch = _batch_away_from_the_reference(trainer)
+    prompt_ids, completion_ids, completion_mask = batch["prompt_ids"], batch["completion_ids"], batch["completion_mask"]
+    ids, mask, ref_logps = batch["ids"], batch["mask"], batch["ref_logps"]
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
     inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
               "completion_mask": completion_mask, "advantages": advantages, "old_per_token_logps": None,
@@ -226,10 +236,77 @@ def test_kl_term_changes_the_gradient_and_matches_an_independent_loss(tmp_path, 
     assert any(not torch.allclose(a, b, atol=1e-7) for a, b in zip(grads_kl, grads_0, strict=True))
 
 
+def test_accuracy_verifies_in_open_rs_order():
+    """Open-RS called verify(prediction, gold); math-verify's verify is not symmetric. For an equation-valued gold,
+    that order accepts the bare right-hand side, which the other order rejects: the reward follows Open-RS."""
+    from math_verify import verify
+
+    from trl_justrl.rewards.open_rs import parse_gold, parse_prediction
+
+    solution = "The plane is $\\boxed{5x - 7y + 11z + 4 = 0}$."
+    completion = "Setting it up...\n</think>\nSo the answer is $\\boxed{0}$."
+    gold, prediction = parse_gold(solution), parse_prediction(completion)
+    assert verify(prediction, gold) and not verify(gold, prediction)
+    assert OpenRSAccuracy()([completion], solution=[solution]) == [1.0]
+    assert OpenRSAccuracy()(["So the answer is $\\boxed{5}$."], solution=[solution]) == [0.0]
+
+
+def pinned_trl_loss(logps, old_logps, ref_logps, advantages, mask, beta: float, epsilon: float = 0.2):
+    """Open-RS's TRL (commit 69ad852, grpo_trainer.py), written out: per token -min(r * A, clip(r) * A) + beta * k3,
+    then the micro-batch's completion-token mean. k3 = exp(ref - logp) - (ref - logp) - 1, with no ratio factor."""
+    ratio = torch.exp(logps - old_logps)
+    clipped = torch.clamp(ratio, 1 - epsilon, 1 + epsilon)
+    adv = advantages[:, None]
+    k3 = torch.exp(ref_logps - logps) - (ref_logps - logps) - 1
+    per_token = -torch.minimum(ratio * adv, clipped * adv) + beta * k3
+    return (per_token * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("bias_correction", [False, True])
+def test_open_rs_objective_equals_the_pinned_trls_loss_and_gradient(tmp_path, tiny_model_path, bias_correction):
+    """The Open-RS recipes' objective (loss_type bnpo, use_bias_correction_kl false) trains the pinned TRL's loss:
+    same value and same gradient as the formula written out, off-policy and with a non-zero KL. TRL 1.16's default
+    (bias correction on) keeps the value on-policy but changes the gradient: the check can fail."""
+    trainer = _grpo_trainer(tmp_path, tiny_model_path, beta=0.04, loss_type="bnpo",
+                            use_bias_correction_kl=bias_correction, epsilon=0.2)
+    model = trainer.model
+    batch = _batch_away_from_the_reference(trainer)  # a non-zero KL with a gradient
+    prompt_ids, completion_ids, completion_mask = batch["prompt_ids"], batch["completion_ids"], batch["completion_mask"]
+    ids, mask, ref_logps, g = batch["ids"], batch["mask"], batch["ref_logps"], batch["generator"]
+    with torch.no_grad():
+        current = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5)[0]
+    old_logps = current + 0.3 * torch.randn(current.shape, generator=g)  # off-policy: ratios inside and beyond the clip
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75])
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "advantages": advantages, "old_per_token_logps": old_logps,
+              "ref_per_token_logps": ref_logps, "num_items_in_batch": completion_mask.sum()}
+    model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    model.zero_grad()
+    loss = trainer.compute_loss(model, dict(inputs))
+    loss.backward()
+    trained = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    logps = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5)[0]
+    expected = pinned_trl_loss(logps, old_logps, ref_logps, advantages, completion_mask.float(), beta=0.04)
+    expected.backward()
+    independent = [p.grad.clone() for p in model.parameters()]
+    ratio = torch.exp(logps.detach() - old_logps)[completion_mask.bool()]
+    assert ((ratio < 0.8) | (ratio > 1.2)).any() and ((ratio > 0.8) & (ratio < 1.2)).any()
+    differs = max((a - b).abs().max().item() for a, b in zip(trained, independent, strict=True))
+    scale = max(b.abs().max().item() for b in independent)
+    if bias_correction:
+        assert differs > 1e-3 * scale  # TRL 1.16's default is another objective
+    else:
+        assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+        assert differs <= 1e-5 * scale
+
+
 # ---- recipes and layouts ------------------------------------------------------------------------------------------
 
 RECIPE_VALUES = {  # ../shared/RECIPE.md, "The other seed: Open-RS"
-    "beta": 0.04, "loss_type": "grpo", "epsilon": 0.2, "epsilon_high": None, "num_iterations": 1,
+    "beta": 0.04, "loss_type": "bnpo", "use_bias_correction_kl": False, "epsilon": 0.2, "epsilon_high": None,
+    "num_iterations": 1,
     "scale_rewards": "group", "num_generations": 6, "learning_rate": 1e-6, "lr_scheduler_type": "cosine_with_min_lr",
     "lr_scheduler_kwargs": {"min_lr_rate": 0.1}, "warmup_steps": 0.1, "max_steps": 500, "num_train_epochs": 1.0,
     "bf16": True, "gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False},
@@ -237,8 +314,8 @@ RECIPE_VALUES = {  # ../shared/RECIPE.md, "The other seed: Open-RS"
     "log_completions": True, "vllm_importance_sampling_correction": False,
 }
 EXPERIMENTS = {
-    "open_rs_exp1": ("knoveleng/open-s1", ["open_rs_accuracy", "open_rs_format"], None, 4096, False),
-    "open_rs_exp2": ("knoveleng/open-rs", ["open_rs_accuracy", "open_rs_format"], None, 3584, False),
+    "open_rs_exp1": ("knoveleng/open-s1", ["open_rs_accuracy", "open_rs_format"], [2.0, 1.0], 4096, False),
+    "open_rs_exp2": ("knoveleng/open-rs", ["open_rs_accuracy", "open_rs_format"], [2.0, 1.0], 3584, False),
     "open_rs_exp3": ("knoveleng/open-rs", ["open_rs_format", "open_rs_cosine_as_run"], [1.0, 2.0], 3584, True),
 }
 

@@ -65,3 +65,30 @@ def test_length_filter_count_is_logged(tmp_path, tiny_model_path, tiny_config):
 def test_settings_that_change_the_objective_are_refused(tmp_path, tiny_config, override, name):
     with pytest.raises(ValueError, match=name):
         JustRLTrainer(model="does-not-matter", args=tiny_config(tmp_path, **override))
+
+
+def test_weight_decay_reaches_every_parameter_as_verls_adamw(tmp_path, tiny_model_path, tiny_config):
+    """The recipe's verl run decayed biases and norm weights too; transformers (and TRL's defaults, the Open-RS
+    recipes) exempt them. The optimizer's groups show which parameters are decayed."""
+    from trl_justrl import GRPORunConfig, GRPORunTrainer
+
+    def decayed(trainer) -> tuple[set[str], set[str]]:
+        trainer.create_optimizer()
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        groups = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in trainer.optimizer.param_groups}
+        return groups.get(0.1, set()), groups.get(0.0, set())
+
+    data = load_training_data("synthetic", synthetic_size=8)
+    justrl = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"],
+                           args=tiny_config(tmp_path / "j"), train_dataset=data)
+    assert justrl.args.weight_decay_all_parameters and justrl.args.weight_decay == 0.1
+    every = {n for n, p in justrl.model.named_parameters() if p.requires_grad}
+    assert any("norm" in n for n in every)
+    assert decayed(justrl) == (every, set())
+
+    grpo_args = GRPORunConfig(output_dir=str(tmp_path / "g"), use_cpu=True, bf16=False, report_to="none",
+                              weight_decay=0.1, per_device_train_batch_size=4, num_generations=4)
+    grpo = GRPORunTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=grpo_args,
+                          train_dataset=data)
+    with_decay, without = decayed(grpo)
+    assert without == {n for n in every if "norm" in n} and with_decay == every - without

@@ -142,6 +142,22 @@ def test_server_validation_requests_grading_and_metric(tmp_path, tiny_model_path
     assert "Please reason step by step" in tokenizer.decode(by_seed[problem_seed(5, problems[0].problem_id)])
 
 
+def test_the_validation_user_turn_is_the_released_scripts(tmp_path, tiny_model_path, tiny_config, tokenizer):
+    """As the released script validated: the problem, a blank line, the suffix (its data loader appends it to the
+    validation files as to the training data); the evaluation table's prompt keeps a space."""
+    trainer = tiny_trainer(tmp_path, tiny_model_path, tiny_config)
+    args = tiny_config(tmp_path / "v", validation_benchmarks=["AIME24"],
+                       validation_data_dir=str(make_benchmark(tmp_path / "data")))
+    callback = ValidationCallback.from_config(trainer, args)
+    problem = callback.problems["AIME24"][0]
+    turn = ("What is 1 + 1?\n\nPlease reason step by step, and put your final answer within \\boxed{}.")
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": turn}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"]
+    assert problem.problem == "What is 1 + 1?" and prompt_ids(tokenizer, problem, callback.settings) == list(expected)
+    assert ValidationCallback(trainer, ["AIME24"], data_dir=tmp_path / "data").settings.prompt_style == (
+        "justrl-validation")
+
+
 class BrokenSampler:
     def generate(self, problems, n, settings):
         raise ConnectionError("vLLM server at http://127.0.0.1:9 went away")

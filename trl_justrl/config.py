@@ -105,6 +105,11 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
             "optimizer updates. Null leaves save_steps / eval_steps as given."
         },
     )
+    weight_decay_all_parameters: bool = field(
+        default=False,  # transformers' Trainer: no weight decay on biases and norm weights
+        metadata={"help": "Apply weight_decay to every parameter, as verl's AdamW does, instead of exempting biases "
+                  "and norm weights as transformers' Trainer does."},
+    )
     stop_grace_period_s: float | None = field(
         default=None,
         metadata={
@@ -333,6 +338,11 @@ class JustRLConfig(RunConfig):
     weight_decay: float = field(
         default=0.1,  # RECIPE: AdamW weight decay 0.1
         metadata={"help": "AdamW weight decay."},
+    )
+    weight_decay_all_parameters: bool = field(
+        default=True,  # RECIPE: verl's actor AdamW (fsdp_workers.py) decays every parameter, biases and norms too
+        metadata={"help": "Apply weight_decay to every parameter, as the recipe's verl run did (transformers "
+                  "exempts biases and norm weights)."},
     )
     max_grad_norm: float = field(
         default=1.0,  # RECIPE: gradient clipping at global norm 1.0

@@ -184,6 +184,13 @@ class GRPORunTrainer(GRPOTrainer):
     def configure_model(self) -> None:
         """Adjust the loaded model for this trainer's forwards (nothing here)."""
 
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """transformers' choice (biases and norm weights exempt), or every parameter with
+        `weight_decay_all_parameters` (verl's AdamW, as the JustRL recipe ran)."""
+        if self.args.weight_decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
     def _save_checkpoint(self, model, trial) -> None:
         """transformers' checkpoint, then, once every process has written its share, the completion marker
         (checkpoints.py); old checkpoints are rotated only after that, so a kill mid-save never leaves the run

@@ -31,7 +31,7 @@ from .benchmarks.sampling import (
     problem_seed,
 )
 from .grading.grader import math_verify_timeout
-from .prompts import eval_messages
+from .prompts import VALIDATION_STYLE, eval_messages
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ class ValidationCallback(TrainerCallback):
         grade: Callable[[str, str], bool] = grade_like_the_script,
     ):
         self.trainer = trainer
-        self.settings = settings or SamplingSettings()
+        self.settings = settings or SamplingSettings(prompt_style=VALIDATION_STYLE)
         self.every_steps = every_steps
         self.on_start = on_start
         self.fail_fast = fail_fast
@@ -215,7 +215,7 @@ class ValidationCallback(TrainerCallback):
         """The callback a GRPORunConfig / JustRLConfig asks for (its `validation_*` fields)."""
         settings = SamplingSettings(max_new_tokens=args.validation_max_new_tokens,
                                     temperature=args.validation_temperature, top_p=args.validation_top_p,
-                                    seed=getattr(args, "seed", 0))
+                                    seed=getattr(args, "seed", 0), prompt_style=VALIDATION_STYLE)
         return cls(trainer, args.validation_benchmarks, n=args.validation_n, data_dir=args.validation_data_dir,
                    limit=args.validation_limit, settings=settings, every_steps=args.validation_every_steps,
                    on_start=args.validation_on_start, fail_fast=args.validation_fail_fast)

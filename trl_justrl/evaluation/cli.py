@@ -17,7 +17,7 @@ from ..models import resolve_model
 from ..preemption import forwarding_signals
 from ..run_folder import FolderLock, FolderLocked
 from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
-from .runner import EvalOptions, format_report, run_evaluation
+from .runner import VERIFIERS, EvalOptions, format_report, run_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=None, help="Default: the protocol's.")
     p.add_argument("--top-p", type=float, default=None, help="Default: the protocol's.")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verifier", choices=["none", "compass"], default="none",
-                   help="compass: send rule-rejected responses to CompassVerifier-3B (vLLM).")
+    p.add_argument("--verifier", choices=list(VERIFIERS), default="none",
+                   help="Send the responses the rule-based grader rejects to CompassVerifier-3B (vLLM): 'compass' asks "
+                   "it as JustRL's released evals/grade.py did (the paper's table), 'compass-short' with this "
+                   "project's shorter prompt.")
     p.add_argument("--output-dir", default="outputs/eval")
     p.add_argument("--dtype", default="auto", help="Model dtype (auto, bfloat16, float32).")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM tensor parallelism.")

@@ -16,6 +16,9 @@ from .stats import BenchmarkStats, compute_stats
 from .store import GenerationStore, read_json, write_json_atomic
 from .table import JUSTRL_TABLE, ReferenceTable, render_table
 
+# --verifier -> the CompassVerifier protocol asked about the rule-rejected responses (compass.PROTOCOLS)
+VERIFIERS: dict[str, str | None] = {"none": None, "compass": "released", "compass-short": "short"}
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,7 +33,7 @@ class EvalOptions:
     n: int | None = None  # override every benchmark's N
     limit: int | None = None
     settings: SamplingSettings = field(default_factory=SamplingSettings)
-    verifier: str = "none"  # or "compass"
+    verifier: str = "none"  # or a key of VERIFIERS: CompassVerifier on the rejected responses
     batch_problems: int = 64  # problems per backend call (vLLM batches them; transformers loops)
     shard: tuple[int, int] | None = None  # (rank, size): generate only problems rank, rank + size, ... (no grading)
     table: ReferenceTable = JUSTRL_TABLE  # the paper whose reference rows are printed beside the results
@@ -73,12 +76,13 @@ def _grade(problems: list[Problem], samples: dict[str, list[Sample]], verifier: 
     grades = iter(grade_many(items))  # on all cores; each item keeps its time limit
     rule = {p.problem_id: [next(grades) for _ in samples[p.problem_id]] for p in problems}
     compass: dict[str, dict[int, str]] = {}
-    if verifier == "compass":
+    if verifier != "none":
         from .compass import CompassVerifier
 
         rejected = [(p, s) for p in problems for s, ok in zip(samples[p.problem_id], rule[p.problem_id], strict=True)
                     if not ok]
-        verdicts = CompassVerifier().judge([(p.problem, p.ground_truth, s.response) for p, s in rejected])
+        verdicts = CompassVerifier(protocol=VERIFIERS[verifier]).judge(
+            [(p.problem, p.ground_truth, s.response) for p, s in rejected])
         for (p, s), verdict in zip(rejected, verdicts, strict=True):
             compass.setdefault(p.problem_id, {})[s.sample_index] = verdict
     correct = {

@@ -65,10 +65,11 @@ def parse_prediction(text: str, *, boxed: str | bool = "all") -> list:
     return parse(text, extraction_config=[config], extraction_mode="first_match", parsing_timeout=math_verify_timeout())
 
 
-def is_correct(gold: list, prediction: list) -> bool:
-    """math-verify's verdict; an exception inside it counts as wrong (the accuracy reward's own rule)."""
+def is_correct(prediction: list, gold: list) -> bool:
+    """math-verify's verdict in Open-RS's order, `verify(prediction, gold)` (verify is not symmetric: README,
+    "Reproduce Open-RS", measures how often the orders disagree); an exception inside it counts as wrong."""
     try:
-        return bool(verify(gold, prediction, timeout_seconds=math_verify_timeout()))
+        return bool(verify(prediction, gold, timeout_seconds=math_verify_timeout()))
     except Exception as exc:  # noqa: BLE001 - math-verify raises many types on odd inputs
         logger.debug("verify failed (%s): counted as wrong", exc)
         return False
@@ -113,7 +114,7 @@ class _OpenRSGrader:
         for text, solution in zip(map(completion_text, completions),
                                   solutions(columns, len(completions), self.name), strict=True):
             gold = self.gold(solution)
-            graded.append((text, bool(gold), bool(gold) and is_correct(gold, parse_prediction(text, boxed=boxed))))
+            graded.append((text, bool(gold), bool(gold) and is_correct(parse_prediction(text, boxed=boxed), gold)))
         self.count([not ok for _, ok, _ in graded], [right for _, _, right in graded], log_metric)
         return graded
 
