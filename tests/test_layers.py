@@ -12,8 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trl_justrl",)
 # What builds on the training core: the training entry point, the cluster planner and launchers, the evaluation.
-ABOVE_THE_CORE = ("trl_justrl.train", "trl_justrl.cluster.plan", "trl_justrl.cluster.launcher",
-                  "trl_justrl.cluster.serve", "trl_justrl.evaluation")
+ABOVE_THE_CORE = ("trl_justrl.train", "trl_justrl.cli", "trl_justrl.__main__", "trl_justrl.cluster.plan",
+                  "trl_justrl.cluster.launcher", "trl_justrl.cluster.serve", "trl_justrl.evaluation")
 
 
 def module_name(path: Path) -> str:

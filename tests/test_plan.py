@@ -105,16 +105,19 @@ def test_bad_cluster_descriptions_are_clear_errors(kwargs, message):
 
 
 def test_cli_text_and_json(capsys):
-    assert plan_module.main(["--nodes", "4", "--gpus-per-node", "8"]) == 0
-    text = capsys.readouterr().out
-    assert "NOT reproducible" in text and "--nodes 5 --gpus-per-node 8" in text and "1.47e+11" in text
+    assert plan_module.main(["--nodes", "4", "--gpus-per-node", "8"]) == 2  # scripts can tell
+    printed = capsys.readouterr()
+    assert "NOT reproducible" in printed.out and "--nodes 5 --gpus-per-node 8" in printed.out
+    assert "1.47e+11" in printed.out and "--allow-deviation" in printed.err
+    assert plan_module.main(["--nodes", "4", "--gpus-per-node", "8", "--allow-deviation"]) == 0
+    assert "NOT reproducible" in capsys.readouterr().out
     assert plan_module.main(["--nodes", "5", "--gpus-per-node", "8", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["exact"] and data["geometry"]["completions_per_step"] == 2048
     assert data["geometry"]["completions_per_update"] == 512 and data["recipe"]["updates_per_step"] == 4
     assert [c["role"] for c in data["commands"]] == ["vllm", "train", "train", "train", "train"]
     assert plan_module.main(["--nodes", "1", "--gpus-per-node", "8", "--recipe", "nope.yaml"]) == 2
-    assert "nope.yaml not found" in capsys.readouterr().err
+    assert "'nope.yaml' not found: neither a file nor a shipped recipe (shipped: demo_cpu" in capsys.readouterr().err
 
 
 def test_server_command_is_the_one_trl_expects():

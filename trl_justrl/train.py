@@ -27,6 +27,7 @@ from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
 from .data import DEFAULT_DATASET, load_training_data
 from .preemption import EXIT_REQUEUE
+from .recipes import find_recipe
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
 from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
@@ -85,6 +86,28 @@ class JustRLScriptArguments(ScriptArguments):
     )
 
 
+PARSER_DESCRIPTION = (
+    "Train from a recipe: --config NAME_OR_PATH (a shipped recipe's name, see `trl-justrl recipes`, or a YAML file); "
+    "every option below overrides the recipe's value. The options are the script's, the trainer's config "
+    "(JustRLConfig, or GRPORunConfig with `trainer: grpo`) and TRL's ModelConfig."
+)
+
+
+def with_recipe_file(argv: Sequence[str]) -> list[str]:
+    """`argv` with its `--config NAME_OR_PATH` (or `--config=...`) as `--config FILE`: a path as given, or the
+    shipped recipe of that name (trl_justrl.recipes); TRL's parser reads the file."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--config" and args:
+            out += ["--config", str(find_recipe(args.pop(0)))]
+        elif arg.startswith("--config="):
+            out += ["--config", str(find_recipe(arg.split("=", 1)[1]))]
+        else:
+            out.append(arg)
+    return out
+
+
 def trainer_choice(argv: Sequence[str]) -> str:
     """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
     parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
@@ -105,18 +128,19 @@ def trainer_choice(argv: Sequence[str]) -> str:
     return choice
 
 
-def make_parser(argv: Sequence[str] | None = None) -> TrlParser:
+def make_parser(argv: Sequence[str] | None = None, prog: str | None = None) -> TrlParser:
     """TrlParser for (script arguments, the chosen trainer's config class, ModelConfig)."""
-    trainer = trainer_choice(list(argv) if argv is not None else [])
-    return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig))
+    trainer = trainer_choice(with_recipe_file(argv) if argv is not None else [])
+    return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig), prog=prog,
+                     description=PARSER_DESCRIPTION)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[JustRLScriptArguments, RunConfig, ModelConfig]:
+def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScriptArguments, RunConfig, ModelConfig]:
     """`--config recipe.yaml [--key value ...]` parsed by TRL's TrlParser (command line over recipe). A recipe may
     also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
     ignores those, and any other unknown key is an error naming it."""
-    argv = list(argv)
-    parser = make_parser(argv)
+    argv = with_recipe_file(argv)
+    parser = make_parser(argv, prog)
     *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
         args=argv, return_remaining_strings=True, separate_remaining_strings=True
     )
@@ -268,11 +292,16 @@ def resolve_resume_checkpoint(args: RunConfig) -> str | None:
     return str(value)
 
 
-def cli(argv: Sequence[str] | None = None) -> Path:
-    """Parse `--config recipe.yaml [--key value ...]` and train."""
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """Parse `--config NAME_OR_PATH [--key value ...]` and train; bad settings exit 2 with the error, before any
+    data or model loads."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(argv) if argv is not None else sys.argv[1:]
-    script_args, training_args, model_args = parse_args(argv)
+    try:
+        script_args, training_args, model_args = parse_args(argv, prog)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     try:
         return main(script_args, training_args, model_args)
     except TrainingStopped as stop:
@@ -281,3 +310,7 @@ def cli(argv: Sequence[str] | None = None) -> Path:
     except (OutputDirError, FolderLocked, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m trl_justrl.train`, `accelerate launch -m trl_justrl.train`
+    cli()

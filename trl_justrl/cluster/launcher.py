@@ -280,10 +280,14 @@ def slurm_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None 
     return _cli("launch/slurm/train.slurm", _slurm, argv, env)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.cluster.launcher") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"usage: {prog} {{multinode,slurm}} [--dry-run] [...]\n\n{__doc__.splitlines()[0]} "
+              f"({prog} multinode --help, {prog} slurm --help)")
+        return 0
     if not argv or argv[0] not in ("multinode", "slurm"):
-        print("usage: python -m trl_justrl.cluster.launcher {multinode,slurm} [--dry-run] [...]", file=sys.stderr)
+        print(f"usage: {prog} {{multinode,slurm}} [--dry-run] [...]", file=sys.stderr)
         return 2
     return (multinode_main if argv[0] == "multinode" else slurm_main)(argv[1:])
 

@@ -30,12 +30,12 @@ from ..geometry import (
     server_context,
 )
 from ..padding_free.packing import check_packing_backend
+from ..recipes import find_accelerate_config, find_recipe
 from ..reporting.budget import paper_budget_tokens
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_RECIPE = "launch/recipes/justrl_deepseek_1.5b.yaml"
-DEFAULT_ACCELERATE_CONFIG = "accelerate_configs/zero2.yaml"
-TRAIN_SCRIPT = "launch/train.py"
+DEFAULT_RECIPE = "justrl_deepseek_1.5b"  # a shipped recipe's name, or a path (trl_justrl.recipes)
+DEFAULT_ACCELERATE_CONFIG = "zero2"  # a shipped accelerate config's name, or a path
+TRAIN_MODULE = "trl_justrl.train"  # `accelerate launch -m trl_justrl.train`: works from a checkout and an install
 DEFAULT_MAIN_PORT = 29500
 DEFAULT_VLLM_PORT = 8000
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # TRL's `trl vllm-serve` default
@@ -362,7 +362,7 @@ def make_plan(
     vllm_data_parallel_size: int = 1,
 ) -> ClusterPlan:
     """Plan a run of `recipe` on `nodes` x `gpus_per_node` GPUs (see the module docstring for the layout rules)."""
-    batch = RecipeBatch.from_recipe(_resolve(recipe) if recipe is not None else None)
+    batch = RecipeBatch.from_recipe(resolve_recipe(recipe) if recipe is not None else None)
     if vllm_gpus is None:
         vllm_gpus = batch.vllm_gpus  # the recipe's own layout (e.g. Open-RS: 1 of 4 GPUs serves), if it names one
     topology = make_topology(nodes, gpus_per_node, vllm_gpus, vllm_tensor_parallel_size, vllm_data_parallel_size)
@@ -389,12 +389,12 @@ def load_yaml_mapping(file: Path, what: str, hint: str) -> dict[str, Any]:
     return values
 
 
-def _resolve(path: str | Path) -> Path:
-    """A repository-relative path works from any working directory."""
-    path = Path(path)
-    if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
-        return REPO_ROOT / path
-    return path
+def resolve_recipe(name_or_path: str | Path) -> Path:
+    """A recipe by path or shipped name; PlanError listing the shipped ones otherwise."""
+    try:
+        return find_recipe(name_or_path)
+    except FileNotFoundError as err:
+        raise PlanError(str(err)) from err
 
 
 # ---- accelerate configs ------------------------------------------------------------------------------------------
@@ -404,8 +404,11 @@ LAUNCHER_FILLED_KEYS = ("num_machines", "num_processes", "machine_rank", "main_p
 
 def check_accelerate_config(path: str | Path, num_machines: int, num_processes: int) -> dict[str, Any]:
     """Load an accelerate config and refuse one that contradicts the plan's machine or process counts."""
-    file = _resolve(path)
-    config = load_yaml_mapping(file, "accelerate config", " (shipped ones: accelerate_configs/*.yaml)")
+    try:
+        file = find_accelerate_config(path)
+    except FileNotFoundError as err:
+        raise PlanError(str(err)) from err
+    config = load_yaml_mapping(file, "accelerate config", "")
     expected = {"num_machines": num_machines, "num_processes": num_processes}
     for key, value in expected.items():
         if key in config and config[key] != value:
@@ -549,13 +552,13 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
         rank = settings.machine_rank_expr or str(machine_rank)
         argv = [
             "accelerate", "launch",
-            "--config_file", settings.accelerate_config,
+            "--config_file", str(find_accelerate_config(settings.accelerate_config)),
             "--num_machines", str(len(training_nodes)),
             "--num_processes", str(topo.training_processes),
             "--machine_rank", rank,
             "--main_process_ip", main_address,
             "--main_process_port", str(settings.main_port),
-            TRAIN_SCRIPT, "--config", recipe.path,
+            "-m", TRAIN_MODULE, "--config", recipe.path,
         ]
         if topo.mode == "server":
             argv += ["--use_vllm", "true", "--vllm_mode", "server",
@@ -645,8 +648,8 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trl_justrl.cluster.plan", description=__doc__.splitlines()[0])
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
     p.add_argument("--vllm-gpus", type=int, default=None,
@@ -654,17 +657,23 @@ def _parser() -> argparse.ArgumentParser:
                    "else up to 4); 0 = colocate")
     p.add_argument("--vllm-tensor-parallel-size", type=int, default=None)
     p.add_argument("--vllm-data-parallel-size", type=int, default=1)
-    p.add_argument("--recipe", default=DEFAULT_RECIPE)
-    p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG)
+    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="a shipped recipe's name or a recipe file")
+    p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
+                   help="a shipped accelerate config's name (ddp, zero2, zero3, fsdp2) or a file")
     p.add_argument("--hosts", default=None, help="comma-separated node addresses, node 0 first (default node0,...)")
     p.add_argument("--main-port", type=int, default=DEFAULT_MAIN_PORT)
     p.add_argument("--vllm-port", type=int, default=DEFAULT_VLLM_PORT)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--allow-deviation", action="store_true",
+                   help="exit 0 even when the layout cannot reproduce the recipe's batch (default: exit 2, so "
+                   "scripts can tell)")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m trl_justrl.cluster.plan") -> int:
+    """Print the plan (text or --json); exit 2 on an unusable description, or on a layout that cannot reproduce the
+    recipe's batch unless --allow-deviation."""
+    args = _parser(prog).parse_args(argv)
     try:
         plan = make_plan(args.nodes, args.gpus_per_node, args.vllm_gpus, args.recipe,
                          args.vllm_tensor_parallel_size, args.vllm_data_parallel_size)
@@ -683,6 +692,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(format_plan(plan, commands))
+    if not plan.exact and not args.allow_deviation:
+        print("error: this layout cannot reproduce the recipe's batch (see above); pass --allow-deviation to accept "
+              "that, or use one of the layouts offered.", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -20,13 +20,14 @@ from .plan import (
     VLLM_SERVER_ENV,
     PlanError,
     RecipeBatch,
-    _resolve,
+    resolve_recipe,
     vllm_serve_argv,
 )
 
 
-def build(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="launch/vllm_serve.sh", description=__doc__.splitlines()[0])
+def build(argv: Sequence[str] | None = None, prog: str = "launch/vllm_serve.sh"
+          ) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default=DEFAULT_RECIPE, help="recipe whose model and context cap are served")
     p.add_argument("--model", default=None, help="override the recipe's model_name_or_path")
     p.add_argument("--tensor-parallel-size", type=int, default=1)
@@ -39,7 +40,7 @@ def build(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[s
     p.add_argument("--port", type=int, default=DEFAULT_VLLM_PORT)
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args = p.parse_args(argv)
-    recipe = RecipeBatch.from_recipe(_resolve(args.recipe))
+    recipe = RecipeBatch.from_recipe(resolve_recipe(args.recipe))
     model = args.model or recipe.model
     if not model:
         raise PlanError(f"Recipe {args.recipe} names no model_name_or_path; pass --model.")
@@ -60,9 +61,9 @@ def build(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, list[s
     return args, command
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "launch/vllm_serve.sh") -> int:
     try:
-        args, command = build(argv)
+        args, command = build(argv, prog)
     except PlanError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,8 +20,19 @@ from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
 from .runner import VERIFIERS, EvalOptions, format_report, run_evaluation
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trl_justrl.evaluation", description=__doc__)
+def snake_case_as_kebab(argv: Sequence[str]) -> list[str]:
+    """`--output_dir x` as `--output-dir x`: training's snake_case spellings of the options work here too."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and "_" in arg.split("=", 1)[0]:
+            name, sep, value = arg.partition("=")
+            arg = name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def build_parser(prog: str = "python -m trl_justrl.evaluation") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--model", required=True, help="Hub id, local checkpoint, or 'smollm2-135m-instruct'.")
     p.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
                    help="justrl: nine benchmarks, avg@N (N 4 or 32), temperature 0.7, top-p 0.9, 31,744 tokens; "
@@ -86,10 +97,10 @@ def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.evaluation") -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(snake_case_as_kebab(argv))
     shard = None
     if args.shard:
         rank, size = (int(x) for x in args.shard.split("/"))

@@ -121,9 +121,9 @@ def plot_dynamics(output_dir: str | Path, output: str | Path | None = None) -> P
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.reporting.plot") -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m trl_justrl.reporting.plot",
+        prog=prog,
         description="Draw a run's training dynamics (entropy, reward, response length, validation accuracy) "
         "from its trainer_state.json.",
     )

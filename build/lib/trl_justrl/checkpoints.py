@@ -1,0 +1,128 @@
+"""Crash-consistent checkpoints: a completion marker written last, and a `latest` that resumes only whole ones.
+
+transformers writes `checkpoint-N/` file by file, so a kill mid-save leaves a folder that looks like a checkpoint:
+`GRPORunTrainer` writes `checkpoint_complete.json` (files and sizes) once every process has written its share, and
+`find_resumable` skips (and names) any checkpoint without it or with a file missing or resized.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MARKER = "checkpoint_complete.json"
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
+           "pytorch_model.bin.index.json", "adapter_model.bin")
+OPTIMIZER = ("optimizer.pt", "optimizer.bin")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from (the message names the folder and the missing file)."""
+
+
+def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
+    """List what `folder` holds (relative paths and sizes) into its completion marker, atomically (temp + rename)."""
+    folder = Path(folder)
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
+    marker = folder / MARKER
+    temporary = folder / f"{MARKER}.tmp"
+    temporary.write_text(json.dumps({"global_step": global_step, "world_size": world_size, "files": files}, indent=1))
+    with open(temporary, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, marker)
+    return marker
+
+
+def incomplete_reason(folder: Path) -> str | None:
+    """Why `folder` is not a whole checkpoint (None when it is): no marker, or a listed file missing / resized."""
+    marker = folder / MARKER
+    if not marker.is_file():
+        return f"no {MARKER} (the save did not finish)"
+    try:
+        listed = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {MARKER} ({err})"
+    for name, size in listed.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when saved"
+    return None
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, newest (highest N) first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+@dataclass
+class Resumable:
+    """The checkpoint `latest` resumes from (None: none is whole) and the newer ones it skipped, with reasons."""
+
+    path: Path | None
+    skipped: list[tuple[Path, str]]
+
+
+def find_resumable(output_dir: str | Path, *, save_only_model: bool = False) -> Resumable:
+    """The newest whole, resumable checkpoint of `output_dir`; newer incomplete ones are skipped and named.
+
+    Checkpoints written before markers existed (no folder of the run has one) are taken when their files are all
+    there, with a warning: their completeness cannot be proven."""
+    skipped = []
+    found = checkpoints(output_dir)
+    legacy = bool(found) and not any((folder / MARKER).is_file() for folder in found)
+    if legacy:
+        logger.warning("No checkpoint in %s has a completion marker (written before this version?): resuming from the "
+                       "newest one whose files are all there, unverified.", output_dir)
+    for folder in found:
+        reason = None if legacy else incomplete_reason(folder)
+        if reason is None:
+            try:
+                check_resumable(folder, save_only_model=save_only_model)
+            except CheckpointError as err:
+                reason = str(err)
+        if reason is None:
+            return Resumable(folder, skipped)
+        skipped.append((folder, reason))
+    return Resumable(None, skipped)
+
+
+def check_resumable(folder: str | Path, *, save_only_model: bool = False) -> None:
+    """Refuse a checkpoint without its trainer state, weights, or (unless `save_only_model`) optimizer, scheduler
+    and RNG state: resuming from it would silently restart those."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder.")
+    missing = []
+    if not (folder / "trainer_state.json").is_file():
+        missing.append("trainer_state.json")
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        missing.append("model weights (model.safetensors)")
+    if not save_only_model:
+        sharded = any(folder.glob("global_step*")) or any(folder.glob("optimizer_*")) or any(
+            folder.glob("*-optimizer.pt"))  # DeepSpeed, FSDP and sharded optimizer states
+        if not sharded and not any((folder / name).is_file() for name in OPTIMIZER):
+            missing.append("optimizer.pt")
+        if not (folder / "scheduler.pt").is_file():
+            missing.append("scheduler.pt")
+        if not any(folder.glob("rng_state*.pth")):
+            missing.append("rng_state.pth")
+    if missing:
+        raise CheckpointError(
+            f"{folder} cannot be resumed from: {', '.join(missing)} missing. A resume would restart the "
+            "optimizer / learning-rate schedule / random streams silently; resume from an older checkpoint-N, or "
+            "start afresh."
+        )

@@ -1,0 +1,429 @@
+"""The run configs: `JustRLConfig` (TRL's `GRPOConfig` whose defaults are the JustRL recipe) and `GRPORunConfig`
+(TRL's defaults, for `trainer: grpo` runs such as Open-RS), both built on `RunConfig`.
+
+Every recipe number lives here once, with its source (`# RECIPE:` = the JustRL paper or its released verl script;
+README, "How each recipe value maps"). The paper's batch (prompts per step / per update) and step-counted schedules
+are mapped onto TRL's fields for the real world size in `__post_init__`, before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from accelerate.utils import parse_flag_from_env
+from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+from transformers.trainer_utils import SaveStrategy
+from trl import GRPOConfig
+
+from .geometry import (
+    BatchGeometry,
+    BatchGeometryError,
+    compute_batch_geometry,
+    micro_batch_bound,
+    rollout_context,
+    server_context,
+)
+from .padding_free.packing import check_packing_backend
+from .reporting.health import HealthMonitorSettings
+from .rewards import DapoRewardSettings, OpenRSRewardSettings
+from .validation import ValidationSettings
+
+# Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
+OBJECTIVE_INVARIANTS: dict[str, object] = {
+    "beta": 0.0,  # RECIPE: KL coefficient 0, no reference model
+    "loss_type": "dapo",  # RECIPE: token-mean aggregation over the update (TRL's "dapo" normaliser)
+    "importance_sampling_level": "token",  # RECIPE: per-token ratio r = exp(logp - logp_old)
+    "entropy_coef": 0.0,  # RECIPE: entropy coefficient 0
+    "use_adaptive_entropy": False,  # RECIPE: no entropy regularisation
+    "top_entropy_quantile": 1.0,  # every completion token contributes
+    "off_policy_mask_threshold": None,  # not part of the recipe
+    "scale_rewards": "group",  # RECIPE: advantage = (r - mean(group)) / (std(group) + eps)
+}
+# TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
+
+
+# report_to integrations whose pip package has another name (the others install under their own name)
+PIP_PACKAGES = {"comet_ml": "comet-ml"}
+# integrations transformers' availability list does not decide (flyte: unchecked; azure_ml: hidden when mlflow is in)
+UNCHECKED_INTEGRATIONS = ("flyte", "azure_ml")
+
+
+def missing_integrations(report_to: Any) -> list[str]:
+    """The `report_to` integrations transformers knows but does not find installed (its own availability checks;
+    the unchecked ones are left to their callbacks)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    names = [name for name in names if name in INTEGRATION_TO_CALLBACK and name not in UNCHECKED_INTEGRATIONS]
+    if not names:
+        return []
+    available = get_available_reporting_integrations()
+    return [name for name in names if name not in available]
+
+
+def _world_size_from_env() -> int:
+    """Number of training processes, as set by torchrun / accelerate / deepspeed launchers (1 when unset)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@dataclass
+class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, GRPOConfig):
+    """TRL's `GRPOConfig` plus what this project adds around any GRPO run: the batch in prompts per step / per
+    update, step-counted warm-up and checkpoints, the prompt cap (drop, never truncate), stop and vLLM limits, and the
+    settings of the rewards, health monitor and validation (defined next to their code). New fields default to TRL's
+    behaviour (off / unset)."""
+
+    prompts_per_step: int | None = field(
+        default=None,
+        metadata={
+            "help": "Prompts per training step (one generation batch). With prompts_per_update it sets TRL's "
+            "per_device_train_batch_size, gradient_accumulation_steps and steps_per_generation for the real world "
+            "size. Set to null to use TRL's batch fields directly."
+        },
+    )
+    prompts_per_update: int | None = field(
+        default=None,
+        metadata={"help": "Prompts per optimizer update (the PPO mini-batch); prompts_per_step must be a multiple."},
+    )
+    max_prompt_length: int | None = field(
+        default=None,
+        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data "
+                  "(never truncated). Null: no cap."},
+    )
+    warmup_rl_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Linear warm-up length in training steps (generation batches); mapped onto warmup_steps in "
+            "optimizer updates. Null leaves warmup_steps as given."
+        },
+    )
+    save_every_rl_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Checkpoint and evaluation interval in training steps; mapped onto save_steps and eval_steps in "
+            "optimizer updates. Null leaves save_steps / eval_steps as given."
+        },
+    )
+    weight_decay_all_parameters: bool = field(
+        default=False,  # transformers' Trainer: no weight decay on biases and norm weights
+        metadata={"help": "Apply weight_decay to every parameter, as verl's AdamW does, instead of exempting biases "
+                  "and norm weights as transformers' Trainer does."},
+    )
+    stop_grace_period_s: float | None = field(
+        default=None,
+        metadata={
+            "help": "After SIGTERM / SIGUSR1 the run finishes its optimizer update, saves and exits 75 (requeue); "
+            "past this many seconds it exits at once instead. Null: no limit (a second signal still stops at once)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in a used output_dir, deleting its checkpoint-N folders first. Without it (and "
+            "without --resume_from_checkpoint) a used output_dir is refused."
+        },
+    )
+    vllm_weight_sync_timeout: float = field(
+        default=600.0,  # project's choice: a 1.5B bf16 sync takes seconds; ten minutes means the server is gone
+        metadata={
+            "help": "Seconds a weight sync to the vLLM server may take before the run stops with an error (server "
+            "mode). The wait for the server at start-up is TRL's vllm_server_timeout."
+        },
+    )
+
+    def __post_init__(self):
+        world_size = _world_size_from_env()
+        geometry = self._map_recipe_batch(world_size)
+        if geometry is None:
+            self._check_trl_batch(world_size)
+        super().__post_init__()
+        if geometry is not None and self.world_size != world_size:
+            raise BatchGeometryError(
+                f"The batch was mapped for WORLD_SIZE={world_size} training processes but the run has "
+                f"{self.world_size}. Launch with torchrun or accelerate launch so that WORLD_SIZE is set."
+            )
+        self.batch_geometry: BatchGeometry | None = geometry
+        self._check_run_settings()
+        self.check_health_settings()
+        self.check_reward_settings()
+        self.check_validation_settings()
+
+    def _check_run_settings(self) -> None:
+        """Values that would only fail after the model loads (or never): refused here, each named."""
+        wrong = {}
+        if not math.isfinite(self.learning_rate) or self.learning_rate < 0:
+            wrong["learning_rate"] = f"{self.learning_rate} (a finite number >= 0)"
+        for name in ("max_prompt_length", "max_completion_length", "save_every_rl_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                wrong[name] = f"{value} (at least 1, or null)"
+        if self.save_strategy == SaveStrategy.STEPS and self.save_steps is not None and self.save_steps <= 0:
+            wrong["save_steps"] = f"{self.save_steps} (positive with save_strategy steps)"
+        if self.stop_grace_period_s is not None and self.stop_grace_period_s <= 0:
+            wrong["stop_grace_period_s"] = f"{self.stop_grace_period_s} (positive, or null)"
+        if wrong:
+            raise ValueError("Invalid settings: " + "; ".join(f"{k} = {v}" for k, v in wrong.items()))
+        missing = missing_integrations(self.report_to)
+        if missing:
+            raise ValueError(
+                f"report_to names {', '.join(missing)}, which is not installed here: "
+                + ", ".join(f"pip install {PIP_PACKAGES.get(name, name)}" for name in missing)
+                + " (or the project extra of that name, e.g. pip install -e '.[wandb]'), or drop it from report_to."
+            )
+
+    @property
+    def prompt_and_completion_cap(self) -> int:
+        """The longest sequence a rollout can make (geometry.rollout_context)."""
+        return rollout_context(self.max_prompt_length, self.max_completion_length)
+
+    @property
+    def vllm_context_needed(self) -> int:
+        """The context a vLLM server must hold for this run (geometry.server_context)."""
+        validation = self.validation_max_new_tokens if self.validation_benchmarks else None
+        return server_context(self.max_prompt_length, self.max_completion_length, validation)
+
+    def _check_trl_batch(self, world_size: int) -> None:
+        """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
+        per_device = self.per_device_train_batch_size
+        if self.generation_batch_size is not None:
+            completions = self.generation_batch_size
+            how = f"generation_batch_size = {completions}"
+        else:
+            steps = self.steps_per_generation or self.gradient_accumulation_steps
+            completions = per_device * world_size * steps
+            how = (f"per_device_train_batch_size ({per_device}) x {world_size} process(es) x steps_per_generation "
+                   f"({steps}) = {completions} completions")
+        groups = self.num_generations
+        if groups and completions % groups:
+            raise BatchGeometryError(
+                f"The generation batch cannot hold whole groups of num_generations = {groups} completions: {how}, "
+                f"not a multiple of {groups}. Fix: set per_device_train_batch_size to a multiple of {groups} (TRL's "
+                f"own default is 8), or steps_per_generation / generation_batch_size so that the generation batch is "
+                f"a multiple of {groups}; or set prompts_per_step and prompts_per_update to map the paper's batch."
+            )
+
+    def _map_recipe_batch(self, world_size: int) -> BatchGeometry | None:
+        """Set TRL's batch fields and step-counted schedules from the recipe's semantics (None when opted out)."""
+        if self.prompts_per_step is None or self.prompts_per_update is None:
+            if self.prompts_per_step is not None or self.prompts_per_update is not None:
+                raise ValueError("Set both prompts_per_step and prompts_per_update, or neither (null).")
+            return None
+        if self.generation_batch_size is not None or self.steps_per_generation is not None:
+            raise ValueError(
+                "prompts_per_step / prompts_per_update set steps_per_generation for you; remove "
+                f"generation_batch_size={self.generation_batch_size} / steps_per_generation="
+                f"{self.steps_per_generation}, or set prompts_per_step and prompts_per_update to null."
+            )
+        geometry = compute_batch_geometry(
+            world_size=world_size,
+            prompts_per_step=self.prompts_per_step,
+            prompts_per_update=self.prompts_per_update,
+            num_generations=self.num_generations,
+            max_micro_batch=self._micro_batch_bound(),
+        )
+        self.per_device_train_batch_size = geometry.per_device_train_batch_size
+        self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
+        self.steps_per_generation = geometry.steps_per_generation
+        if self.warmup_rl_steps is not None:
+            self.warmup_steps = self.warmup_rl_steps * geometry.updates_per_step
+        if self.save_every_rl_steps is not None:
+            self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
+            self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
+        return geometry
+
+    def _micro_batch_bound(self) -> int | None:
+        """The micro-batch bound the recipe batch is mapped with (per_device_train_batch_size)."""
+        return self.per_device_train_batch_size
+
+    @property
+    def updates_per_rl_step(self) -> int:
+        """Optimizer updates per training step (generation batch)."""
+        return self.steps_per_generation // self.gradient_accumulation_steps
+
+
+@dataclass
+class GRPORunConfig(OpenRSRewardSettings, RunConfig):
+    """`trainer: grpo`: TRL's GRPO objective and defaults, the project's run services, and the Open-RS cosine
+    rewards' settings (e.g. the Open-RS recipes)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_cosine_settings()
+
+
+@dataclass
+class JustRLConfig(RunConfig):
+    """GRPO configuration with the JustRL recipe as defaults (README, "How each recipe value maps"): the paper's
+    batch, schedules and prompt cap, the dual-clip constant (mapped onto TRL's `delta`) and padding-free updates."""
+
+    # ---- RunConfig fields whose defaults become the recipe ----------------------------------------------
+    prompts_per_step: int | None = field(
+        default=256,  # RECIPE: prompts per training step (train_batch_size) = 256
+        metadata={"help": "Prompts per training step (one generation batch); see RunConfig. Null: TRL's fields."},
+    )
+    prompts_per_update: int | None = field(
+        default=64,  # RECIPE: prompts per optimizer update (ppo_mini_batch_size) = 64
+        metadata={"help": "Prompts per optimizer update (the PPO mini-batch); prompts_per_step must be a multiple."},
+    )
+    max_prompt_length: int | None = field(
+        default=1024,  # RECIPE: max prompt length 1,024 tokens; longer prompts are dropped, never truncated
+        metadata={"help": "Prompts longer than this (in tokens, after the chat template) are dropped from the data."},
+    )
+    warmup_rl_steps: int | None = field(
+        default=10,  # RECIPE: the script adds a 10-step linear warm-up (verl steps its scheduler once per step)
+        metadata={"help": "Linear warm-up length in training steps; mapped onto warmup_steps in optimizer updates."},
+    )
+    save_every_rl_steps: int | None = field(
+        default=50,  # RECIPE: checkpoint / validation frequency every 50 steps
+        metadata={"help": "Checkpoint and evaluation interval in training steps; mapped onto save_steps / eval_steps."},
+    )
+
+    # ---- What GRPOConfig lacks -------------------------------------------------------------------------------
+    clip_ratio_c: float = field(
+        default=10.0,  # RECIPE: dual-clip constant c = 10.0
+        metadata={
+            "help": "Dual-clip constant c: for negative advantages the per-token loss is capped at -A * c. Mapped onto "
+            "TRL's two-sided clip `delta` (the same objective); leave `delta` unset or equal to this."
+        },
+    )
+    remove_padding: bool = field(
+        default=True,  # RECIPE: the script removed padding (use_remove_padding=True); exact, so on by default
+        metadata={
+            "help": "Run every policy forward (the old-log-prob pass and the training forward) over each micro-batch's "
+            "real extent only, and group completions of similar length into the same micro-batch within an "
+            "optimizer update. Exact: the same log-probs, loss and gradients as TRL's padded path, less compute."
+        },
+    )
+    max_tokens_per_microbatch: int | None = field(
+        default=None,  # off: RECIPE's verl script packed up to 32,768 real tokens per GPU (ppo_max_token_len_per_gpu)
+        metadata={
+            "help": "Pack completions end to end into forwards of at most this many real tokens, each attending only "
+            "to itself (verl's use_dynamic_bsz; a longer completion runs alone). With prompts_per_step set, a "
+            "device's whole share of an optimizer update becomes one micro-batch (per_device_train_batch_size) and "
+            "is split into such packs, each with its own forward and backward. Exact (the same token-mean loss and "
+            "gradients); needs remove_padding and SDPA or flash attention; refused under DeepSpeed. The paper's "
+            "verl run used 32,768. Null: one micro-batch per forward."
+        },
+    )
+
+    # ---- GRPOConfig fields whose defaults become the recipe -------------------------------------------------
+    num_generations: int | None = field(
+        default=8,  # RECIPE: rollouts per prompt = 8
+        metadata={"help": "Rollouts (completions) per prompt; the GRPO group size."},
+    )
+    per_device_train_batch_size: int = field(
+        default=1,  # RECIPE: micro-batch per GPU = 1 (the script also packs up to 32,768 tokens per forward)
+        metadata={
+            "help": "Largest micro-batch (completions per device per forward). With prompts_per_step set, the "
+            "largest divisor of each device's share of an update not above this value is used."
+        },
+    )
+    num_iterations: int = field(
+        default=1,  # RECIPE: PPO epochs per batch = 1
+        metadata={"help": "PPO epochs per generation batch."},
+    )
+    max_completion_length: int | None = field(
+        default=15360,  # RECIPE: max response length 15,360 tokens (1,024 + 15,360 = the 16K context cap)
+        metadata={"help": "Maximum completion length in tokens."},
+    )
+    learning_rate: float = field(
+        default=1e-6,  # RECIPE: learning rate 1e-6, constant
+        metadata={"help": "AdamW learning rate."},
+    )
+    lr_scheduler_type: str = field(
+        default="constant_with_warmup",  # RECIPE: constant after a short linear warm-up
+        metadata={"help": "Learning-rate schedule."},
+    )
+    weight_decay: float = field(
+        default=0.1,  # RECIPE: AdamW weight decay 0.1
+        metadata={"help": "AdamW weight decay."},
+    )
+    weight_decay_all_parameters: bool = field(
+        default=True,  # RECIPE: verl's actor AdamW (fsdp_workers.py) decays every parameter, biases and norms too
+        metadata={"help": "Apply weight_decay to every parameter, as the recipe's verl run did (transformers "
+                  "exempts biases and norm weights)."},
+    )
+    max_grad_norm: float = field(
+        default=1.0,  # RECIPE: gradient clipping at global norm 1.0
+        metadata={"help": "Global gradient-norm clip."},
+    )
+    epsilon: float = field(
+        default=0.2,  # RECIPE: clip ratio low 0.2
+        metadata={"help": "Lower clip: the ratio is clipped below at 1 - epsilon."},
+    )
+    epsilon_high: float | None = field(
+        default=0.28,  # RECIPE: clip ratio high 0.28 ("clip higher")
+        metadata={"help": "Upper clip: the ratio is clipped above at 1 + epsilon_high."},
+    )
+    beta: float = field(
+        default=0.0,  # RECIPE: KL coefficient 0, no reference model loaded
+        metadata={"help": "KL coefficient; JustRL uses none."},
+    )
+    loss_type: str = field(
+        default="dapo",  # RECIPE: token-mean loss aggregation over the update
+        metadata={"help": "Loss aggregation; JustRL uses token mean over the update (TRL's 'dapo')."},
+    )
+    temperature: float = field(
+        default=1.0,  # RECIPE: training rollouts at temperature 1.0
+        metadata={"help": "Sampling temperature for training rollouts."},
+    )
+    top_p: float = field(
+        default=1.0,  # RECIPE: training rollouts at top-p 1.0
+        metadata={"help": "Nucleus sampling for training rollouts."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,  # RECIPE: gradient checkpointing on
+        metadata={"help": "Recompute activations in the backward pass to save memory."},
+    )
+    num_train_epochs: float = field(
+        default=1.0,  # RECIPE: one pass over DAPO-Math-17k
+        metadata={"help": "Passes over the training data."},
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=False,  # RECIPE's objective has no rollout-correction factor; TRL's default is True
+        metadata={
+            "help": "Multiply the loss by TRL's truncated importance ratio between the trainer and vLLM "
+            "log-probabilities. Off to train exactly the paper's objective."
+        },
+    )
+
+    def __post_init__(self):
+        self._map_dual_clip()
+        self._check_packing()
+        super().__post_init__()
+        if self.max_prompt_length is None:
+            raise ValueError("JustRL drops prompts over max_prompt_length (the recipe: 1,024); it cannot be null.")
+        if self.epsilon_high is not None and self.clip_ratio_c <= 1.0 + self.epsilon_high:
+            raise ValueError(
+                f"clip_ratio_c ({self.clip_ratio_c}) must exceed the upper clip bound 1 + epsilon_high "
+                f"({1.0 + self.epsilon_high}); the recipe uses 10.0."
+            )
+
+    def _micro_batch_bound(self) -> int | None:
+        return micro_batch_bound(self.per_device_train_batch_size, self.max_tokens_per_microbatch)
+
+    def _check_packing(self) -> None:
+        if self.max_tokens_per_microbatch is None:
+            return
+        if self.max_tokens_per_microbatch < 1:
+            raise ValueError(f"max_tokens_per_microbatch = {self.max_tokens_per_microbatch}: at least 1, or null.")
+        if not self.remove_padding:
+            raise ValueError("max_tokens_per_microbatch packs padding-free rows: it needs remove_padding = true.")
+        # accelerate launch with a DeepSpeed config says so in the environment; a `deepspeed` argument says it here
+        check_packing_backend(deepspeed=bool(self.deepspeed) or parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"))
+
+    def _map_dual_clip(self) -> None:
+        """`delta` (TRL's two-sided clip) = `clip_ratio_c`: TRL's dapo loss is then the recipe's dual-clip objective."""
+        if self.delta is None:
+            self.delta = self.clip_ratio_c
+        elif float(self.delta) != float(self.clip_ratio_c):
+            raise ValueError(
+                f"delta ({self.delta}) and clip_ratio_c ({self.clip_ratio_c}) disagree: JustRLConfig sets TRL's "
+                "two-sided clip `delta` from the dual-clip constant `clip_ratio_c`. Set only clip_ratio_c (the recipe "
+                "uses 10.0), or both to the same value."
+            )
+
+
+# The config class of each `trainer` a recipe may name (launch/train.py pairs each with its trainer class).
+CONFIG_CLASSES: dict[str, type[RunConfig]] = {"justrl": JustRLConfig, "grpo": GRPORunConfig}

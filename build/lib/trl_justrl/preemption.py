@@ -1,0 +1,139 @@
+"""A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`): finish the optimizer update in progress, save a
+whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75) to be requeued.
+
+A second signal, or `stop_grace_period_s` after the first, ends the process at once. A stop between the updates of
+one generation batch makes the resumed run sample a new batch for the rest (README, "Train on a cluster").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
+
+EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what a launcher passes on to its children
+
+
+@contextlib.contextmanager
+def forwarding_signals(forward: Callable[[int, int], None]) -> Iterator[list[int]]:
+    """While the block runs, SIGTERM / SIGUSR1 / SIGINT call `forward(signum, count)` (count: signals so far, this
+    one included) instead of their handlers; yields the list of signals received; the previous handlers return after.
+    Used by the processes that start others (the cluster launcher, the evaluation's data-parallel parent)."""
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        received.append(signum)
+        forward(signum, len(received))
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def stop_when_parent_dies(sig: int) -> bool:
+    """Linux: have the kernel send `sig` to this process when its parent exits (prctl PR_SET_PDEATHSIG; 0 clears)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if sig and os.getppid() == 1:  # the parent died before the request: act now
+        os.kill(os.getpid(), sig)
+    return True
+
+
+class GracefulStop(TrainerCallback):
+    """Stop training at the next optimizer-update boundary after SIGTERM / SIGUSR1, saving a checkpoint first."""
+
+    def __init__(self, accelerator: Any = None, grace_period_s: float | None = None):
+        self.accelerator = accelerator
+        self.grace_period_s = grace_period_s
+        self.requested: int | None = None  # the signal number received (this process)
+        self.stopped_at: int | None = None  # the global step saved and stopped at (all processes)
+        self._previous: dict[int, Any] = {}
+
+    # -- signals ---------------------------------------------------------------------------------------------------
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # a second signal: now
+            os.write(2, f"[trl_justrl] second signal ({signal.Signals(signum).name}): stopping now\n".encode())
+            os._exit(128 + signum)
+        self.requested = signum
+        stop_when_parent_dies(0)  # after a re-parenting the kernel could send it again, which would mean "at once"
+        os.write(2, (f"[trl_justrl] {signal.Signals(signum).name} received: finishing the current optimizer update, "
+                     "then saving a checkpoint and stopping (send it again to stop at once)\n").encode())
+        if self.grace_period_s:
+            timer = threading.Timer(self.grace_period_s, self._out_of_time, args=(signum,))
+            timer.daemon = True
+            timer.start()
+
+    def _out_of_time(self, signum: int) -> None:
+        os.write(2, f"[trl_justrl] stop_grace_period_s={self.grace_period_s:g} passed: stopping now\n".encode())
+        os._exit(128 + signum)
+
+    def install(self) -> None:
+        """Install the handlers (main thread only; elsewhere signals keep their default action). Under a launcher
+        (`accelerate launch`, torchrun), the process also asks for SIGUSR1 when its launcher dies, so a launcher
+        stopped by SIGTERM cannot leave it training on alone."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("Training runs outside the main thread: SIGTERM / SIGUSR1 will not stop it cleanly.")
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        if "LOCAL_RANK" in os.environ or "ACCELERATE_MIXED_PRECISION" in os.environ:
+            stop_when_parent_dies(signal.SIGUSR1)
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers; a launcher dying now no longer interrupts the final save."""
+        if self._previous:
+            stop_when_parent_dies(0)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    # -- the training loop -------------------------------------------------------------------------------------------
+
+    def _anyone_requested(self) -> bool:
+        """Whether any process was signalled (one all-reduce, so every process takes the same decision)."""
+        flag = 1.0 if self.requested is not None else 0.0
+        accelerator = self.accelerator
+        if accelerator is None or accelerator.num_processes == 1:
+            return bool(flag)
+        tensor = torch.tensor([flag], device=accelerator.device)
+        return bool(accelerator.reduce(tensor, reduction="sum").item() > 0)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.install()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._anyone_requested():
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+            logger.warning("Stopping on request at step %d: saving checkpoint-%d, then exiting with %d (requeue).",
+                           state.global_step, state.global_step, EXIT_REQUEUE)
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.uninstall()
+        return control

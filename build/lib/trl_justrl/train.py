@@ -1,0 +1,316 @@
+"""Training entry point: parse a recipe with TRL's `TrlParser`, train, save, summarise.
+
+The recipe's `trainer` key picks the objective: `justrl` (the default: `JustRLTrainer` with a `JustRLConfig`) or
+`grpo` (TRL's GRPOTrainer objective, untouched: `GRPORunTrainer` with a `GRPORunConfig`; the Open-RS recipes).
+Everything else (data, rewards, health monitor, budget, validation, resume, summary, plot, model card) is shared.
+`launch/train.py` calls `cli()`; it runs under `accelerate launch`, `torchrun` and plain `python`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers.trainer_utils import IntervalStrategy
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+
+from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
+from .cluster.plan import LAYOUT_KEYS
+from .config import RunConfig
+from .data import DEFAULT_DATASET, load_training_data
+from .preemption import EXIT_REQUEUE
+from .recipes import find_recipe
+from .reporting.console import install_compact_console
+from .reporting.summary import format_summary, summarize_run
+from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
+from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
+
+logger = logging.getLogger("trl_justrl")
+
+TRAINERS: dict[str, type[GRPORunTrainer]] = {"justrl": JustRLTrainer, "grpo": GRPORunTrainer}
+DEFAULT_TRAINER = "justrl"
+
+
+@dataclass
+class JustRLScriptArguments(ScriptArguments):
+    """Trainer, data, prompt and reward choices of a run (TRL's ScriptArguments plus this project's)."""
+
+    trainer: str = field(
+        default=DEFAULT_TRAINER,
+        metadata={"help": "justrl: the JustRL objective (JustRLTrainer, JustRLConfig defaults = the paper's recipe); "
+                  "grpo: TRL's GRPOTrainer objective as configured (GRPORunConfig = TRL's defaults), e.g. Open-RS.",
+                  "choices": list(TRAINERS)},
+    )
+
+    dataset_name: str | None = field(
+        default=DEFAULT_DATASET,
+        metadata={"help": "Training data: a Hub id, a .parquet/.jsonl/.json file, a folder of them, or 'synthetic'."},
+    )
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Optional held-out data (same forms as dataset_name) for TRL's in-training evaluation."},
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: list(DEFAULT_REWARDS),
+        metadata={"help": "Registered reward function names (trl_justrl.rewards)."},
+    )
+    strip_dapo_instruction: bool = field(
+        default=False,  # RECIPE: the released script appends the suffix to DAPO-Math-17k's text as shipped
+        metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction wrapper, so the user turn is the bare problem "
+                  "+ suffix (a deviation: the released script kept the wrapper)."},
+    )
+    prompt_suffix: bool = field(
+        default=True,  # RECIPE: JustRL appends its suffix to the user turn
+        metadata={"help": "Append JustRL's suffix ('Please reason step by step, ...') to the user turn; Open-RS: "
+                  "false."},
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "A system turn put before every prompt (Open-RS's recipes set theirs); null: none."},
+    )
+    synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
+    print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
+    console_log: str = field(
+        default="compact",
+        metadata={"help": "compact: one line per logged step (step, reward, accuracy, mixed groups, entropy, length, "
+                  "seconds); trl: TRL's progress bar and raw metric dicts. The full metrics go to trainer_state.json "
+                  "and report_to either way.", "choices": ["compact", "trl"]},
+    )
+
+
+PARSER_DESCRIPTION = (
+    "Train from a recipe: --config NAME_OR_PATH (a shipped recipe's name, see `trl-justrl recipes`, or a YAML file); "
+    "every option below overrides the recipe's value. The options are the script's, the trainer's config "
+    "(JustRLConfig, or GRPORunConfig with `trainer: grpo`) and TRL's ModelConfig."
+)
+
+
+def with_recipe_file(argv: Sequence[str]) -> list[str]:
+    """`argv` with its `--config NAME_OR_PATH` (or `--config=...`) as `--config FILE`: a path as given, or the
+    shipped recipe of that name (trl_justrl.recipes); TRL's parser reads the file."""
+    out, args = [], list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--config" and args:
+            out += ["--config", str(find_recipe(args.pop(0)))]
+        elif arg.startswith("--config="):
+            out += ["--config", str(find_recipe(arg.split("=", 1)[1]))]
+        else:
+            out.append(arg)
+    return out
+
+
+def trainer_choice(argv: Sequence[str]) -> str:
+    """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
+    parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
+    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prescan.add_argument("--trainer")
+    prescan.add_argument("--config")
+    known, _ = prescan.parse_known_args(list(argv))
+    choice, config = known.trainer, known.config
+    if choice is None and config is not None and Path(config).is_file():
+        with open(config, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+        if isinstance(values, dict):
+            choice = values.get("trainer")
+    choice = DEFAULT_TRAINER if choice is None else str(choice)
+    if choice not in TRAINERS:
+        where = f" (in {config})" if config else ""
+        raise ValueError(f"trainer: {choice!r}{where} is not one of {sorted(TRAINERS)}.")
+    return choice
+
+
+def make_parser(argv: Sequence[str] | None = None, prog: str | None = None) -> TrlParser:
+    """TrlParser for (script arguments, the chosen trainer's config class, ModelConfig)."""
+    trainer = trainer_choice(with_recipe_file(argv) if argv is not None else [])
+    return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig), prog=prog,
+                     description=PARSER_DESCRIPTION)
+
+
+def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScriptArguments, RunConfig, ModelConfig]:
+    """`--config recipe.yaml [--key value ...]` parsed by TRL's TrlParser (command line over recipe). A recipe may
+    also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
+    ignores those, and any other unknown key is an error naming it."""
+    argv = with_recipe_file(argv)
+    parser = make_parser(argv, prog)
+    *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
+        args=argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if from_command_line:  # as HfArgumentParser says it
+        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {from_command_line}")
+    unknown = [key.removeprefix("--") for key in from_recipe[::2] if key.removeprefix("--") not in LAYOUT_KEYS]
+    if unknown:
+        raise ValueError(f"Unknown keys in the recipe: {unknown}. They are not settings of the "
+                         f"{type(parsed[1]).__name__}, the script or the model (see --help), nor layout keys of the "
+                         f"cluster planner ({list(LAYOUT_KEYS)}).")
+    script_args, training_args, model_args = parsed
+    return script_args, training_args, model_args
+
+
+def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig) -> Path:
+    """Train with the given arguments; return the output folder (final model and trainer_state.json)."""
+    start = time.time()
+    if not model_args.model_name_or_path:
+        raise ValueError("Set model_name_or_path (a Hub id, a local folder, or 'smollm2-135m-instruct').")
+    init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
+    if model_args.attn_implementation is not None:
+        init_kwargs["attn_implementation"] = model_args.attn_implementation
+    training_args.model_init_kwargs = {**init_kwargs, **(training_args.model_init_kwargs or {})}
+
+    trainer_class = TRAINERS[script_args.trainer]
+    if not isinstance(training_args, trainer_class.config_class):
+        raise TypeError(f"trainer: {script_args.trainer} needs a {trainer_class.config_class.__name__}, got "
+                        f"{type(training_args).__name__} (build the parser with make_parser(argv)).")
+    # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
+    resume = resolve_resume_checkpoint(training_args)
+    output_dir = Path(training_args.output_dir)
+    lock = None
+    if training_args.process_index == 0:
+        check_output_dir(output_dir, resuming=resume_requested(training_args),
+                         overwrite=training_args.overwrite_output_dir)
+        lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
+        (output_dir / STOP_RECORD).unlink(missing_ok=True)
+    try:
+        return _train(script_args, training_args, model_args, trainer_class, resume, output_dir, start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig,
+           trainer_class: type[GRPORunTrainer], resume: str | None, output_dir: Path, start: float) -> Path:
+    """Load the data, train, save (main's body once the pre-flight checks passed and the folder is locked)."""
+    load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
+                system_prompt=script_args.system_prompt, synthetic_size=script_args.synthetic_size,
+                seed=training_args.seed)
+    train_dataset = load_training_data(script_args.dataset_name, split=script_args.dataset_train_split, **load)
+    eval_dataset = None
+    if script_args.eval_dataset_name:
+        eval_dataset = load_training_data(script_args.eval_dataset_name, split=script_args.dataset_test_split, **load)
+    elif training_args.eval_strategy != IntervalStrategy.NO:
+        logger.warning(
+            "eval_strategy=%s but no eval_dataset_name is set: in-training evaluation is off for this run.",
+            training_args.eval_strategy.value,
+        )
+        training_args.eval_strategy = IntervalStrategy.NO
+        training_args.do_eval = False
+
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        reward_funcs=script_args.reward_funcs,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.training_data_name = script_args.dataset_name
+    if script_args.console_log == "compact":
+        install_compact_console(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    stopped_at = trainer.graceful_stop.stopped_at
+    if stopped_at is not None:  # SIGTERM / SIGUSR1: checkpoint-N is saved; no "final" model
+        trainer.save_state()
+        if trainer.accelerator.is_main_process:
+            (output_dir / STOP_RECORD).write_text(json.dumps({"global_step": stopped_at,
+                                                               "exit_code": EXIT_REQUEUE}))
+        raise TrainingStopped(stopped_at, output_dir / f"checkpoint-{stopped_at}")
+    save_final_model(trainer, output_dir)  # also when save_strategy is "no"
+    trainer.save_state()  # trainer_state.json with the full log history
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    if trainer.accelerator.is_main_process and script_args.print_summary:
+        print(format_summary(summarize_run(output_dir, draw_plot=True), wall_time_s=time.time() - start), flush=True)
+    return output_dir
+
+
+STOP_RECORD = "stopped.json"  # written when a run stops on a signal (its step and exit code), removed at the next start
+
+
+class TrainingStopped(Exception):
+    """The run stopped on SIGTERM / SIGUSR1 after saving `checkpoint`; relaunch with resume to continue."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"Stopped on request at step {step}; {checkpoint} is saved. Relaunch with "
+                         f"--resume_from_checkpoint latest to continue (exit code {EXIT_REQUEUE}).")
+        self.step, self.checkpoint = step, checkpoint
+
+
+def save_final_model(trainer: GRPORunTrainer, output_dir: Path) -> None:
+    """`save_model` into output_dir; if that fails late (disk full, folder gone read-only), the model is saved to a
+    rescue folder under the system's temporary directory instead, and the error names it: trained weights are never
+    lost to a final write."""
+    try:
+        trainer.save_model(str(output_dir))
+    except OSError as err:
+        rescue = Path(tempfile.gettempdir()) / f"trl_justrl-rescue-{output_dir.name}-step{trainer.state.global_step}"
+        trainer.save_model(str(rescue))
+        raise OSError(f"Could not write the final model to {output_dir} ({err.strerror or err}); it was saved to "
+                      f"{rescue} instead: copy it where it belongs.") from err
+
+
+RESUME_LATEST = ("latest", "last", "auto", "true")
+
+
+def resume_requested(args: RunConfig) -> bool:
+    value = args.resume_from_checkpoint
+    return not (value is None or str(value).lower() in ("", "false", "none"))
+
+
+def resolve_resume_checkpoint(args: RunConfig) -> str | None:
+    """`--resume_from_checkpoint latest`: the newest whole checkpoint-N in output_dir (checkpoints.find_resumable
+    skips and names torn or incomplete ones), or None (a fresh start) if there is none. That one flag makes a
+    relaunched or requeued job continue where it stopped. A given path must exist and be resumable."""
+    if not resume_requested(args):
+        return None
+    value = args.resume_from_checkpoint
+    if str(value).lower() in RESUME_LATEST:
+        found = find_resumable(args.output_dir, save_only_model=args.save_only_model)
+        for folder, reason in found.skipped:
+            logger.warning("Skipping %s: %s", folder, reason)
+        if found.path is None:
+            logger.info("No whole checkpoint in %s yet: starting from scratch.", args.output_dir)
+            return None
+        logger.info("Resuming from %s", found.path)
+        return str(found.path)
+    if not Path(value).is_dir():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint-N folder, or 'latest' for the newest "
+            f"one in output_dir ({args.output_dir})."
+        )
+    reason = incomplete_reason(Path(value))
+    if reason is not None:
+        logger.warning("%s: %s; resuming anyway, as asked (its files are checked next).", value, reason)
+    check_resumable(value, save_only_model=args.save_only_model)
+    return str(value)
+
+
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
+    """Parse `--config NAME_OR_PATH [--key value ...]` and train; bad settings exit 2 with the error, before any
+    data or model loads."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        script_args, training_args, model_args = parse_args(argv, prog)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    try:
+        return main(script_args, training_args, model_args)
+    except TrainingStopped as stop:
+        print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_REQUEUE)
+    except (OutputDirError, FolderLocked, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # `python -m trl_justrl.train`, `accelerate launch -m trl_justrl.train`
+    cli()

@@ -1,0 +1,301 @@
+"""The trainers: `GRPORunTrainer` (TRL's GRPO objective, untouched, plus the project's run services) and
+`JustRLTrainer` (exactly the JustRL objective, through TRL's own loss, with padding-free updates).
+
+Run services: embedded model names resolve, prompts over `max_prompt_length` are dropped and counted, registered
+reward names resolve, the token budget, health monitor, vLLM server checks, graceful stop, validation and the model
+card's recipe section are attached, checkpoints are marked complete. Everything else is TRL's and transformers'.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoProcessor, PreTrainedModel
+from transformers.trainer_utils import rotate_checkpoints
+from trl import GRPOTrainer
+
+from .checkpoints import write_marker
+from .cluster.vllm_server import SyncWatchdog, check_vllm_server
+from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
+from .data import PromptLengthFilter
+from .forwards import PolicyForwardTap
+from .loss import dual_clip_mask
+from .models import resolve_model
+from .padding_free import PaddingFreeUpdates
+from .preemption import GracefulStop
+from .reporting.budget import TokenBudget
+from .reporting.health import HealthMonitor
+from .reporting.model_card import insert_section, recipe_card_section
+from .rewards import REWARDS, get_reward_funcs
+from .validation import ValidationCallback
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_REWARDS = ("dapo_strict",)  # RECIPE: binary reward from the strict DAPO verifier
+
+
+def check_objective(args: JustRLConfig) -> None:
+    """Refuse settings that would make the trained objective differ from JustRL's."""
+    wrong = {name: getattr(args, name) for name, value in OBJECTIVE_INVARIANTS.items() if getattr(args, name) != value}
+    if wrong:
+        expected = {name: OBJECTIVE_INVARIANTS[name] for name in wrong}
+        raise ValueError(
+            f"JustRLTrainer trains exactly the JustRL objective; these settings would change it: {wrong}. "
+            f"Use {expected}, or TRL's GRPOTrainer for other objectives."
+        )
+
+
+def _resolve_rewards(
+    reward_funcs: Any, args: RunConfig | None = None, processing_class: Any = None
+) -> list[Callable | str | PreTrainedModel]:
+    """Registered reward names become functions (those with settings built from `args`, e.g. the ablation rewards);
+    callables and reward-model ids pass through to TRL."""
+    if reward_funcs is None:
+        reward_funcs = list(DEFAULT_REWARDS)
+    if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
+        reward_funcs = [reward_funcs]
+    return [
+        get_reward_funcs([f], args, processing_class)[0] if isinstance(f, str) and f in REWARDS else f
+        for f in reward_funcs
+    ]
+
+
+def keep_token_out_of_saved_args(args: RunConfig) -> None:
+    """transformers pickles the whole config into every `training_args.bin` (pushed with each checkpoint): a
+    `hub_token` given as an argument moves to this process's HF_TOKEN environment variable (where the Hub client
+    finds it) and leaves the config."""
+    if getattr(args, "hub_token", None):
+        os.environ["HF_TOKEN"] = args.hub_token
+        args.hub_token = None
+        logger.warning("hub_token was given as an argument: it is kept in this process's environment (HF_TOKEN) and "
+                       "not in the saved training arguments. Prefer setting HF_TOKEN yourself.")
+
+
+class GRPORunTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer and its objective, unchanged, with the project's run services (see the module docstring)."""
+
+    _tag_names = ["trl", "grpo"]
+    config_class: type[RunConfig] = GRPORunConfig  # built when no args are given
+    accepted_config: type[RunConfig] = RunConfig  # any run config: TRL's objective as that config sets it
+    default_rewards: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs: Any = None,
+        args: RunConfig | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        tools: list[Callable] | None = None,
+        rollout_func: Callable | None = None,
+        environment_factory: Any = None,
+    ):
+        """GRPOTrainer's arguments, in GRPOTrainer's order (a drop-in), with `args` of `config_class` and registered
+        reward names accepted besides TRL's callables and reward-model ids."""
+        if args is None:
+            args = self.config_class(output_dir=f"{type(self).__name__.lower()}-output")
+        if not isinstance(args, self.accepted_config):
+            raise TypeError(f"{type(self).__name__} needs a {self.accepted_config.__name__}, "
+                            f"got {type(args).__name__}.")
+        self.check_args(args)
+        keep_token_out_of_saved_args(args)
+        if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
+            check_vllm_server(
+                args.vllm_server_host,
+                args.vllm_server_port,
+                args.vllm_server_timeout,
+                required_context=args.vllm_context_needed,
+                base_url=args.vllm_server_base_url,
+            )
+        if isinstance(model, str):
+            model = resolve_model(model)
+        if processing_class is None:
+            source = model if isinstance(model, str) else model.config._name_or_path
+            processing_class = AutoProcessor.from_pretrained(
+                source, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
+            )
+
+        # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
+        self.prompt_filter = PromptLengthFilter(
+            processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
+        )
+        if train_dataset is not None:
+            train_dataset = self.prompt_filter.apply(train_dataset, "training")
+        if eval_dataset is not None:
+            eval_filter = PromptLengthFilter(
+                processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
+            )
+            if isinstance(eval_dataset, (Dataset, IterableDataset)):
+                eval_dataset = eval_filter.apply(eval_dataset, "evaluation")
+            else:  # a dict of named eval sets (TRL logs each under its own prefix)
+                eval_dataset = {name: eval_filter.apply(ds, f"evaluation ({name})")
+                                for name, ds in eval_dataset.items()}
+
+        super().__init__(
+            model=model,
+            reward_funcs=_resolve_rewards(
+                self.default_rewards if reward_funcs is None else reward_funcs, args, processing_class
+            ),
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
+        self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1: finish the update, save, stop (preemption.py)
+        self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
+        if args.health_monitor:
+            self.add_callback(HealthMonitor.from_config(args))  # warnings on the paper's failure signatures
+        if self.use_vllm and args.vllm_mode == "server":  # a weight sync past its limit ends the run, loudly
+            generation = self.vllm_generation
+            generation.sync_weights = SyncWatchdog(args.vllm_weight_sync_timeout, "vLLM weight sync").wrap(
+                generation.sync_weights
+            )
+        if args.validation_benchmarks:  # the problems load (and fail, naming the file) here, before training
+            self.add_callback(ValidationCallback.from_config(self, args))
+        self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
+        self.configure_model()
+        if args.batch_geometry is not None and self.accelerator.is_main_process:
+            logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
+
+    def check_args(self, args: RunConfig) -> None:
+        """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""
+
+    def configure_model(self) -> None:
+        """Adjust the loaded model for this trainer's forwards (nothing here)."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        """transformers' choice (biases and norm weights exempt), or every parameter with
+        `weight_decay_all_parameters` (verl's AdamW, as the JustRL recipe ran)."""
+        if self.args.weight_decay_all_parameters:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """transformers' checkpoint, then, once every process has written its share, the completion marker
+        (checkpoints.py); old checkpoints are rotated only after that, so a kill mid-save never leaves the run
+        without a whole checkpoint."""
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            write_marker(folder, self.state.global_step, self.accelerator.num_processes)
+            if limit:
+                rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+    # ---- compute budget: tokens generated and trained --------------------------------------------------------
+
+    @property
+    def token_budget(self) -> TokenBudget | None:
+        """The run's TokenBudget callback (looked up each time: restoring callback states replaces the instance)."""
+        return next((cb for cb in self.callback_handler.callbacks if isinstance(cb, TokenBudget)), None)
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """TRL's generation and scoring, once per generation batch; training batches are counted into the budget."""
+        seen = self.state.num_input_tokens_seen
+        output = super()._generate_and_score_completions(inputs)
+        budget = self.token_budget
+        if self.model.training and budget is not None:
+            # TRL adds prompt + model-generated completion tokens of all processes to num_input_tokens_seen; the
+            # prompt tokens (prompt_mask) and the completion tokens the training forward attends to (completion_mask,
+            # without those mask_truncated_completions removes) are summed over the processes here.
+            local = torch.stack([output["prompt_mask"].sum(), output["completion_mask"].sum()]).long()
+            prompt, completion = self.accelerator.reduce(local, reduction="sum").tolist()
+            budget.add(generated=self.state.num_input_tokens_seen - seen - prompt, trained=prompt + completion,
+                       at_step=self.state.global_step)
+        return output
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
+        """TRL's card (written at every checkpoint and pushed with it) plus the run's recipe and metrics so far."""
+        dataset_name = dataset_name or self.training_data_name
+        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        card = Path(self.args.output_dir) / "README.md"
+        if not self.is_world_process_zero() or not card.is_file():
+            return
+        section = recipe_card_section(
+            self.args,
+            base_model=getattr(self.model.config, "_name_or_path", None),
+            dataset_name=dataset_name,
+            reward_names=list(self.reward_func_names),
+            log_history=self.state.log_history,
+            global_step=self.state.global_step,
+        )
+        card.write_text(insert_section(card.read_text(), section))
+
+    @property
+    def prompts_dropped_too_long(self) -> int:
+        """Training prompts dropped for length so far (all at once for a Dataset; as read for an IterableDataset)."""
+        return self.prompt_filter.dropped
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self.model.training:
+            logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
+            if (budget := self.token_budget) is not None:
+                logs.update(budget.logs(self.state.global_step))
+        super().log(logs, start_time)
+
+
+class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
+    """GRPO with clip-higher (0.2 / 0.28), dual-clip c for negative advantages, token-mean loss, no KL, no entropy.
+
+    The objective is TRL's own (`loss_type="dapo"`, `delta = clip_ratio_c`; loss.py proves the equivalence), the
+    defaults are JustRLConfig's, updates are padding-free (padding_free.PaddingFreeUpdates). What this class adds:
+    the refusal of settings that would change the objective, and the `clip_ratio/dual_mean` metric.
+    """
+
+    _tag_names = ["trl", "grpo", "justrl"]
+    config_class = accepted_config = JustRLConfig
+    default_rewards = DEFAULT_REWARDS
+
+    def check_args(self, args: RunConfig) -> None:
+        """Refuse settings that would change the JustRL objective (before any model loads)."""
+        check_objective(args)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, unchanged; logs `clip_ratio/dual_mean`, the share of tokens held at the dual clip."""
+        with PolicyForwardTap(self) as tap:
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if len(tap.logps) != 1:
+            raise RuntimeError(f"GRPOTrainer.compute_loss made {len(tap.logps)} policy forwards, not one; this trl "
+                               "version changed what the dual-clip metric relies on.")
+        self._log_dual_clip_fraction(inputs, tap.logps[0])
+        return loss
+
+    def _log_dual_clip_fraction(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
+        old_logps = inputs.get("old_per_token_logps")  # None when the batch is on-policy (ratio 1)
+        old_logps = logps if old_logps is None else old_logps
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:  # tool output tokens are not trained on (TRL masks them the same way)
+            mask = mask * inputs["tool_mask"]
+        held = dual_clip_mask(logps, old_logps, inputs["advantages"], self.args.clip_ratio_c)
+        totals = torch.stack([(held.float() * mask).sum(), mask.sum().float()])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())

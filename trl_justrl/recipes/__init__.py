@@ -1,0 +1,52 @@
+"""The shipped run files: recipes (`*.yaml` here) and accelerate configs (`accelerate/*.yaml`), found by name.
+
+`--config justrl_deepseek_1.5b` and `--config path/to/recipe.yaml` both work: an existing path wins, else the shipped
+file of that name (with or without `.yaml`). The files ship inside the installed package; in a checkout
+`launch/recipes` and `accelerate_configs` point here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ACCELERATE = HERE / "accelerate"
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the shipped recipes."""
+    return _names(HERE)
+
+
+def shipped_accelerate_configs() -> list[str]:
+    """Names of the shipped accelerate configs."""
+    return _names(ACCELERATE)
+
+
+def _find(name_or_path: str | Path, folder: Path, what: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = path.name.removesuffix(".yaml")
+    shipped = folder / f"{name}.yaml"
+    if shipped.is_file() and (path.parent == Path(".") or path.parent.name in (folder.name, "recipes",
+                                                                               "accelerate_configs")):
+        return shipped
+    raise FileNotFoundError(f"{what} {str(name_or_path)!r} not found: neither a file nor a shipped {what} "
+                            f"(shipped: {', '.join(_names(folder))}).")
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file `name_or_path` names: an existing path, else a shipped recipe's name (FileNotFoundError
+    listing the shipped ones otherwise)."""
+    return _find(name_or_path, HERE, "recipe")
+
+
+def find_accelerate_config(name_or_path: str | Path) -> Path:
+    """The accelerate config `name_or_path` names: an existing path, else a shipped config's name (ddp, zero2,
+    zero3, fsdp2)."""
+    return _find(name_or_path, ACCELERATE, "accelerate config")
