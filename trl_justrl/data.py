@@ -118,7 +118,7 @@ def _hidden(file: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
-def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
+def _read_parts(source: str, split: str, config: str | None = None) -> list[tuple[str, Dataset]]:
     """Raw rows of each file (or of the Hub data set), named so that errors can say where a row comes from."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -137,7 +137,7 @@ def _read_parts(source: str, split: str) -> list[tuple[str, Dataset]]:
     elif looks_local(source):
         raise DataError(f"{source}: no such file or folder (relative to {Path.cwd()}).")
     else:
-        return [(source, load_dataset(source, split=split))]
+        return [(source, load_dataset(source, config, split=split))]
     parts = []
     for file in files:
         if file.stat().st_size == 0:
@@ -175,13 +175,14 @@ def load_training_data(
     system_prompt: str | None = None,
     synthetic_size: int = 256,
     seed: int = 0,
+    config: str | None = None,
 ) -> Dataset:
     """Load `source` and return rows with `prompt` (chat messages; see `normalize_row` for the suffix and the system
-    prompt), `ground_truth` and, where the data has it, `solution`."""
+    prompt), `ground_truth` and, where the data has it, `solution`. `config`: a Hub data set's configuration."""
     if source == SYNTHETIC:
         parts = [(SYNTHETIC, synthetic_arithmetic(synthetic_size, seed=seed, suffix=suffix))]
     else:
-        parts = _read_parts(source, split)
+        parts = _read_parts(source, split, config)
     normalised = []
     for name, raw in parts:
 

@@ -17,19 +17,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 import yaml
 from transformers.trainer_utils import IntervalStrategy
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config
+from transformers.utils import is_bitsandbytes_available
+from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
 from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
 from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
-from .data import DEFAULT_DATASET, load_training_data
+from .data import DEFAULT_DATASET, SYNTHETIC, load_training_data, looks_local
 from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
+from .rewards import reward_source
 from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
 from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
 
@@ -60,7 +64,9 @@ class JustRLScriptArguments(ScriptArguments):
     )
     reward_funcs: list[str] = field(
         default_factory=lambda: list(DEFAULT_REWARDS),
-        metadata={"help": "Registered reward function names (trl_justrl.rewards)."},
+        metadata={"help": "Rewards, summed with reward_weights: registered names (`trl_justrl.rewards.REWARDS`, e.g. "
+                  "dapo_strict), TRL's own (accuracy_reward, think_format_reward, reasoning_accuracy_reward), "
+                  "import paths package.module.function, or reward models (a local folder or a Hub id org/name)."},
     )
     strip_dapo_instruction: bool = field(
         default=False,  # RECIPE: the released script appends the suffix to DAPO-Math-17k's text as shipped
@@ -155,15 +161,55 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
     return script_args, training_args, model_args
 
 
+def model_init_kwargs(model_args: ModelConfig, training_args: RunConfig) -> dict[str, Any]:
+    """The model flags as `from_pretrained` keywords, as `trl grpo` builds them (revision, dtype, attention and the
+    config's trust_remote_code)."""
+    if not model_args.model_name_or_path:
+        raise ValueError("Set model_name_or_path (a Hub id, a local folder, or 'smollm2-135m-instruct').")
+    kwargs: dict[str, Any] = {"revision": model_args.model_revision, "dtype": model_args.dtype,
+                              "trust_remote_code": training_args.trust_remote_code}
+    if model_args.attn_implementation is not None:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    return kwargs
+
+
+def quantization_config(model_args: ModelConfig) -> Any:
+    """4- or 8-bit loading from the model flags (TRL's `get_quantization_config`), None without them; refused
+    here, before any model loads, when bitsandbytes is missing."""
+    config = get_quantization_config(model_args)
+    if config is not None and not is_bitsandbytes_available():
+        raise ValueError("load_in_4bit / load_in_8bit need bitsandbytes and a GPU: pip install bitsandbytes, or "
+                         "unset them.")
+    return config
+
+
+def preflight(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig) -> None:
+    """The checks of the parsed flags that need no data and no model (ValueError naming the setting), and the model
+    flags turned into `model_init_kwargs`. Idempotent: `cli` runs it before `main`, which runs it again."""
+    check_script_flags(script_args)
+    for spec in script_args.reward_funcs:  # a misspelt reward fails here, not as a Hub lookup after the model loads
+        reward_source(spec)
+    quantization_config(model_args)
+    training_args.model_init_kwargs = {**model_init_kwargs(model_args, training_args),
+                                       **(training_args.model_init_kwargs or {})}
+
+
+def check_script_flags(script_args: JustRLScriptArguments) -> None:
+    """Script flags this entry point does not honour are refused, naming what to do instead."""
+    if script_args.dataset_streaming:
+        raise ValueError("dataset_streaming is not offered: the training data is loaded whole (its rows are checked "
+                         "and their prompt lengths measured before training). Unset it; pass an IterableDataset to "
+                         "JustRLTrainer from Python to stream.")
+    if script_args.dataset_config is not None and (script_args.dataset_name == SYNTHETIC
+                                                   or looks_local(script_args.dataset_name)):
+        raise ValueError(f"dataset_config ({script_args.dataset_config!r}) names a configuration of a Hub data set; "
+                         f"{script_args.dataset_name!r} is local. Unset dataset_config.")
+
+
 def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_args: ModelConfig) -> Path:
     """Train with the given arguments; return the output folder (final model and trainer_state.json)."""
     start = time.time()
-    if not model_args.model_name_or_path:
-        raise ValueError("Set model_name_or_path (a Hub id, a local folder, or 'smollm2-135m-instruct').")
-    init_kwargs = {"revision": model_args.model_revision, "dtype": model_args.dtype}
-    if model_args.attn_implementation is not None:
-        init_kwargs["attn_implementation"] = model_args.attn_implementation
-    training_args.model_init_kwargs = {**init_kwargs, **(training_args.model_init_kwargs or {})}
+    preflight(script_args, training_args, model_args)
 
     trainer_class = TRAINERS[script_args.trainer]
     if not isinstance(training_args, trainer_class.config_class):
@@ -190,7 +236,7 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
     """Load the data, train, save (main's body once the pre-flight checks passed and the folder is locked)."""
     load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
                 system_prompt=script_args.system_prompt, synthetic_size=script_args.synthetic_size,
-                seed=training_args.seed)
+                seed=training_args.seed, config=script_args.dataset_config)
     train_dataset = load_training_data(script_args.dataset_name, split=script_args.dataset_train_split, **load)
     eval_dataset = None
     if script_args.eval_dataset_name:
@@ -210,8 +256,12 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
+        quantization_config=quantization_config(model_args),
     )
     trainer.training_data_name = script_args.dataset_name
+    if script_args.ignore_bias_buffers:  # as TRL's scripts do: torch DDP cannot broadcast boolean buffers
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool]
     if script_args.console_log == "compact":
         install_compact_console(trainer)
     trainer.train(resume_from_checkpoint=resume)
@@ -299,6 +349,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         script_args, training_args, model_args = parse_args(argv, prog)
+        preflight(script_args, training_args, model_args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

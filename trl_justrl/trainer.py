@@ -32,7 +32,7 @@ from .preemption import GracefulStop
 from .reporting.budget import TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
-from .rewards import REWARDS, get_reward_funcs
+from .rewards import resolve_reward
 from .validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
@@ -54,16 +54,33 @@ def check_objective(args: JustRLConfig) -> None:
 def _resolve_rewards(
     reward_funcs: Any, args: RunConfig | None = None, processing_class: Any = None
 ) -> list[Callable | str | PreTrainedModel]:
-    """Registered reward names become functions (those with settings built from `args`, e.g. the ablation rewards);
-    callables and reward-model ids pass through to TRL."""
+    """Each entry as TRL takes it (rewards.resolve_reward): registered and TRL names and import paths become
+    functions, reward-model ids and callables pass through; a name that is none of these is an error."""
     if reward_funcs is None:
         reward_funcs = list(DEFAULT_REWARDS)
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
-    return [
-        get_reward_funcs([f], args, processing_class)[0] if isinstance(f, str) and f in REWARDS else f
-        for f in reward_funcs
-    ]
+    return [resolve_reward(f, args, processing_class) for f in reward_funcs]
+
+
+def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> None:
+    """Refuse a map-style training set smaller than one training step, before the model loads: TRL's sampler drops
+    an incomplete generation batch, so transformers would train 0 steps and save the untrained model."""
+    if not isinstance(dataset, Dataset):
+        return
+    needed = args.generation_batch_size // args.num_generations  # distinct prompts per generation batch, all processes
+    if len(dataset) >= needed:
+        return
+    after = f" (after dropping {dropped} over max_prompt_length)" if dropped else ""
+    if args.prompts_per_step is not None:
+        how, fix = f"prompts_per_step = {args.prompts_per_step}", "lower prompts_per_step (and prompts_per_update)"
+    else:
+        how = (f"generation_batch_size {args.generation_batch_size} / num_generations {args.num_generations}: "
+               f"per_device_train_batch_size {args.per_device_train_batch_size} x {args.world_size} process(es) x "
+               f"steps_per_generation {args.steps_per_generation}")
+        fix = "lower per_device_train_batch_size or steps_per_generation"
+    raise ValueError(f"The training data has {len(dataset)} prompts{after}, but one training step takes {needed} "
+                     f"({how}); it would train nothing. Use more data, or {fix}.")
 
 
 def keep_token_out_of_saved_args(args: RunConfig) -> None:
@@ -133,6 +150,7 @@ class GRPORunTrainer(GRPOTrainer):
         )
         if train_dataset is not None:
             train_dataset = self.prompt_filter.apply(train_dataset, "training")
+            check_enough_prompts(train_dataset, args, self.prompt_filter.dropped)
         if eval_dataset is not None:
             eval_filter = PromptLengthFilter(
                 processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools

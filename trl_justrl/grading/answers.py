@@ -39,7 +39,8 @@ def unbox_ground_truth(truth: str) -> str:
 
 
 def row_ground_truth(row: dict[str, Any], *, where: str) -> str:
-    """The answer of a row in either layout (verl `reward_model.ground_truth`, plain `answer`), unboxed."""
+    """The answer of a row in any layout, unboxed: verl `reward_model.ground_truth`, plain `answer` (or
+    `ground_truth`), or, as TRL's and open-r1's math data have it, the last `\\boxed{}` of a worked `solution`."""
     reward_model = row.get("reward_model")
     if isinstance(reward_model, dict) and "ground_truth" in reward_model:
         field, truth = "reward_model.ground_truth", reward_model["ground_truth"]
@@ -47,8 +48,14 @@ def row_ground_truth(row: dict[str, Any], *, where: str) -> str:
         field, truth = "answer", row["answer"]
     elif "ground_truth" in row:
         field, truth = "ground_truth", row["ground_truth"]
+    elif isinstance(row.get("solution"), str):  # TRL's and open-r1's math layout: the worked solution's last box
+        field, truth = "solution", last_boxed_content(row["solution"])
+        if truth is None:
+            raise DataError(f"{where}: no answer: no 'answer' field, and field 'solution' has no \\boxed{{...}} "
+                            "answer to take as the ground truth.")
     else:
-        raise DataError(f"{where}: no answer (expected 'reward_model.ground_truth' or 'answer'; got {sorted(row)}).")
+        raise DataError(f"{where}: no answer (expected 'reward_model.ground_truth', 'answer', or a 'solution' with "
+                        f"a \\boxed{{...}} answer; got {sorted(row)}).")
     if truth is None or (isinstance(truth, str) and not truth.strip()):
         raise DataError(f"{where}: field '{field}' is missing or empty.")
     if isinstance(truth, bool) or not isinstance(truth, (str, int, float)):

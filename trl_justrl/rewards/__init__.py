@@ -6,7 +6,12 @@ ignore both. `register_reward` adds a user's own reward to the same table.
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..grading.answers import BOX_OPENER, last_boxed_content  # for reward writers
@@ -75,6 +80,72 @@ def available_rewards() -> list[str]:
     return sorted(REWARDS)
 
 
+# TRL's built-in reward functions, by the names `trl grpo --reward_funcs` takes (trl/scripts/grpo.py)
+TRL_REWARDS = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward")
+
+
+def _import_path(spec: str) -> tuple[str, str] | None:
+    """`package.module.function` or `package.module:function` as (module, attribute); None for other strings."""
+    if ":" in spec:
+        module, _, attribute = spec.partition(":")
+    elif "." in spec:
+        module, _, attribute = spec.rpartition(".")
+    else:
+        return None
+    return (module, attribute) if module and attribute.isidentifier() else None
+
+
+def reward_source(spec: str) -> str:
+    """What a `reward_funcs` entry names, checked without building anything: "registered" (REWARDS), "trl" (one of
+    TRL_REWARDS), "model" (an existing local folder or a Hub id `org/name`: a reward model, as TRL takes it) or
+    "import" (`package.module.function` / `package.module:function`, importable, callable; the working directory is
+    on the import path, as `trl grpo` puts it). Anything else is a ValueError naming the accepted forms."""
+    if spec in REWARDS:
+        return "registered"
+    if spec in TRL_REWARDS:
+        return "trl"
+    if Path(spec).expanduser().is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        return "model"
+    target = _import_path(spec)
+    if target is None:
+        raise ValueError(
+            f"reward_funcs: {spec!r} is not a registered reward ({', '.join(available_rewards())}), not one of TRL's "
+            f"({', '.join(TRL_REWARDS)}), not a local folder, a Hub id org/name (a reward model) or an import path "
+            "package.module.function. A misspelt name?")
+    _load(spec, *target)
+    return "import"
+
+
+def _load(spec: str, module_name: str, attribute: str) -> RewardFunc:
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"reward_funcs: {spec!r}: cannot import {module_name!r} ({err}).") from err
+    func = getattr(module, attribute, None)
+    if not callable(func):
+        raise ValueError(f"reward_funcs: {spec!r}: {module_name} has no function {attribute!r}.")
+    return func
+
+
+def resolve_reward(spec: Any, args: Any = None, processing_class: Any = None) -> Any:
+    """One `reward_funcs` entry as TRL's GRPOTrainer takes it: callables and models pass through; a string is built
+    (registered), looked up (TRL's, an import path) or kept for TRL to load (a reward model), per `reward_source`."""
+    if not isinstance(spec, str):
+        return spec
+    source = reward_source(spec)
+    if source == "registered":
+        return get_reward_funcs([spec], args, processing_class)[0]
+    if source == "trl":
+        from trl import rewards as trl_rewards
+
+        return getattr(trl_rewards, spec)
+    if source == "import":
+        return _load(spec, *_import_path(spec))
+    return spec
+
+
 def get_reward_funcs(names: Sequence[str] | str, args: Any = None, processing_class: Any = None) -> list[RewardFunc]:
     """The reward functions of `names`, built from the run's config `args` (and the tokenizer, where a reward counts
     tokens without TRL's `completion_ids`); an unknown name is a KeyError listing the registered ones."""
@@ -119,4 +190,6 @@ __all__ = [
     "open_rs_format",
     "overlong_penalty",
     "register_reward",
+    "resolve_reward",
+    "reward_source",
 ]

@@ -298,7 +298,9 @@ def cosine_settings(args: Any, reward: str) -> tuple[int, dict[str, float]]:
         max_len = setting(args, "max_completion_length")
     if max_len is None:
         raise ValueError(f"{reward} needs cosine_max_len or max_completion_length to be set.")
-    return max_len, {name: getattr(source, f"cosine_{name}") for name in COSINE_VALUE_FIELDS}
+    return max_len, {"min_value_wrong": source.cosine_min_value_wrong, "max_value_wrong": source.cosine_max_value_wrong,
+                     "min_value_correct": source.cosine_min_value_correct,
+                     "max_value_correct": source.cosine_max_value_correct}
 
 
 
