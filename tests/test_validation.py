@@ -105,8 +105,8 @@ def tiny_trainer(tmp_path, tiny_model_path, tiny_config, **overrides):
     from trl_justrl import JustRLTrainer
     from trl_justrl.data import load_training_data
 
-    args = tiny_config(tmp_path / "run", max_steps=2, logging_steps=1, eval_steps=2, prompts_per_step=2,
-                       prompts_per_update=2, **overrides)
+    args = tiny_config(tmp_path / "run", **({"max_steps": 2, "logging_steps": 1, "eval_steps": 2, "prompts_per_step": 2,
+                                             "prompts_per_update": 2} | overrides))
     return JustRLTrainer(model=str(tiny_model_path), reward_funcs=["dapo_strict"], args=args,
                          train_dataset=load_training_data("synthetic", synthetic_size=8))
 
@@ -261,3 +261,48 @@ def test_colocated_validation_uses_the_trainers_engine(tmp_path, tiny_model_path
     assert all((p["n"], p["temperature"], p["top_p"], p["max_tokens"]) == (3, 0.7, 0.9, 16) for p in params)
     callback.validate()
     assert synced == [True]  # no new optimizer step: no second sync
+
+
+class ScoresByStep:
+    """A custom sampler whose every sample is right at the steps in `right_at` and wrong otherwise."""
+
+    def __init__(self, trainer, right_at: set[int]):
+        self.trainer, self.right_at = trainer, right_at
+
+    def generate(self, problems, n, settings):
+        from trl_justrl.benchmarks.sampling import Sample
+
+        right = self.trainer.state.global_step in self.right_at
+        return [[Sample(p.problem_id, i, 0, f"$\\boxed{{{p.ground_truth if right else 'x'}}}$", 3, "stop")
+                 for i in range(n)] for p in problems]
+
+
+def test_the_best_validation_checkpoint_outlives_rotation(tmp_path, tiny_model_path, tiny_config, caplog):
+    """Saves every step with save_total_limit 3: the newest two checkpoints and the best validated one are kept."""
+    trainer = tiny_trainer(tmp_path, tiny_model_path, tiny_config, max_steps=5, eval_steps=1, save_strategy="steps",
+                           save_steps=1, save_total_limit=3, save_every_rl_steps=None)
+    trainer.add_callback(ValidationCallback(trainer, ["AIME24"], n=2, data_dir=make_benchmark(tmp_path / "data"),
+                                            sampler=ScoresByStep(trainer, right_at={2}), on_start=False))
+    with caplog.at_level(logging.INFO, logger="trl_justrl.reporting.budget"):
+        trainer.train()
+    out = Path(trainer.args.output_dir)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-2") and trainer.state.best_metric == 100.0
+    assert "Disk: one checkpoint ~" in caplog.text and "at most 3 kept at once" in caplog.text
+
+
+def test_the_planner_sizes_the_checkpoints(tmp_path):
+    """From the model's config: a Qwen2 1.5B's 1.78B parameters at 14 bytes (bf16 weights, fp32 AdamW state)."""
+    from transformers import Qwen2Config
+
+    from trl_justrl.cluster.plan import make_plan
+
+    model = tmp_path / "qwen"
+    Qwen2Config(vocab_size=151936, hidden_size=1536, num_hidden_layers=28, intermediate_size=8960,
+                num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=False).save_pretrained(model)
+    recipe = tmp_path / "r.yaml"
+    text = (REPO / "trl_justrl/recipes/justrl_deepseek_1.5b.yaml").read_text()
+    recipe.write_text(text.replace("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", str(model)))
+    disk = make_plan(5, 8, recipe=recipe).disk()
+    assert disk["parameters"] == 1_777_030_656 and disk["checkpoint_bytes"] == 14 * 1_777_030_656
+    assert (disk["saves"], disk["save_total_limit"], disk["kept"]) == (87, 3, 3)

@@ -29,7 +29,7 @@ from .loss import dual_clip_mask
 from .models import resolve_model
 from .padding_free import PaddingFreeUpdates
 from .preemption import GracefulStop
-from .reporting.budget import TokenBudget
+from .reporting.budget import DiskBudget, TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
 from .rewards import resolve_reward
@@ -182,6 +182,7 @@ class GRPORunTrainer(GRPOTrainer):
         self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
         self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1: finish the update, save, stop (preemption.py)
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
+        self.add_callback(DiskBudget())  # one checkpoint's size and what the kept ones take, logged at the start
         if args.health_monitor:
             self.add_callback(HealthMonitor.from_config(args))  # warnings on the paper's failure signatures
         if self.use_vllm and args.vllm_mode == "server":  # a weight sync past its limit ends the run, loudly

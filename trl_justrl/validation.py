@@ -18,6 +18,7 @@ from typing import Any
 
 from accelerate.utils import broadcast_object_list, gather_object
 from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import unwrap_model_for_generation
 
 from .benchmarks.registry import Problem, get_benchmark, load_problems
@@ -347,9 +348,23 @@ class ValidationCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         every = self.every_steps or args.eval_steps
         if every and state.global_step % int(every) == 0:
-            self._record(self.validate())
+            metrics = self.validate()
+            self._record(metrics)
+            self._mark_best(args, state, metrics)
             control.should_log = True
         return control
+
+    def _mark_best(self, args, state, metrics: dict[str, float]) -> None:
+        """When the mean validation score beats the run's best, the checkpoint saved at this step (transformers saves
+        after on_step_end) becomes `state.best_model_checkpoint`, which checkpoint rotation never deletes. Left alone
+        when the run picks its best itself (`metric_for_best_model`)."""
+        scores = [value for key, value in metrics.items() if "/mean@" in key]
+        if not scores or args.metric_for_best_model is not None:
+            return
+        score = sum(scores) / len(scores)
+        if state.best_metric is None or score > state.best_metric:
+            state.best_metric = score
+            state.best_model_checkpoint = str(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
 
 
 class ValidationFailed(RuntimeError):

@@ -9,6 +9,7 @@ training node) and the others train. `--vllm-gpus 0` colocates vLLM in the train
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shlex
@@ -31,7 +32,13 @@ from ..geometry import (
 )
 from ..padding_free.packing import check_packing_backend
 from ..recipes import find_accelerate_config, find_recipe
-from ..reporting.budget import paper_budget_tokens
+from ..reporting.budget import (
+    PLANNING_BYTES_PER_PARAMETER,
+    decoder_parameters,
+    disk_estimate,
+    kept_checkpoints,
+    paper_budget_tokens,
+)
 
 DEFAULT_RECIPE = "justrl_deepseek_1.5b"  # a shipped recipe's name, or a path (trl_justrl.recipes)
 DEFAULT_ACCELERATE_CONFIG = "zero2"  # a shipped accelerate config's name, or a path
@@ -80,6 +87,9 @@ class RecipeBatch(PromptBatch):
     vllm_gpu_memory_utilization: float | None = None  # the recipe's `vllm_gpu_memory_utilization`, if set
     validation_max_new_tokens: int | None = None  # the validation response cap when the recipe validates, else None
     max_tokens_per_microbatch: int | None = None  # packed forwards (JustRLConfig): an update's share is one micro-batch
+    save_total_limit: int | None = None  # checkpoints kept besides the best validation one (None: all)
+    save_every_rl_steps: int | None = None  # checkpoint interval in training steps, when the recipe gives it so
+    save_only_model: bool = False
 
     @property
     def max_context(self) -> int:
@@ -132,6 +142,9 @@ class RecipeBatch(PromptBatch):
             vllm_gpu_memory_utilization=float(memory) if memory is not None else None,
             validation_max_new_tokens=int(get("validation_max_new_tokens")) if get("validation_benchmarks") else None,
             max_tokens_per_microbatch=int(packed) if packed is not None else None,
+            save_total_limit=values.get("save_total_limit"),
+            save_every_rl_steps=get("save_every_rl_steps") if values.get("save_strategy", "steps") == "steps" else None,
+            save_only_model=bool(values.get("save_only_model", False)),
         )
 
     def geometry(self, world_size: int) -> BatchGeometry:
@@ -284,6 +297,22 @@ class ClusterPlan:
             return None
         return self.recipe.max_steps // self.recipe.updates_per_step
 
+    def disk(self) -> dict[str, Any]:
+        """What the run's checkpoints take: a planning bound (PLANNING_BYTES_PER_PARAMETER) from the model's config
+        when it can be read (locally or from the Hub), else parameters and sizes None."""
+        parameters = _parameters(self.recipe.model)
+        saves = None
+        if self.rl_steps is not None and self.recipe.save_every_rl_steps:
+            saves = self.rl_steps // self.recipe.save_every_rl_steps
+        kept = kept_checkpoints(self.recipe.save_total_limit, saves)
+        one = None
+        if parameters is not None:
+            per_parameter = 2 if self.recipe.save_only_model else PLANNING_BYTES_PER_PARAMETER
+            one = parameters * per_parameter
+        return {"parameters": parameters, "checkpoint_bytes": one, "saves": saves, "kept": kept,
+                "save_total_limit": self.recipe.save_total_limit,
+                "kept_bytes": None if one is None or kept is None else one * kept}
+
     def budget(self) -> dict[str, Any]:
         steps = self.rl_steps
         tokens = None
@@ -312,7 +341,22 @@ class ClusterPlan:
             "error": self.error,
             "alternatives": [asdict(a) | {"planner_args": a.planner_args()} for a in self.alternatives],
             "budget": self.budget(),
+            "disk": self.disk(),
         }
+
+
+@functools.cache
+def _parameters(model: str | None) -> int | None:
+    """The model's parameter count from its config as found locally (a folder, or the Hub cache: planning never
+    waits on the network; reporting.budget.decoder_parameters), None when it is not there."""
+    if not model:
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return decoder_parameters(AutoConfig.from_pretrained(model, local_files_only=True).get_text_config())
+    except Exception:  # noqa: BLE001 - offline, gated, unknown architecture: the plan says "unknown"
+        return None
 
 
 def _valid(recipe: RecipeBatch, world_size: int) -> bool:
@@ -638,6 +682,19 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
                      f"{budget['tokens']:.3g} tokens")
     else:
         lines.append("Compute budget: the recipe sets no max_steps, so the step count is unknown.")
+    disk = plan.disk()
+    if disk["checkpoint_bytes"] is None:
+        lines.append(f"Disk: unknown here: the model's config.json is not on this machine (e.g. `hf download "
+                     f"{recipe.model} config.json`, then plan again).")
+    else:
+        training_nodes = len(topo.training_nodes)
+        lines.append(
+            f"Disk ({disk['parameters'] / 1e9:.2f}B parameters; bf16 weights + fp32 AdamW state): "
+            f"{disk_estimate(disk['checkpoint_bytes'], disk['kept'])} in output_dir (save_total_limit "
+            f"{disk['save_total_limit']}, the best validation checkpoint included"
+            + (f", of {disk['saves']} saves" if disk["saves"] else "") + ")"
+            + (f"; with ZeRO / FSDP each of the {training_nodes} training nodes writes about 1/{training_nodes} of "
+               "it" if training_nodes > 1 else ""))
     if commands:
         lines.append("")
         lines.append("Launch commands (run from the repository root on each node)")

@@ -1,10 +1,14 @@
-"""Compute budget: the paper's estimate (steps x prompts x rollouts x max context), shared by planner and trainer."""
+"""Budgets: compute (the paper's estimate, steps x prompts x rollouts x max context, and the tokens actually
+spent) and disk (what the checkpoints take), shared by the planner and the trainers."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 
 def paper_budget_tokens(steps: int, prompts_per_step: int, rollouts: int, max_context: int) -> int:
@@ -129,3 +133,77 @@ class TokenBudget(TrainerCallback, ExportableState):
         if self._updates_per_generation:
             logs[RL_STEP] = global_step / self._updates_per_generation
         return logs
+
+
+# ---- Disk: what the checkpoints take ------------------------------------------------------------------------------
+ADAMW_STATES = 2  # exp_avg and exp_avg_sq, one of each per trainable parameter, in the parameter's dtype
+
+
+def checkpoint_bytes(weight_bytes: int, trainable_bytes: int, save_only_model: bool = False) -> int:
+    """One checkpoint's size: the weights, plus AdamW's two moments per trainable parameter unless only the model is
+    saved (scheduler, RNG and trainer state are small)."""
+    return weight_bytes + (0 if save_only_model else ADAMW_STATES * trainable_bytes)
+
+
+def kept_checkpoints(save_total_limit: int | None, saves: int | None) -> int | None:
+    """How many checkpoints a run keeps at once: `save_total_limit`, which counts the best one too (transformers'
+    rotation keeps the newest and the best whatever the limit, so at least 2), at most the saves the run makes; None
+    when nothing bounds it (no limit and no known length)."""
+    if save_total_limit:
+        bounded = max(save_total_limit, 2)
+        return bounded if saves is None else min(bounded, saves)
+    return saves
+
+
+def format_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def disk_estimate(one: int, kept: int | None) -> str:
+    """A line for logs and plans: one checkpoint's size and what the kept ones take."""
+    if kept is None:
+        return (f"one checkpoint ~{format_bytes(one)}; no save_total_limit and no max_steps, so the number kept is "
+                "unbounded")
+    return f"one checkpoint ~{format_bytes(one)}; at most {kept} kept at once: ~{format_bytes(one * kept)}"
+
+
+class DiskBudget(TrainerCallback):
+    """Logs, at the start of training, one checkpoint's size and what the kept checkpoints will take (main process)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is None or not state.is_world_process_zero or args.save_strategy == "no":
+            return control
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        one = checkpoint_bytes(weights, trainable, args.save_only_model)
+        every = args.save_steps if args.save_steps >= 1 else args.save_steps * state.max_steps  # a ratio below 1
+        saves = None
+        if args.save_strategy == "steps" and every and state.max_steps > 0:
+            saves = int(state.max_steps // every)
+        logger.info("Disk: %s (save_total_limit %s, the best validation checkpoint included).",
+                    disk_estimate(one, kept_checkpoints(args.save_total_limit, saves)), args.save_total_limit)
+        return control
+
+
+def decoder_parameters(config) -> int | None:
+    """Parameters of a decoder-only transformer from its config (embeddings, attention with grouped KV heads, gated
+    MLP, norms, an untied LM head); biases are left out. None when the config lacks a field this needs."""
+    try:
+        vocab, hidden, layers = config.vocab_size, config.hidden_size, config.num_hidden_layers
+        intermediate, heads = config.intermediate_size, config.num_attention_heads
+    except AttributeError:
+        return None
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = (getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    per_layer = 2 * hidden * heads * head_dim + 2 * hidden * kv + 3 * hidden * intermediate + 2 * hidden
+    head = 0 if getattr(config, "tie_word_embeddings", False) else vocab * hidden
+    return vocab * hidden + layers * per_layer + hidden + head
+
+
+# A planning bound per parameter: bf16 weights (2 bytes) and, in the optimizer state, fp32 master weights and two fp32
+# AdamW moments (12 bytes), as DeepSpeed and mixed-precision training keep them.
+PLANNING_BYTES_PER_PARAMETER = 14
