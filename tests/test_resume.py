@@ -135,3 +135,16 @@ def test_card_section_is_replaced_not_repeated():
     twice = insert_section(once, f"{SECTION_TITLE}\n\nnew\n")
     assert twice.count(SECTION_TITLE) == 1 and "new" in twice and "old" not in twice
     assert twice.index(SECTION_TITLE) < twice.index("## Citations") and twice.rstrip().endswith("cite")
+
+
+def test_model_card_of_a_python_run_names_what_it_was_given(tmp_path, tiny_model_path):
+    """A script that passes a local model and a Dataset: no `[None](https://huggingface.co/None)` link, the base
+    model and the data named, the rewards it passed (not the recipe's)."""
+    args = config(tmp_path / "card", max_steps=1, hub_token=None)
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_record_prompts"], args=args,
+                            train_dataset=load_training_data("synthetic", synthetic_size=16, seed=0))
+    trainer.create_model_card()
+    card = (tmp_path / "card" / "README.md").read_text()
+    assert "huggingface.co/None" not in card and f"fine-tuned version of `{tiny_model_path}`" in card
+    assert "Training data: `a Dataset given in Python, 16 rows`" in card and "huggingface.co/datasets" not in card
+    assert "Rewards: `record_prompts`" in card and "dapo_strict" not in card and "strict DAPO" not in card

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 from .checkpoints import write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
-from .data import PromptLengthFilter
+from .data import PromptLengthFilter, looks_local
 from .forwards import PolicyForwardTap
 from .loss import dual_clip_mask
 from .models import resolve_model
@@ -61,6 +61,22 @@ def _resolve_rewards(
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
     return [resolve_reward(f, args, processing_class) for f in reward_funcs]
+
+
+def describe_dataset(dataset: Any) -> str:
+    """How the model card names training data given in Python: its Hub name when it has one, else its kind."""
+    name = getattr(getattr(dataset, "info", None), "dataset_name", None)
+    if name and name not in ("json", "parquet", "generator"):
+        return name
+    if dataset is None:
+        return "none given"
+    rows = f", {len(dataset):,} rows" if isinstance(dataset, Dataset) else ""
+    return f"a {type(dataset).__name__} given in Python{rows}"
+
+
+def is_hub_id(name: str | None) -> bool:
+    """Whether `name` reads as a Hub data set id (org/name, not a local path)."""
+    return bool(name) and name.count("/") == 1 and not looks_local(name)
 
 
 def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> None:
@@ -136,6 +152,7 @@ class GRPORunTrainer(GRPOTrainer):
                 required_context=args.vllm_context_needed,
                 base_url=args.vllm_server_base_url,
             )
+        self.base_model_name = model if isinstance(model, str) else model.config._name_or_path  # for the model card
         if isinstance(model, str):
             model = resolve_model(model)
         if processing_class is None:
@@ -192,7 +209,8 @@ class GRPORunTrainer(GRPOTrainer):
             )
         if args.validation_benchmarks:  # the problems load (and fail, naming the file) here, before training
             self.add_callback(ValidationCallback.from_config(self, args))
-        self.training_data_name: str | None = None  # named in the model card; set by trl_justrl.train
+        # named in the model card; trl_justrl.train sets the dataset_name it loaded
+        self.training_data_name: str = describe_dataset(self.train_dataset)
         self.configure_model()
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
@@ -252,21 +270,24 @@ class GRPORunTrainer(GRPOTrainer):
         return output
 
     def create_model_card(self, model_name=None, dataset_name=None, tags=None) -> None:
-        """TRL's card (written at every checkpoint and pushed with it) plus the run's recipe and metrics so far."""
+        """TRL's card (written at every checkpoint and pushed with it) plus the run's recipe and metrics so far. TRL
+        links the base model and data on the Hub; a local base model or data set is named instead of linked."""
         dataset_name = dataset_name or self.training_data_name
-        super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        hub_dataset = dataset_name if is_hub_id(dataset_name) else None
+        super().create_model_card(model_name=model_name, dataset_name=hub_dataset, tags=tags)
         card = Path(self.args.output_dir) / "README.md"
         if not self.is_world_process_zero() or not card.is_file():
             return
+        text = card.read_text().replace("[None](https://huggingface.co/None)", f"`{self.base_model_name}`")
         section = recipe_card_section(
             self.args,
-            base_model=getattr(self.model.config, "_name_or_path", None),
+            base_model=self.base_model_name,
             dataset_name=dataset_name,
             reward_names=list(self.reward_func_names),
             log_history=self.state.log_history,
             global_step=self.state.global_step,
         )
-        card.write_text(insert_section(card.read_text(), section))
+        card.write_text(insert_section(text, section))
 
     @property
     def prompts_dropped_too_long(self) -> int:

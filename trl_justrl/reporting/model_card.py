@@ -12,8 +12,8 @@ from typing import Any
 from .history import format_value
 
 SECTION_TITLE = "## Training recipe"
-JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL recipe "
-                "(clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus, strict DAPO reward).")
+JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL "
+                "objective (clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus) and the rewards below.")
 GRPO_INTRO = "Trained with trl-justrl's `trainer: grpo` path: TRL's GRPOTrainer and its objective, unchanged."
 
 # (label, JustRLConfig attribute) in the order of RECIPE.md's hyperparameter table
