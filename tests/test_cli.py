@@ -3,6 +3,7 @@ name, `python -m trl_justrl.train`, and a wheel that carries them."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -72,7 +73,13 @@ def test_a_tiny_run_through_the_console_script(tmp_path, tiny_model_path):
 
 @pytest.mark.slow
 def test_the_wheel_ships_recipes_configs_and_the_command(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "--no-deps", "--no-build-isolation", "-q",
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to the sources
+    for name in tracked.stdout.split("\0"):
+        if name and (REPO / name).is_file() and not (REPO / name).is_symlink():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, capture_output=True, timeout=600)
     (wheel,) = tmp_path.glob("trl_justrl-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
