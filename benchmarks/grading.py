@@ -1,6 +1,8 @@
 """Benchmark: grading rate of `grade_answer` on one core and of `grade_many` on all cores, on a realistic mix.
 
-    python benchmarks/grading.py [--data-dir ../shared/data/benchmarks] [--repeat 2] [--processes N]
+    python benchmarks/grading.py --data-dir DIR [--repeat 2] [--processes N]
+
+DIR holds the nine `<benchmark>/test.parquet` files as released (e.g. the `data/` folder of github.com/thunlp/JustRL).
 
 The mix is built from the nine benchmarks' released answers: for each ground truth, a response boxing the same
 answer, one boxing it in another notation (decimal for a fraction, `\\dfrac`, spaces, a trailing `$`), and one boxing a
@@ -33,7 +35,7 @@ def variants(truth: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared/data/benchmarks"))
+    parser.add_argument("--data-dir", required=True, help="folder of <benchmark>/test.parquet files")
     parser.add_argument("--repeat", type=int, default=1, help="copies of the mix (more items, steadier rates)")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)

@@ -15,3 +15,15 @@ def test_ruff_clean():
         pytest.skip("ruff is not installed")
     result = subprocess.run([ruff, "check", str(REPO)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_shipped_files_cite_only_what_the_repository_holds():
+    """Code, recipes, README and docs cite the public sources (docs/recipe.md), never the maintainers' notes beside
+    the checkout (a user who clones the repository has no ../shared)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    shipped = [name for name in tracked if not name.startswith(("tests/", ".ci/")) and name != "DEVELOPERS.md"
+               and (REPO / name).is_file() and not (REPO / name).is_symlink()]
+    assert "README.md" in shipped and "trl_justrl/recipes/demo_cpu.yaml" in shipped
+    pointing = [name for name in shipped if "../shared" in (REPO / name).read_text(errors="ignore")
+                or "RECIPE.md" in (REPO / name).read_text(errors="ignore")]
+    assert not pointing, pointing

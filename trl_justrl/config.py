@@ -2,8 +2,9 @@
 (TRL's defaults, for `trainer: grpo` runs such as Open-RS), both built on `RunConfig`.
 
 Every recipe number lives here once, with its source (`# RECIPE:` = the JustRL paper or its released verl script;
-README, "How each recipe value maps"). The paper's batch (prompts per step / per update) and step-counted schedules
-are mapped onto TRL's fields for the real world size in `__post_init__`, before any model loads.
+docs/recipe.md lists them, docs/delta-over-trl.md maps them). The paper's batch (prompts per step / per update) and
+step-counted schedules are mapped onto TRL's fields for the real world size in `__post_init__`, before any model
+loads.
 """
 
 from __future__ import annotations
@@ -254,8 +255,9 @@ class GRPORunConfig(OpenRSRewardSettings, RunConfig):
 
 @dataclass
 class JustRLConfig(RunConfig):
-    """GRPO configuration with the JustRL recipe as defaults (README, "How each recipe value maps"): the paper's
-    batch, schedules and prompt cap, the dual-clip constant (mapped onto TRL's `delta`) and padding-free updates."""
+    """GRPO configuration with the JustRL recipe as defaults (docs/delta-over-trl.md, "How each recipe value maps"):
+    the paper's batch, schedules and prompt cap, the dual-clip constant (mapped onto TRL's `delta`) and padding-free
+    updates."""
 
     # ---- RunConfig fields whose defaults become the recipe ----------------------------------------------
     prompts_per_step: int | None = field(

@@ -2,7 +2,7 @@
 whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75) to be requeued.
 
 A second signal, or `stop_grace_period_s` after the first, ends the process at once. A stop between the updates of
-one generation batch makes the resumed run sample a new batch for the rest (README, "Train on a cluster").
+one generation batch makes the resumed run sample a new batch for the rest (docs/cluster.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ before training and every `eval_steps`, graded with math-verify, logged as `eval
 
 Sampling goes through the run's own generator: TRL's vLLM server client (main process), its colocated engine, or
 transformers `generate`; the trainer's weights are synced to vLLM first. Predictions are parsed as LaTeX only (the
-script also ran sympy's `parse_expr` on model text; README, "Evaluate like the paper").
+script also ran sympy's `parse_expr` on model text; docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ class Benchmark:
     name: str
     n: int
     hub_id: str
-    folder: str  # the folder name under --data-dir (as in ../shared/data/benchmarks)
+    folder: str  # the folder name under --data-dir (as in JustRL's released data/ folder)
     split: str = "test"
     size: int | None = None  # problems in the released file, for information
 

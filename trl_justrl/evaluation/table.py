@@ -18,7 +18,7 @@ class ReferenceTable:
     digits: int = 2  # as printed in the paper
 
 
-JUSTRL_TABLE = ReferenceTable(  # RECIPE.md, "Reported results to reproduce (avg@N, %)"
+JUSTRL_TABLE = ReferenceTable(  # the JustRL paper's table (docs/recipe.md, "Evaluation")
     title="JustRL (avg@N)",
     columns=("AIME24", "AIME25", "AMC23", "MATH-500", "Minerva", "OlympiadBench", "HMMT25", "BRUMO25", "CMIMC25"),
     headers=("AIME24", "AIME25", "AMC23", "MATH-500", "Minerva", "Olympiad", "HMMT25", "BRUMO25", "CMIMC25"),
@@ -36,7 +36,7 @@ JUSTRL_TABLE = ReferenceTable(  # RECIPE.md, "Reported results to reproduce (avg
     },
 )
 
-OPEN_RS_TABLE = ReferenceTable(  # RECIPE.md, "The other seed: Open-RS" (zero-shot pass@1, %)
+OPEN_RS_TABLE = ReferenceTable(  # the Open-RS paper's table (docs/recipe.md, "Open-RS"; zero-shot pass@1, %)
     title="Open-RS (pass@1)",
     columns=("AIME24", "MATH-500", "AMC23", "Minerva", "OlympiadBench"),
     headers=("AIME24", "MATH-500", "AMC23", "Minerva", "OlympiadBench"),

@@ -2,7 +2,7 @@
 
 `grade_answer(response, ground_truth, problem=...)` decides every benchmark score, the `robust_math` reward and the
 in-training validation; its policy (notation, lists and order, numbers, bases and units, partial parses, time) is
-README's "Evaluate like the paper" table. Answers are parsed as LaTeX only, never with sympy's `parse_expr` (which
+the table in docs/evaluation.md. Answers are parsed as LaTeX only, never with sympy's `parse_expr` (which
 evaluates its input), and every parse and comparison is bounded by `timeout_s`, in any thread.
 """
 

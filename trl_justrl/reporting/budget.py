@@ -14,7 +14,7 @@ logger = logging.getLogger(__name__)
 def paper_budget_tokens(steps: int, prompts_per_step: int, rollouts: int, max_context: int) -> int:
     """Token budget as the paper counts it: every rollout of every step charged the full context.
 
-    4,380 steps x 256 prompts x 8 rollouts x 16K context is "about 1.4e11" (RECIPE.md, "Compute budget").
+    4,380 steps x 256 prompts x 8 rollouts x 16K context is "about 1.4e11" (JustRL paper; docs/recipe.md).
     """
     for name, value in (("steps", steps), ("prompts_per_step", prompts_per_step), ("rollouts", rollouts),
                         ("max_context", max_context)):

@@ -1,6 +1,6 @@
 """Training-health monitor: a TrainerCallback that warns on the failure signatures of JustRL runs as they train.
 
-Signatures (README, "Recipe science"): entropy collapse, a flat reward, high truncation, high clip fractions,
+Signatures (docs/recipe-science.md): entropy collapse, a flat reward, high truncation, high clip fractions,
 non-finite values. Each warns once per episode: it re-arms only after a logged value where its condition no longer
 holds. Every process sees the same (already reduced) logs, so all take the same decision (to stop, if asked).
 """

@@ -16,7 +16,7 @@ JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): si
                 "objective (clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus) and the rewards below.")
 GRPO_INTRO = "Trained with trl-justrl's `trainer: grpo` path: TRL's GRPOTrainer and its objective, unchanged."
 
-# (label, JustRLConfig attribute) in the order of RECIPE.md's hyperparameter table
+# (label, JustRLConfig attribute) in the order of docs/recipe.md's JustRL table
 RECIPE_ROWS: tuple[tuple[str, str], ...] = (
     ("rollouts per prompt", "num_generations"),
     ("prompts per training step", "prompts_per_step"),

@@ -66,8 +66,8 @@ def parse_prediction(text: str, *, boxed: str | bool = "all") -> list:
 
 
 def is_correct(prediction: list, gold: list) -> bool:
-    """math-verify's verdict in Open-RS's order, `verify(prediction, gold)` (verify is not symmetric: README,
-    "Reproduce Open-RS", measures how often the orders disagree); an exception inside it counts as wrong."""
+    """math-verify's verdict in Open-RS's order, `verify(prediction, gold)` (verify is not symmetric: docs/open-rs.md
+    gives how often the two orders disagree); an exception inside it counts as wrong."""
     try:
         return bool(verify(prediction, gold, timeout_seconds=math_verify_timeout()))
     except Exception as exc:  # noqa: BLE001 - math-verify raises many types on odd inputs
