@@ -175,8 +175,9 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
 
     calls = []
 
-    def fake_load_dataset(name, split=None, **kwargs):
-        calls.append((name, split))
+    def fake_load_dataset(path, name=None, split=None, **kwargs):  # datasets.load_dataset's signature
+        calls.append((path, split))
+        assert name is None  # no dataset_config given
         return datasets.Dataset.from_list(verl_rows())
 
     monkeypatch.setattr(data_module, "load_dataset", fake_load_dataset)

@@ -157,3 +157,19 @@ def test_problem_and_solution_rows_take_the_solutions_last_box(tmp_path):
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"problem": "x", "solution": "no box here"}) + "\n")
     with pytest.raises(DataError, match=r"bad.jsonl: row 1: .*field 'solution' has no \\boxed\{\.\.\.\} answer"):
         load_training_data(str(bad))
+
+
+def test_dataset_config_reaches_the_hub_loader(monkeypatch):
+    import datasets
+
+    import trl_justrl.data as data_module
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, **kwargs):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list([{"problem": "1 + 1?", "answer": "2"}])
+
+    monkeypatch.setattr(data_module, "load_dataset", fake_load_dataset)
+    load_training_data("openai/gsm8k", split="train", config="main")
+    assert calls == [("openai/gsm8k", "main", "train")]

@@ -28,7 +28,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
 from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
-from .data import DEFAULT_DATASET, SYNTHETIC, load_training_data, looks_local
+from .data import DEFAULT_DATASET, SYNTHETIC, DataError, load_training_data, looks_local
 from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
 from .reporting.console import install_compact_console
@@ -358,7 +358,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except TrainingStopped as stop:
         print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
         sys.exit(EXIT_REQUEUE)
-    except (OutputDirError, FolderLocked, CheckpointError) as err:
+    except (OutputDirError, FolderLocked, CheckpointError, DataError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 from .checkpoints import write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
-from .data import PromptLengthFilter, looks_local
+from .data import DataError, PromptLengthFilter, looks_local
 from .forwards import PolicyForwardTap
 from .loss import dual_clip_mask
 from .models import resolve_model
@@ -95,8 +95,8 @@ def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> Non
                f"per_device_train_batch_size {args.per_device_train_batch_size} x {args.world_size} process(es) x "
                f"steps_per_generation {args.steps_per_generation}")
         fix = "lower per_device_train_batch_size or steps_per_generation"
-    raise ValueError(f"The training data has {len(dataset)} prompts{after}, but one training step takes {needed} "
-                     f"({how}); it would train nothing. Use more data, or {fix}.")
+    raise DataError(f"The training data has {len(dataset)} prompts{after}, but one training step takes {needed} "
+                    f"({how}); it would train nothing. Use more data, or {fix}.")
 
 
 def keep_token_out_of_saved_args(args: RunConfig) -> None:
