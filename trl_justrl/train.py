@@ -236,8 +236,9 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
     """Load the data, train, save (main's body once the pre-flight checks passed and the folder is locked)."""
     load = dict(strip_dapo=script_args.strip_dapo_instruction, suffix=script_args.prompt_suffix,
                 system_prompt=script_args.system_prompt, synthetic_size=script_args.synthetic_size,
-                seed=training_args.seed, config=script_args.dataset_config)
-    train_dataset = load_training_data(script_args.dataset_name, split=script_args.dataset_train_split, **load)
+                seed=training_args.seed)
+    train_dataset = load_training_data(script_args.dataset_name, split=script_args.dataset_train_split,
+                                       config=script_args.dataset_config, **load)
     eval_dataset = None
     if script_args.eval_dataset_name:
         eval_dataset = load_training_data(script_args.eval_dataset_name, split=script_args.dataset_test_split, **load)
@@ -350,7 +351,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     try:
         script_args, training_args, model_args = parse_args(argv, prog)
         preflight(script_args, training_args, model_args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, TypeError, yaml.YAMLError) as err:  # bad settings, recipe or file
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     try:

@@ -66,7 +66,7 @@ def _resolve_rewards(
 def describe_dataset(dataset: Any) -> str:
     """How the model card names training data given in Python: its Hub name when it has one, else its kind."""
     name = getattr(getattr(dataset, "info", None), "dataset_name", None)
-    if name and name not in ("json", "parquet", "generator"):
+    if name and name not in ("json", "parquet", "csv", "text", "arrow", "pandas", "generator"):  # loader names
         return name
     if dataset is None:
         return "none given"

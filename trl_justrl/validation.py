@@ -350,7 +350,8 @@ class ValidationCallback(TrainerCallback):
         if every and state.global_step % int(every) == 0:
             metrics = self.validate()
             self._record(metrics)
-            self._mark_best(args, state, metrics)
+            if control.should_save:  # DefaultFlowCallback decided already: this step's checkpoint will exist
+                self._mark_best(args, state, metrics)
             control.should_log = True
         return control
 

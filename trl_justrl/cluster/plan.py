@@ -89,6 +89,7 @@ class RecipeBatch(PromptBatch):
     max_tokens_per_microbatch: int | None = None  # packed forwards (JustRLConfig): an update's share is one micro-batch
     save_total_limit: int | None = None  # checkpoints kept besides the best validation one (None: all)
     save_every_rl_steps: int | None = None  # checkpoint interval in training steps, when the recipe gives it so
+    save_steps: int | None = None  # checkpoint interval in optimizer updates, when given directly (TRL's field)
     save_only_model: bool = False
 
     @property
@@ -144,6 +145,7 @@ class RecipeBatch(PromptBatch):
             max_tokens_per_microbatch=int(packed) if packed is not None else None,
             save_total_limit=values.get("save_total_limit"),
             save_every_rl_steps=get("save_every_rl_steps") if values.get("save_strategy", "steps") == "steps" else None,
+            save_steps=values.get("save_steps") if values.get("save_strategy", "steps") == "steps" else None,
             save_only_model=bool(values.get("save_only_model", False)),
         )
 
@@ -304,6 +306,8 @@ class ClusterPlan:
         saves = None
         if self.rl_steps is not None and self.recipe.save_every_rl_steps:
             saves = self.rl_steps // self.recipe.save_every_rl_steps
+        elif self.recipe.max_steps is not None and self.recipe.save_steps and self.recipe.save_steps >= 1:
+            saves = self.recipe.max_steps // int(self.recipe.save_steps)
         kept = kept_checkpoints(self.recipe.save_total_limit, saves)
         one = None
         if parameters is not None:
@@ -688,16 +692,18 @@ def format_plan(plan: ClusterPlan, commands: list[Command] | None = None) -> str
                      f"{recipe.model} config.json`, then plan again).")
     else:
         training_nodes = len(topo.training_nodes)
+        content = "bf16 weights only" if recipe.save_only_model else "bf16 weights + fp32 AdamW state"
+        limit = (f"save_total_limit {disk['save_total_limit']}, the best validation checkpoint included"
+                 if disk["save_total_limit"] else "no save_total_limit: every save kept")
         lines.append(
-            f"Disk ({disk['parameters'] / 1e9:.2f}B parameters; bf16 weights + fp32 AdamW state): "
-            f"{disk_estimate(disk['checkpoint_bytes'], disk['kept'])} in output_dir (save_total_limit "
-            f"{disk['save_total_limit']}, the best validation checkpoint included"
-            + (f", of {disk['saves']} saves" if disk["saves"] else "") + ")"
+            f"Disk ({disk['parameters'] / 1e9:.2f}B parameters; {content}): "
+            f"{disk_estimate(disk['checkpoint_bytes'], disk['kept'])} in output_dir ({limit}"
+            + (f"; {disk['saves']} saves in the run" if disk["saves"] else "") + ")"
             + (f"; with ZeRO / FSDP each of the {training_nodes} training nodes writes about 1/{training_nodes} of "
                "it" if training_nodes > 1 else ""))
     if commands:
         lines.append("")
-        lines.append("Launch commands (run from the repository root on each node)")
+        lines.append("Launch commands (one per node, in the environment where trl-justrl is installed)")
         for cmd in commands:
             tag = " [background]" if cmd.background else ""
             lines.append(f"  node {cmd.node} ({cmd.host}), {cmd.role}{tag}:")
@@ -750,8 +756,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m trl_justrl.cluste
     else:
         print(format_plan(plan, commands))
     if not plan.exact and not args.allow_deviation:
-        print("error: this layout cannot reproduce the recipe's batch (see above); pass --allow-deviation to accept "
-              "that, or use one of the layouts offered.", file=sys.stderr)
+        print("error: this layout cannot reproduce the recipe's batch (see above); use one of the layouts offered. "
+              "--allow-deviation only makes this plan exit 0 (no launch commands are made for it, and the "
+              "launchers still refuse it).", file=sys.stderr)
         return 2
     return 0
 

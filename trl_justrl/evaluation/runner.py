@@ -19,6 +19,13 @@ from .table import JUSTRL_TABLE, ReferenceTable, render_table
 # --verifier -> the CompassVerifier protocol asked about the rule-rejected responses (compass.PROTOCOLS)
 VERIFIERS: dict[str, str | None] = {"none": None, "compass": "released", "compass-short": "short"}
 
+
+def verifier_record(verifier: str) -> str:
+    """How grading.json names the verifier: with its protocol, so grades made under another protocol (or before
+    `compass` meant the released one) are redone, not reused."""
+    protocol = VERIFIERS[verifier]
+    return verifier if protocol is None else f"{verifier} (CompassVerifier, {protocol} protocol)"
+
 logger = logging.getLogger(__name__)
 
 
@@ -126,11 +133,12 @@ def evaluate_benchmark(
 
     grading_path = folder / "grading.json"
     graded = read_json(grading_path)
-    regraded = graded is None or graded.get("meta") != meta or graded.get("verifier") != opts.verifier or bool(todo)
+    record = verifier_record(opts.verifier)
+    regraded = graded is None or graded.get("meta") != meta or graded.get("verifier") != record or bool(todo)
     if regraded:
         grades = _grade(problems, samples, opts.verifier)
         stats = compute_stats(samples, grades["correct"])
-        write_json_atomic(grading_path, {"meta": meta, "verifier": opts.verifier, "stats": stats.to_dict(), **grades})
+        write_json_atomic(grading_path, {"meta": meta, "verifier": record, "stats": stats.to_dict(), **grades})
     else:
         stats = BenchmarkStats(**graded["stats"])
     return BenchmarkResult(benchmark.name, stats, newly_generated=len(todo), regraded=regraded)
@@ -168,7 +176,8 @@ def run_evaluation(opts: EvalOptions, get_backend: Callable[[], Backend]) -> Eva
     out = Path(opts.output_dir)
     (out / "results.md").write_text(table + "\n")
     write_json_atomic(out / "results.json", {
-        "model": opts.model, "settings": asdict(opts.settings), "verifier": opts.verifier, "metric": opts.metric,
+        "model": opts.model, "settings": asdict(opts.settings), "verifier": verifier_record(opts.verifier),
+        "metric": opts.metric,
         "benchmarks": {name: r.stats.to_dict() for name, r in results.items()},
     })
     return EvalReport(results, table)

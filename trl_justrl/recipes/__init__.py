@@ -27,14 +27,15 @@ def shipped_accelerate_configs() -> list[str]:
     return _names(ACCELERATE)
 
 
-def _find(name_or_path: str | Path, folder: Path, what: str) -> Path:
+def _find(name_or_path: str | Path, folder: Path, what: str, folder_names: tuple[str, ...]) -> Path:
+    """An existing file as given; else, for a bare name or a relative path in one of `folder_names` (a checkout's
+    `launch/recipes/x.yaml` from another working directory), the shipped file of that name. An absolute path that
+    does not exist is never replaced by a shipped file."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    name = path.name.removesuffix(".yaml")
-    shipped = folder / f"{name}.yaml"
-    if shipped.is_file() and (path.parent == Path(".") or path.parent.name in (folder.name, "recipes",
-                                                                               "accelerate_configs")):
+    shipped = folder / f"{path.name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file() and not path.is_absolute() and (path.parent == Path(".") or path.parent.name in folder_names):
         return shipped
     raise FileNotFoundError(f"{what} {str(name_or_path)!r} not found: neither a file nor a shipped {what} "
                             f"(shipped: {', '.join(_names(folder))}).")
@@ -43,10 +44,10 @@ def _find(name_or_path: str | Path, folder: Path, what: str) -> Path:
 def find_recipe(name_or_path: str | Path) -> Path:
     """The recipe file `name_or_path` names: an existing path, else a shipped recipe's name (FileNotFoundError
     listing the shipped ones otherwise)."""
-    return _find(name_or_path, HERE, "recipe")
+    return _find(name_or_path, HERE, "recipe", ("recipes",))
 
 
 def find_accelerate_config(name_or_path: str | Path) -> Path:
     """The accelerate config `name_or_path` names: an existing path, else a shipped config's name (ddp, zero2,
     zero3, fsdp2)."""
-    return _find(name_or_path, ACCELERATE, "accelerate config")
+    return _find(name_or_path, ACCELERATE, "accelerate config", ("accelerate", "accelerate_configs"))

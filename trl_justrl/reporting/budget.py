@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from transformers.trainer_callback import ExportableState, TrainerCallback
 
@@ -136,13 +137,21 @@ class TokenBudget(TrainerCallback, ExportableState):
 
 
 # ---- Disk: what the checkpoints take ------------------------------------------------------------------------------
-ADAMW_STATES = 2  # exp_avg and exp_avg_sq, one of each per trainable parameter, in the parameter's dtype
+ADAMW_STATES = 2  # exp_avg and exp_avg_sq, one of each per trainable parameter
 
 
-def checkpoint_bytes(weight_bytes: int, trainable_bytes: int, save_only_model: bool = False) -> int:
-    """One checkpoint's size: the weights, plus AdamW's two moments per trainable parameter unless only the model is
-    saved (scheduler, RNG and trainer state are small)."""
-    return weight_bytes + (0 if save_only_model else ADAMW_STATES * trainable_bytes)
+def checkpoint_bytes(model: Any, save_only_model: bool = False) -> int:
+    """One checkpoint's size: the weights in their dtype, plus, unless only the model is saved, per trainable
+    parameter two fp32 AdamW moments and an fp32 master copy when the weights are not fp32 (what DeepSpeed and
+    mixed-precision training keep; plain torch AdamW on bf16 weights keeps less). ZeRO-3's partitioned parameters
+    count at their full size (`ds_numel`). Scheduler, RNG and trainer state are small."""
+    total = 0
+    for p in model.parameters():
+        numel = getattr(p, "ds_numel", p.numel())
+        total += numel * p.element_size()
+        if p.requires_grad and not save_only_model:
+            total += numel * (ADAMW_STATES * 4 + (4 if p.element_size() < 4 else 0))
+    return total
 
 
 def kept_checkpoints(save_total_limit: int | None, saves: int | None) -> int | None:
@@ -166,8 +175,8 @@ def format_bytes(size: float) -> str:
 def disk_estimate(one: int, kept: int | None) -> str:
     """A line for logs and plans: one checkpoint's size and what the kept ones take."""
     if kept is None:
-        return (f"one checkpoint ~{format_bytes(one)}; no save_total_limit and no max_steps, so the number kept is "
-                "unbounded")
+        return (f"one checkpoint ~{format_bytes(one)}; the number kept is unbounded (no save_total_limit, and the "
+                "number of saves is unknown)")
     return f"one checkpoint ~{format_bytes(one)}; at most {kept} kept at once: ~{format_bytes(one * kept)}"
 
 
@@ -177,9 +186,7 @@ class DiskBudget(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is None or not state.is_world_process_zero or args.save_strategy == "no":
             return control
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-        one = checkpoint_bytes(weights, trainable, args.save_only_model)
+        one = checkpoint_bytes(model, args.save_only_model)
         every = args.save_steps if args.save_steps >= 1 else args.save_steps * state.max_steps  # a ratio below 1
         saves = None
         if args.save_strategy == "steps" and every and state.max_steps > 0:

@@ -104,7 +104,12 @@ def reward_source(spec: str) -> str:
         return "registered"
     if spec in TRL_REWARDS:
         return "trl"
-    if Path(spec).expanduser().is_dir() or re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+    if Path(spec).expanduser().is_dir():
+        return "model"
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ValueError(f"reward_funcs: {spec!r} looks like a local reward-model folder, but there is no such folder "
+                         f"(relative to {os.getcwd()}).")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):  # a Hub id org/name: a reward model TRL loads
         return "model"
     target = _import_path(spec)
     if target is None:
@@ -121,8 +126,9 @@ def _load(spec: str, module_name: str, attribute: str) -> RewardFunc:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"reward_funcs: {spec!r}: cannot import {module_name!r} ({err}).") from err
+    except Exception as err:  # noqa: BLE001 - a missing module, or one that fails while importing
+        raise ValueError(
+            f"reward_funcs: {spec!r}: cannot import {module_name!r} ({type(err).__name__}: {err}).") from err
     func = getattr(module, attribute, None)
     if not callable(func):
         raise ValueError(f"reward_funcs: {spec!r}: {module_name} has no function {attribute!r}.")
