@@ -1,30 +1,30 @@
 """Rule-based math grading: the last boxed answer against the ground truth, exactly or symbolically, time-limited.
 
 `grade_answer(response, ground_truth, problem=...)` decides every benchmark score, the `robust_math` reward and the
-in-training validation; its policy (notation, lists and order, numbers, bases and units, partial parses, time) is
-the table in docs/evaluation.md. Answers are parsed as LaTeX only, never with sympy's `parse_expr` (which
-evaluates its input), and every parse and comparison is bounded by `timeout_s`, in any thread.
+in-training validation; its policy (notation, lists and order, numbers and infinity, currency and units, bases
+and names, partial parses, time) is the table in docs/evaluation.md. Answers are parsed as LaTeX only, never with
+sympy's `parse_expr` (which evaluates its input), and every parse and comparison is bounded by `timeout_s`, in any
+thread.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
-import multiprocessing
 import os
 import re
 import threading
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 
 from math_verify.errors import TimeoutException
 
 from .answers import unbox_ground_truth
+from .processes import GradingProcess, grade_in_processes
 
 DEFAULT_TIMEOUT_S = 5  # per parse and per comparison
 RELATIVE_TOLERANCE = 1e-6  # project's choice: decimals agree to 6 significant digits
 MAX_UNORDERED_ITEMS = 8  # any-order lists longer than this are matched greedily rather than by every permutation
-MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: spawning workers (~3 s of imports each) would cost more
+MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: starting helpers (~1 s of imports each) would cost more
 MAX_NESTING = 12  # answers nested deeper (brackets within brackets) are compared as text only
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -39,12 +39,27 @@ _E_NOTATION = re.compile(r"^(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)$")
 _MIXED_FRAC = re.compile(r"^(-?)(\d+)\s*\\frac\{(\d+)\}\{(\d+)\}$")
 _MIXED_SLASH = re.compile(r"^(-?)(\d+)\s+(\d+)/(\d+)$")
 _CDOT_I = re.compile(r"\\cdot\s*i(?![a-zA-Z])")
+_FRAC_OR_ROOT = re.compile(r"\\(frac|sqrt)(?![A-Za-z])")
 _BASE = re.compile(r"^(\w+)_\{?(\d+)\}?$")
-_UNIT = re.compile(r"\\(?:text|mbox|mathrm|textrm)\{\s*([A-Za-z][A-Za-z ]*?)\s*\}(?:\^\{?(\d+)\}?)?")
+_TRAILING_UNIT = re.compile(  # one unit at the end of a value: `\text{ cm}^2`, `\mathrm{minutes}`, `^\circ`, `5 miles`
+    r"(?:\\(?:text|mbox|mathrm|textrm)\{\s*(?P<text>[A-Za-z][A-Za-z .]*?)\s*\}|(?<=[\d}] )(?P<word>[A-Za-z]{2,})"
+    r"|(?P<degree>\^\{?\\circ\}?|\\degree))(?:\^\{?(?P<power>\d+)\}?)?\s*$"
+)
+_CURRENCY = re.compile(r"\\\$|\\(?:text|mbox|textrm)\{\s*\\?\$\s*\}|\\textdollar\b")
+_AND = re.compile(r"\s*(?:\\(?:text|mbox|mathrm|textrm)\{\s*and\s*\}|(?<![\\A-Za-z])and(?![A-Za-z]))\s*")
+_WORD_ANSWER = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
+_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![A-Za-z])")
 _HEDGE = re.compile(r"\\text\{\s*or\s*\}|\bor\b")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _TEXT_BLOCK = re.compile(r"\\(?:text|mbox|mathrm|textbf|textrm|operatorname)\{[^{}]*\}")
 _LETTER = re.compile(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])")
+_ORDERED_PROBLEM = re.compile(  # the problem names the values it wants in an order
+    r"\bin (?:this|that|the same|the given|increasing|decreasing|ascending|descending) order\b|\brespectively\b"
+    r"|\b(?:minimum|smallest|least|lowest|maximum|largest|greatest|highest)(?: possible)?(?: value)?s? and (?:the )?"
+    r"(?:minimum|smallest|least|lowest|maximum|largest|greatest|highest)\b"
+    r"|\b(?:values? of|determine|compute|find|what are)(?: both)?\s+\$[^$]+\$(?:\s*,\s*\$[^$]+\$)*\s*,?\s*and\s+\$",
+    re.IGNORECASE,
+)
 _UNORDERED_PROBLEM = re.compile(
     r"\b(?:find|determine|compute|list|enter|give|what are)\s+all\b|\ball\s+(?:possible|real|integer|positive|"
     r"negative|solutions|values|pairs|roots|ordered|triples|numbers|such)\b|separated by commas",
@@ -74,28 +89,84 @@ def extract_answer(response: str) -> str | None:
 
 def normalize_answer(answer: str) -> str:
     """The answer's notation made canonical (see the policy above); the result is still LaTeX."""
+    answer = _CURRENCY.sub("", answer.strip())  # `\\$50` is 50 (a bare `$` is math mode, removed below)
     answer = answer.strip().strip("$").strip()
     answer = _TEXT_COMMANDS.sub(lambda m: f"\\{m.group(1)}{{", answer)
     if match := _WHOLE_TEXT.match(answer):  # a word answer: \text{Evelyn} = Evelyn
         answer = match.group(1)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"),
-                     ("\\displaystyle", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""), ("\\:", ""), ("$", "")):
-        answer = answer.replace(old, new)
     answer = _THOUSANDS_LATEX.sub(r"\1", answer)
+    for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"),
+                     ("\\displaystyle", ""), ("\\!", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
+                     ("\\ ", " "), ("\\quad", " "), ("$", "")):
+        answer = answer.replace(old, new)
     answer = _SPACES.sub(" ", answer).strip().rstrip(".").strip()
-    if _THOUSANDS_PLAIN.match(answer):
-        answer = answer.replace(",", "")
     answer = _TRAILING_DOT.sub(r"\1", answer)
     answer = _CDOT_I.sub("i", answer)
     answer = _SINGLE_SCRIPT.sub(r"\1{\2}", answer)
-    if match := _E_NOTATION.match(answer):
-        answer = f"{match.group(1)}\\times10^{{{int(match.group(2))}}}"
+    if _nesting(answer) <= MAX_NESTING:
+        answer = brace_arguments(answer)
+    if not _WORD_ANSWER.fullmatch(answer):  # `a \text{ and } b` lists two values; a name keeps its "and"
+        answer = _AND.sub(", ", answer)
+    # forms that must be the whole value: also after a restated left-hand side (`N = 10,080`, `x = 3e6`)
+    left, equals, value = answer.rpartition("=") if answer.count("=") == 1 else ("", "", answer)
+    return f"{left.strip()} = {_whole_number(value.strip())}" if equals else _whole_number(value)
+
+
+def _whole_number(value: str) -> str:
+    """Thousands separators (`10,080`), e-notation (`4.5e33`) and mixed numbers (`137 \\frac{1}{2}`) of a value."""
+    if _THOUSANDS_PLAIN.match(value):
+        return value.replace(",", "")
+    if match := _E_NOTATION.match(value):
+        return f"{match.group(1)}\\times10^{{{int(match.group(2))}}}"
     for pattern in (_MIXED_FRAC, _MIXED_SLASH):
-        if (match := pattern.match(answer)) and int(match.group(3)) < int(match.group(4)):
+        if (match := pattern.match(value)) and int(match.group(3)) < int(match.group(4)):
             sign, whole, num, den = match.groups()
-            value = f"\\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"
-            answer = f"-{value}" if sign else value
-    return answer
+            fraction = f"\\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"
+            return f"-{fraction}" if sign else fraction
+    return value
+
+
+def brace_arguments(text: str) -> str:
+    """`\\frac13`, `\\frac 59`, `\\sqrt2` -> `\\frac{1}{3}`, `\\frac{5}{9}`, `\\sqrt{2}`: as TeX reads them, an unbraced
+    argument is one token (a character or a command)."""
+    out, i = [], 0
+    while match := _FRAC_OR_ROOT.search(text, i):
+        out.append(text[i : match.end()])
+        j = match.end()
+        if match.group(1) == "sqrt" and (index := re.match(r"\s*\[[^\]]*\]", text[j:])):  # \sqrt[3]{...}
+            out.append(index.group(0))
+            j += index.end()
+        for _ in range(2 if match.group(1) == "frac" else 1):
+            while j < len(text) and text[j] == " ":
+                j += 1
+            if j >= len(text):
+                break
+            if text[j] == "{":
+                end = _closing_brace(text, j)
+                if end is None:
+                    return "".join(out) + text[j:]
+                out.append("{" + brace_arguments(text[j + 1 : end]) + "}")
+                j = end + 1
+            elif command := re.match(r"\\(?:[A-Za-z]+|.)", text[j:]):
+                out.append("{" + command.group(0) + "}")
+                j += command.end()
+            else:
+                out.append("{" + text[j] + "}")
+                j += 1
+        i = j
+    return "".join(out) + text[i:]
+
+
+def _closing_brace(text: str, start: int) -> int | None:
+    depth = 0
+    for k in range(start, len(text)):
+        if text[k] == "{" and text[k - 1 : k] != "\\":
+            depth += 1
+        elif text[k] == "}" and text[k - 1 : k] != "\\":
+            depth -= 1
+            if depth == 0:
+                return k
+    return None
 
 
 def _compact(text: str) -> str:
@@ -163,16 +234,35 @@ def order_free(problem: str | None) -> bool:
     return bool(problem and _UNORDERED_PROBLEM.search(problem))
 
 
+def ordered(problem: str | None) -> bool:
+    """Whether the problem wants its list of values in an order (the minimum and the maximum; `$a$ and $b$`; "in
+    increasing order"; "respectively") and does not ask for all of something."""
+    return bool(problem and _ORDERED_PROBLEM.search(problem)) and not order_free(problem)
+
+
 # ---- one value ------------------------------------------------------------------------------------------------
 
 
 def _units(text: str) -> tuple[list[tuple[str, str]], str]:
-    """The text units of a value with their powers (`\\text{ inches}^3` -> ("inches", "3")) and the value without
-    them; no units when nothing but text is left (a word answer such as `\\text{Evelyn}`)."""
-    value = _UNIT.sub("", text).strip()
-    if not value:
-        return [], text
-    return [(m.group(1).strip().lower(), m.group(2) or "1") for m in _UNIT.finditer(text)], value
+    """The units at the end of a value with their powers (`12 \\text{ cm}^2` -> [("cm", "2")], `5 miles`,
+    `\\mathrm{minutes}`, `^\\circ`) and the value without them; none when nothing else is left (a word answer)."""
+    units, value = [], text
+    while match := _TRAILING_UNIT.search(value):
+        rest = value[: match.start()].rstrip()
+        if not rest:
+            break
+        name = "degree" if match.group("degree") else (match.group("text") or match.group("word")).strip()
+        units.append((_singular(name.lower()), match.group("power") or "1"))
+        value = rest
+    return units, value
+
+
+def _singular(unit: str) -> str:
+    if unit == "feet":
+        return "foot"
+    if unit.endswith(("ches", "shes", "sses")):
+        return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and not unit.endswith("ss") and len(unit) > 3 else unit
 
 
 def _nesting(text: str) -> int:
@@ -196,12 +286,15 @@ def _letters(text: str) -> set[str]:
 def _parse_whole(text: str, timeout_s: int | None):
     """The answer parsed as LaTeX, or None when it does not parse or parses only in part."""
     from math_verify import LatexExtractionConfig, parse
+    from math_verify.parser import NormalizationConfig
 
     if _nesting(text) > MAX_NESTING:
         return None  # the parser mis-reads very deep nests (200 nested fractions came out as their innermost one)
     text_compact = _compact(text)
-    parsed = parse(f"\\boxed{{{text}}}", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
-                   parsing_timeout=timeout_s)
+    # units=False: units are this module's rule (`_units`); math-verify's would drop a trailing variable (`37/4 m`)
+    config = LatexExtractionConfig(boxed_match_priority=0, normalization_config=NormalizationConfig(
+        basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False))
+    parsed = parse(f"\\boxed{{{text}}}", extraction_config=[config], parsing_timeout=timeout_s)
     if len(parsed) < 2:
         return None
     expression, matched = parsed[0], _compact(parsed[1])
@@ -228,6 +321,8 @@ def _compare_numbers(gold, pred) -> bool | None:
     if not (gold.is_number and pred.is_number):
         return None
     a, b = gold.evalf(30), pred.evalf(30)  # arbitrary precision: 2024^4046 does not overflow
+    if not (a.is_finite and b.is_finite):
+        return bool(a == b)  # infinity (or 1/0) equals only itself: a relative tolerance would match any number
     gap, size = abs(a - b), max(abs(a), abs(b))
     close = bool(gap <= RELATIVE_TOLERANCE * size)
     if gold.has(sympy.Float) or pred.has(sympy.Float) or not close:
@@ -243,23 +338,26 @@ def _compare_numbers(gold, pred) -> bool | None:
 
 def _value_equal(gold: str, pred: str, timeout_s: int | None) -> bool:
     """One value (no top-level commas) of the gold against one of the prediction."""
+    pred = _without_restatement(pred, gold)
     if gold == pred:
         return True
     if _HEDGE.search(pred) and not _HEDGE.search(gold):
         return False  # "5.4 or 5.5" hedges
-    if _BASE.match(gold) or _BASE.match(pred):
-        return False  # numbers with a base subscript must match as written (equal strings handled above)
+    if _WORD_ANSWER.fullmatch(gold) and _WORD_ANSWER.fullmatch(pred) and len(gold) >= 3 and not gold.isupper():
+        return gold.lower() == pred.lower()  # a word (`Evelyn`), not a product of variables or a segment (`AB`)
     gold_units, gold_value = _units(gold)
     pred_units, pred_value = _units(pred)
     if gold_units and pred_units and sorted(gold_units) != sorted(pred_units):
         return False
+    if _BASE.match(gold_value) or _BASE.match(pred_value):
+        return gold_value == pred_value  # numbers with a base subscript must match as written
     if gold_value == pred_value:
         return True
     try:
         gold_parsed = _parse_whole(gold_value, timeout_s)
         pred_parsed = _parse_whole(pred_value, timeout_s)
-        if gold_parsed is None or pred_parsed is None:
-            return _compact(gold_value) == _compact(pred_value)
+        if gold_parsed is None or pred_parsed is None:  # as text; an explicit product sign is juxtaposition
+            return _compact(gold_value.replace("\\cdot", "")) == _compact(pred_value.replace("\\cdot", ""))
         numeric = _numbers_equal(gold_parsed, pred_parsed, timeout_s)
         if numeric is not None:
             return numeric
@@ -271,29 +369,56 @@ def _value_equal(gold: str, pred: str, timeout_s: int | None) -> bool:
         return False
 
 
+def _without_restatement(pred: str, gold: str) -> str:
+    """`a_1 = 504`, `P(5) = 15`, `x = 52_8` -> the value after `=`, when the gold is a value, not an equation."""
+    if "=" in gold or pred.count("=") != 1:
+        return pred
+    left, right = (side.strip() for side in pred.split("="))
+    return right if left and right and _nesting(left) <= MAX_NESTING else pred
+
+
 def _answers_equal(gold: str, pred: str, problem: str | None, timeout_s: int | None) -> bool:
     """Gold and prediction, both normalised: one value or several (see the policy)."""
-    gold_kind, gold_inside = container(gold)
-    pred_kind, pred_inside = container(pred)
-    gold_items, pred_items = split_top_level(gold_inside), split_top_level(pred_inside)
+    gold_kind, gold_items = _collection(gold)
+    pred_kind, pred_items = _collection(pred)
     if len(gold_items) == 1 and len(pred_items) == 1:
         if gold_kind == pred_kind or "value" in (gold_kind, pred_kind):
             return _value_equal(gold, pred, timeout_s) or (
-                gold_kind == pred_kind != "value" and _value_equal(gold_inside, pred_inside, timeout_s))
+                gold_kind == pred_kind != "value" and _value_equal(gold_items[0], pred_items[0], timeout_s))
         return False
     if len(gold_items) != len(pred_items):
-        return False  # a value missing or repeated
+        return False  # a value missing, added or repeated
     if {gold_kind, pred_kind} == {"set", "tuple"}:
         return False  # a tuple written as a set, or the reverse
     if gold_kind == "interval" or pred_kind == "interval":
         return gold_kind == pred_kind and gold[0] == pred[0] and gold[-1] == pred[-1] and all(
             _answers_equal(g, p, None, timeout_s) for g, p in zip(gold_items, pred_items, strict=True))
-    unordered = gold_kind == "set" or (gold_kind == "list" and order_free(problem))
-    if pred_kind == "set" and not unordered:
+    unordered = gold_kind in ("set", "solutions") or (gold_kind == "list" and not ordered(problem))
+    if pred_kind in ("set", "solutions") and not unordered:
         return False  # an order-free notation for an ordered answer
     if not unordered:
         return all(_answers_equal(g, p, None, timeout_s) for g, p in zip(gold_items, pred_items, strict=True))
     return _match_any_order(gold_items, pred_items, timeout_s)
+
+
+def _collection(text: str) -> tuple[str, list[str]]:
+    """(kind, items) of a normalised answer: a set, tuple, interval or list's items; a value's `\\pm` gives the
+    two solutions it stands for (kind "solutions", unordered)."""
+    kind, inside = container(text)
+    items = split_top_level(inside)
+    if kind in ("value", "list", "set") and any(len(_PLUS_MINUS.findall(item)) == 1 for item in items):
+        items = [signed for item in items for signed in _plus_minus(item)]
+        kind = "set" if kind == "set" else "solutions"
+    return kind, items
+
+
+def _plus_minus(item: str) -> list[str]:
+    """`1 \\pm \\sqrt{19}` -> `1 + \\sqrt{19}`, `1 - \\sqrt{19}` (one `\\pm` or `\\mp`; others are left as they are)."""
+    if len(_PLUS_MINUS.findall(item)) != 1:
+        return [item]
+    first = "-" if "\\mp" in item else "+"
+    second = "+" if first == "-" else "-"
+    return [_PLUS_MINUS.sub(first, item).strip(), _PLUS_MINUS.sub(second, item).strip()]
 
 
 def _match_any_order(gold_items: list[str], pred_items: list[str], timeout_s: int | None) -> bool:
@@ -329,7 +454,7 @@ def grade_answer(
 ) -> bool:
     """True when the response's last boxed answer equals the ground truth (see the module's policy).
 
-    `problem` (the question's text, when known) decides whether a list of answers may come in any order.
+    `problem` (the question's text, when known) decides whether a bare list must keep its order (`ordered`).
     """
     predicted = extract_answer(response)
     if predicted is None or not predicted.strip():
@@ -341,61 +466,11 @@ def grade_answer(
         return True
     if threading.current_thread() is threading.main_thread():
         return _grade_in_this_thread(predicted, gold, problem, timeout_s)
-    return _HELPER.grade(predicted, gold, problem, timeout_s)
+    with _HELPER_LOCK:  # math-verify's timer needs a main thread: a helper process grades for the others
+        return _HELPER.grade(response, gold, problem, timeout_s)
 
 
-class _HelperProcess:
-    """A process that grades for threads other than the main one (math-verify's SIGALRM timer needs a main thread),
-    with a deadline: a helper that overruns is killed and replaced, and the answer counts as wrong."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._process = None
-        self._connection = None
-
-    def _start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        parent, child = context.Pipe()
-        self._process = context.Process(target=_helper_main, args=(child,), daemon=True)
-        self._process.start()
-        self._connection = parent
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.join()
-            self._process = self._connection = None
-
-    def grade(self, predicted: str, gold: str, problem: str | None, timeout_s: int) -> bool:
-        # a parse of each side plus comparisons of up to MAX_UNORDERED_ITEMS values, each bounded in the helper
-        deadline = 4 * timeout_s + 30  # the helper's start-up (imports) included
-        with self._lock:
-            if self._process is None or not self._process.is_alive():
-                self._start()
-            try:
-                self._connection.send((predicted, gold, problem, timeout_s))
-                if self._connection.poll(deadline):
-                    return bool(self._connection.recv())
-            except (EOFError, OSError, BrokenPipeError):
-                pass
-            self.stop()  # overran or died: kill it; the next call starts a fresh one
-            return False
-
-
-def _helper_main(connection) -> None:
-    while True:
-        try:
-            predicted, gold, problem, timeout_s = connection.recv()
-        except EOFError:
-            return
-        try:
-            result = _grade_in_this_thread(predicted, gold, problem, timeout_s)
-        except Exception:
-            result = False
-        connection.send(result)
-
-
-_HELPER = _HelperProcess()
+_HELPER, _HELPER_LOCK = GradingProcess(), threading.Lock()
 atexit.register(_HELPER.stop)
 
 
@@ -418,6 +493,5 @@ def grade_many(
     processes = processes or os.cpu_count() or 1
     if processes == 1 or len(work) < MIN_ITEMS_PER_POOL:
         return [_grade_item(item) for item in work]
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_grade_item, work, chunksize=max(1, len(work) // (processes * 8))))
+    return grade_in_processes(work, processes)
 
