@@ -87,13 +87,13 @@ def test_suffix_is_never_doubled(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "fragment"),
     [
-        ([{"problem": "ok", "answer": "1"}, {"problem": "no answer", "answer": ""}], "row 1: field 'answer'"),
-        ([{"problem": "ok", "answer": None}], "row 0: field 'answer' is missing or empty"),
-        ([{"problem": "ok"}], "row 0: no answer"),
-        ([{"problem": "", "answer": "1"}], "row 0: field 'problem' is empty"),
-        ([{"prompt": 5, "answer": "1"}], "row 0: field 'prompt' must be text or a list of chat messages"),
-        ([{"prompt": [{"role": "system", "content": "x"}], "answer": "1"}], "row 0: field 'prompt' has no user"),
-        ([{"question": "x", "answer": "1"}], "row 0: no prompt"),
+        ([{"problem": "ok", "answer": "1"}, {"problem": "no answer", "answer": ""}], "line 2: field 'answer'"),
+        ([{"problem": "ok", "answer": None}], "line 1: field 'answer' is missing or empty"),
+        ([{"problem": "ok"}], "line 1: no answer"),
+        ([{"problem": "", "answer": "1"}], "line 1: field 'problem' is empty"),
+        ([{"prompt": 5, "answer": "1"}], "line 1: field 'prompt' must be text or a list of chat messages"),
+        ([{"prompt": [{"role": "system", "content": "x"}], "answer": "1"}], "line 1: field 'prompt' has no user"),
+        ([{"question": "x", "answer": "1"}], "line 1: no prompt"),
     ],
 )
 def test_bad_rows_name_file_row_and_field(tmp_path, rows, fragment):
@@ -103,12 +103,26 @@ def test_bad_rows_name_file_row_and_field(tmp_path, rows, fragment):
     assert str(path) in str(err.value) and fragment in str(err.value)
 
 
+def test_errors_name_the_file_line_counting_blank_lines_and_the_row_where_there_are_no_lines(tmp_path):
+    """A JSON-lines error names the line a text editor shows (blank lines counted), a JSON array its element, both
+    counted from 1, as the JSON errors do."""
+    jsonl = tmp_path / "gaps.jsonl"
+    jsonl.write_text('{"problem": "a", "answer": "1"}\n\n\n{"problem": "b", "answer": "2"}\n\n'
+                     '{"problem": "c", "answer": ""}\n')
+    with pytest.raises(DataError, match=r"gaps\.jsonl: line 6: field 'answer' is missing or empty"):
+        load_training_data(str(jsonl))
+    array = tmp_path / "array.json"
+    array.write_text(json.dumps([{"problem": "a", "answer": "1"}, {"problem": "b"}], indent=2))
+    with pytest.raises(DataError, match=r"array\.json: element 2 of the JSON array: field 'answer' is missing"):
+        load_training_data(str(array))
+
+
 def test_bad_verl_row_in_second_file_of_a_folder(tmp_path):
     pd.DataFrame(verl_rows()).to_parquet(tmp_path / "a.parquet")
     rows = verl_rows()
     rows[1]["reward_model"] = {"ground_truth": "", "style": "rule"}
     pd.DataFrame(rows).to_parquet(tmp_path / "b.parquet")
-    with pytest.raises(DataError, match=r"b\.parquet: row 1: field 'reward_model.ground_truth'"):
+    with pytest.raises(DataError, match=r"b\.parquet: row 2 \(counted from 1\): field 'reward_model.ground_truth'"):
         load_training_data(str(tmp_path))
 
 

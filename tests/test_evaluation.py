@@ -142,7 +142,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(BenchmarkError, match="no test.parquet"):
         load_problems(get_benchmark("AMC23"), data)
     pd.DataFrame([{"question_text": "x", "solution": "1"}]).to_parquet(data / "BRUMO25" / "test.parquet")
-    with pytest.raises(BenchmarkError, match=r"BRUMO25/test.parquet: row 0: no problem text"):
+    with pytest.raises(BenchmarkError, match=r"BRUMO25/test.parquet: row 1 \(counted from 1\): no problem text"):
         load_problems(get_benchmark("BRUMO25"), data)
     pd.DataFrame([{"problem": "x", "answer": ""}]).to_parquet(data / "BRUMO25" / "test.parquet")
     with pytest.raises(BenchmarkError, match=r"row 0: field 'answer' is missing or empty"):

@@ -35,7 +35,7 @@ def test_non_scalar_answers_are_refused_by_file_row_and_field(tmp_path, answer):
     file = tmp_path / "train.jsonl"
     rows = [{"problem": "1+1?", "answer": "2"}, {"problem": "2+x?", "answer": answer}]
     file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    with pytest.raises(DataError, match=r"train.jsonl: row 1: field 'answer' must be one answer"):
+    with pytest.raises(DataError, match=r"train.jsonl: line 2: field 'answer' must be one answer"):
         load_training_data(str(file))
 
 

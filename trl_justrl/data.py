@@ -10,13 +10,14 @@ import json
 import logging
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
 from .grading.answers import DataError as DataError  # re-exported: the data errors users catch
-from .grading.answers import row_ground_truth
+from .grading.answers import row_ground_truth, row_namer
 from .prompts import PROMPT_SUFFIX as PROMPT_SUFFIX  # re-exported: the recipe's suffix
 from .prompts import with_suffix
 
@@ -185,9 +186,10 @@ def load_training_data(
         parts = _read_parts(source, split, config)
     normalised = []
     for name, raw in parts:
+        where = row_namer(name)
 
-        def convert(row: dict[str, Any], index: int, name: str = name) -> dict[str, Any]:
-            out = normalize_row(row, where=f"{name}: row {index}", strip_dapo=strip_dapo, suffix=suffix,
+        def convert(row: dict[str, Any], index: int, where: Callable[[int], str] = where) -> dict[str, Any]:
+            out = normalize_row(row, where=where(index), strip_dapo=strip_dapo, suffix=suffix,
                                 system_prompt=system_prompt)
             return out | {ROW_KEY: _row_key(out)}
 

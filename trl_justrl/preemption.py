@@ -1,8 +1,10 @@
 """A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`): finish the optimizer update in progress, save a
 whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75) to be requeued.
 
-A second signal, or `stop_grace_period_s` after the first, ends the process at once. A stop between the updates of
-one generation batch makes the resumed run sample a new batch for the rest (docs/cluster.md).
+Signals within `SAME_REQUEST_WINDOW_S` of the first are the same request: a job step's stop signals every process
+of its group (`kill -TERM -- -PGID`, `timeout`, systemd, SLURM), and a launcher dying on it adds the parent-death
+SIGUSR1. A signal after that window, or `stop_grace_period_s` after the first, ends the process at once. A stop
+between the updates of one generation batch makes the resumed run sample a new batch for the rest (docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,18 +28,26 @@ logger = logging.getLogger(__name__)
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what a launcher passes on to its children
+SAME_REQUEST_WINDOW_S = 5.0  # stop signals this close to the first one repeat its request (see the module docstring)
 
 
 @contextlib.contextmanager
 def forwarding_signals(forward: Callable[[int, int], None]) -> Iterator[list[int]]:
-    """While the block runs, SIGTERM / SIGUSR1 / SIGINT call `forward(signum, count)` (count: signals so far, this
-    one included) instead of their handlers; yields the list of signals received; the previous handlers return after.
-    Used by the processes that start others (the cluster launcher, the evaluation's data-parallel parent)."""
+    """While the block runs, SIGTERM / SIGUSR1 / SIGINT call `forward(signum, request)` instead of their handlers
+    (request 1 for the first signal, 2 for one more than `SAME_REQUEST_WINDOW_S` later; signals within the window
+    repeat a request and are not forwarded again); yields the list of signals received; the previous handlers return
+    after. Used by the processes that start others (the cluster launcher, the evaluation's data-parallel parent)."""
     received: list[int] = []
+    first_at: list[float] = []
 
     def on_signal(signum: int, frame: Any) -> None:
         received.append(signum)
-        forward(signum, len(received))
+        now = time.monotonic()
+        if not first_at:
+            first_at.append(now)
+            forward(signum, 1)
+        elif now - first_at[0] > SAME_REQUEST_WINDOW_S:
+            forward(signum, 2)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in FORWARDED_SIGNALS}
     try:
@@ -68,19 +79,24 @@ class GracefulStop(TrainerCallback):
         self.accelerator = accelerator
         self.grace_period_s = grace_period_s
         self.requested: int | None = None  # the signal number received (this process)
+        self._requested_at = 0.0  # time.monotonic() of the first signal
         self.stopped_at: int | None = None  # the global step saved and stopped at (all processes)
         self._previous: dict[int, Any] = {}
 
     # -- signals ---------------------------------------------------------------------------------------------------
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:  # a second signal: now
+        if self.requested is not None:
+            if time.monotonic() - self._requested_at <= SAME_REQUEST_WINDOW_S:  # the same request, carried again
+                os.write(2, f"[trl_justrl] {signal.Signals(signum).name} received: already stopping\n".encode())
+                return
             os.write(2, f"[trl_justrl] second signal ({signal.Signals(signum).name}): stopping now\n".encode())
             os._exit(128 + signum)
-        self.requested = signum
+        self.requested, self._requested_at = signum, time.monotonic()
         stop_when_parent_dies(0)  # after a re-parenting the kernel could send it again, which would mean "at once"
         os.write(2, (f"[trl_justrl] {signal.Signals(signum).name} received: finishing the current optimizer update, "
-                     "then saving a checkpoint and stopping (send it again to stop at once)\n").encode())
+                     f"then saving a checkpoint and stopping (send it again after {SAME_REQUEST_WINDOW_S:g} s to stop "
+                     "at once)\n").encode())
         if self.grace_period_s:
             timer = threading.Timer(self.grace_period_s, self._out_of_time, args=(signum,))
             timer.daemon = True

@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from ..grading.answers import DataError, row_ground_truth
+from ..grading.answers import DataError, row_ground_truth, row_namer
 
 
 @dataclass(frozen=True)
@@ -112,8 +112,9 @@ def load_problems(benchmark: Benchmark, data_dir: str | Path | None = None, limi
         raise BenchmarkError(f"{source}: no problems.")
     rows = dataset.select(range(min(limit, len(dataset)))) if limit else dataset
     problems = []
+    name_row = row_namer(source)
     for index, row in enumerate(rows):
-        where = f"{source}: row {index}"
+        where = name_row(index)
         try:
             text, truth = _problem_text(row, where), row_ground_truth(row, where=where)
         except DataError as exc:
