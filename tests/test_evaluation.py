@@ -145,7 +145,7 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(BenchmarkError, match=r"BRUMO25/test.parquet: row 1 \(counted from 1\): no problem text"):
         load_problems(get_benchmark("BRUMO25"), data)
     pd.DataFrame([{"problem": "x", "answer": ""}]).to_parquet(data / "BRUMO25" / "test.parquet")
-    with pytest.raises(BenchmarkError, match=r"row 0: field 'answer' is missing or empty"):
+    with pytest.raises(BenchmarkError, match=r"row 1 \(counted from 1\): field 'answer' is missing or empty"):
         load_problems(get_benchmark("BRUMO25"), data)
     assert cli_main(["--model", "m", "--benchmarks", "NOPE", "--data-dir", str(data)]) == 2
 
