@@ -241,15 +241,31 @@ def test_one_writer_per_folder(tmp_path, tiny_model_path):
 # ---- no token at rest ----------------------------------------------------------------------------------------------
 
 
-def test_a_token_given_as_an_argument_is_written_nowhere(tmp_path, tiny_model_path):
-    config = recipe(tmp_path, tiny_model_path, max_steps=2, print_summary=True)
-    result = run(train_command(config, "--hub_token", SENTINEL, "--log_completions", "true"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert SENTINEL not in result.stdout + result.stderr
-    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert any(p.name == "training_args.bin" for p in written) and any(p.name == "README.md" for p in written)
-    leaking = [str(p) for p in written if SENTINEL.encode() in p.read_bytes()]
-    assert leaking == []
+def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_starts(tmp_path, tiny_model_path):
+    """`accelerate launch` prints a failed run's whole argv, and `ps` shows it to every user: a token there (or in a
+    shared recipe) is refused by training, the planner and the launchers, naming HF_TOKEN and never the value."""
+    config = recipe(tmp_path, tiny_model_path, max_steps=2)
+    for extra in (["--hub_token", SENTINEL], [f"--hub_token={SENTINEL}"]):
+        result = run(train_command(config, *extra))
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "hub_token on the command line is refused" in result.stderr and "HF_TOKEN" in result.stderr
+        assert SENTINEL not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists()  # refused before the output folder, the data or the model
+    with_token = recipe(tmp_path / "shared", tiny_model_path, max_steps=2, hub_token=SENTINEL)
+    checks = {
+        "train": train_command(with_token),
+        "plan": [sys.executable, "-m", "trl_justrl.cluster.plan", "--nodes", "1", "--gpus-per-node", "8", "--recipe",
+                 str(with_token)],
+        "launch, recipe": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--recipe",
+                           str(with_token)],
+        "launch, arguments": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--",
+                              "--hub_token", SENTINEL],
+    }
+    for name, cmd in checks.items():
+        result = run(cmd)
+        assert result.returncode == 2, (name, result.stdout[-1000:], result.stderr[-2000:])
+        assert "is refused" in result.stderr and "HF_TOKEN" in result.stderr, name
+        assert SENTINEL not in result.stdout + result.stderr, name
 
 
 def test_sigterm_to_accelerate_launch_leaves_no_orphan_training(tmp_path, tiny_model_path):

@@ -28,6 +28,7 @@ from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_qu
 from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
 from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
+from .credentials import refuse_secrets
 from .data import DEFAULT_DATASET, SYNTHETIC, DataError, load_training_data, looks_local
 from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
@@ -145,6 +146,7 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
     """`--config recipe.yaml [--key value ...]` parsed by TRL's TrlParser (command line over recipe). A recipe may
     also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
     ignores those, and any other unknown key is an error naming it."""
+    refuse_secrets(argv)
     argv = with_recipe_file(argv)
     parser = make_parser(argv, prog)
     *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
@@ -158,6 +160,7 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
                          f"{type(parsed[1]).__name__}, the script or the model (see --help), nor layout keys of the "
                          f"cluster planner ({list(LAYOUT_KEYS)}).")
     script_args, training_args, model_args = parsed
+    refuse_secrets(recipe={"hub_token": getattr(training_args, "hub_token", None)}, where="the recipe")
     return script_args, training_args, model_args
 
 

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+from ..credentials import refuse_secrets
 from ..preemption import EXIT_REQUEUE, forwarding_signals
 from ..run_folder import alive
 from .plan import (
@@ -75,7 +76,12 @@ def _common_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _train_args(extra: Sequence[str]) -> tuple[str, ...]:
+    """The training arguments after `--`; a token among them is refused before anything starts (credentials.py)."""
     extra = list(extra)
+    try:
+        refuse_secrets(extra)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
     return tuple(extra[1:] if extra[:1] == ["--"] else extra)
 
 
@@ -151,8 +157,8 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
     background: list[subprocess.Popen] = []
     foreground: list[subprocess.Popen] = []
 
-    def forward(signum: int, count: int) -> None:
-        sent = signal.SIGUSR1 if count == 1 else signal.SIGTERM
+    def forward(signum: int, request: int) -> None:
+        sent = signal.SIGUSR1 if request == 1 else signal.SIGTERM
         print(f"[trl_justrl.cluster.launcher] {signal.Signals(signum).name}: sending {sent.name} to training",
               file=sys.stderr, flush=True)
         for proc in foreground:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..config import CONFIG_CLASSES, RunConfig
+from ..credentials import refuse_secrets
 from ..geometry import (
     BatchGeometry,
     BatchGeometryError,
@@ -105,6 +106,10 @@ class RecipeBatch(PromptBatch):
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
         values = load_yaml_mapping(Path(path), "Recipe", "") if path is not None else {}
+        try:
+            refuse_secrets(recipe=values, where=f"recipe {path}")
+        except ValueError as err:
+            raise PlanError(str(err)) from None
         trainer = str(values.get("trainer", "justrl"))
         if trainer not in CONFIG_CLASSES:
             raise PlanError(f"Recipe {path}: trainer {trainer!r} is not one of {sorted(CONFIG_CLASSES)}.")

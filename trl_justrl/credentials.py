@@ -1,0 +1,28 @@
+"""Tokens come from the environment only: `HF_TOKEN` for the Hub (wandb reads `WANDB_API_KEY` itself).
+
+A token on a command line is readable by every user of the node (`ps`) and printed whole by `accelerate launch` on
+any failure; a token in a recipe is committed and shared with it. So `--hub_token` is refused wherever a command
+line or a recipe is parsed (training, the planner, the launchers), before anything is launched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+SECRET_SETTINGS = {"hub_token": "HF_TOKEN"}  # setting -> the environment variable that carries it instead
+
+
+def refuse_secrets(argv: Sequence[str] = (), recipe: Mapping[str, Any] | None = None,
+                   where: str = "the recipe") -> None:
+    """ValueError (naming the setting, never its value) for a token in `argv` or in a recipe's values."""
+    for name, variable in SECRET_SETTINGS.items():
+        if any(arg == f"--{name}" or arg.startswith(f"--{name}=") for arg in argv):
+            found = "on the command line"
+        elif recipe is not None and recipe.get(name):
+            found = f"in {where}"
+        else:
+            continue
+        raise ValueError(f"{name} {found} is refused: a command line is visible to every user of the node and "
+                         f"printed by accelerate launch when a run fails, and a recipe is shared. Remove it and set "
+                         f"{variable} in the environment instead (e.g. `export {variable}=...` in the job script).")
