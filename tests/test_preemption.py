@@ -83,15 +83,22 @@ def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, tiny
     (torn / "config.json").write_text("{}")
     (torn / "model.safetensors").write_bytes(b"\0" * 10)
     (out / "checkpoint-3" / "optimizer.pt").unlink()
+    # and one whose trainer_state.json was overwritten in place with as many bytes (sizes alone cannot tell)
+    state = out / "checkpoint-2" / "trainer_state.json"
+    state.write_bytes(b"x" * state.stat().st_size)
     found = find_resumable(out)
-    assert found.path == out / "checkpoint-2"
+    assert found.path == out / "checkpoint-1"
     reasons = dict(found.skipped)
     assert "no checkpoint_complete.json" in reasons[torn] and "optimizer.pt is missing" in reasons[out / "checkpoint-3"]
+    assert "trainer_state.json changed since it was saved" in reasons[out / "checkpoint-2"]
+    refused = run(train_command(config, "--resume_from_checkpoint", str(out / "checkpoint-2")))
+    assert refused.returncode == 2 and "trainer_state.json is not valid JSON" in refused.stderr
+    assert "Traceback" not in refused.stderr
     # asked for by path, a checkpoint without its optimizer is refused, naming the file
     with pytest.raises(CheckpointError, match=r"checkpoint-3 cannot be resumed from: optimizer.pt missing"):
         check_resumable(out / "checkpoint-3")
     check_resumable(out / "checkpoint-3", save_only_model=True)  # a model-only save needs no optimizer
-    # the requeued job resumes from checkpoint-2 and finishes, instead of looping on checkpoint-5
+    # the requeued job resumes from checkpoint-1 and finishes, instead of looping on checkpoint-5
     result = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "4"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Skipping" in result.stderr and "checkpoint-5" in result.stderr and "Resuming from" in result.stderr

@@ -1,12 +1,14 @@
 """Crash-consistent checkpoints: a completion marker written last, and a `latest` that resumes only whole ones.
 
 transformers writes `checkpoint-N/` file by file, so a kill mid-save leaves a folder that looks like a checkpoint:
-`GRPORunTrainer` writes `checkpoint_complete.json` (files and sizes) once every process has written its share, and
-`find_resumable` skips (and names) any checkpoint without it or with a file missing or resized.
+`GRPORunTrainer` writes `checkpoint_complete.json` (each file's size and a digest of its first and last MiB) once
+every process has written its share, and `find_resumable` skips (and names) any checkpoint without it or with a file
+missing, resized or changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,17 +23,32 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
            "pytorch_model.bin.index.json", "adapter_model.bin")
 OPTIMIZER = ("optimizer.pt", "optimizer.bin")
+DIGEST_SPAN = 1 << 20  # bytes read at each end of a file: multi-GB weights are checked in milliseconds
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from (the message names the folder and the missing file)."""
 
 
+def file_digest(path: Path) -> str:
+    """sha256 of the file's size, first MiB and last MiB (the whole file when smaller): cheap for multi-GB weights,
+    and it catches a file rewritten in place with the same size (a torn or edited trainer_state.json)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        digest.update(f.read(DIGEST_SPAN))
+        if size > DIGEST_SPAN:
+            f.seek(max(DIGEST_SPAN, size - DIGEST_SPAN))
+            digest.update(f.read(DIGEST_SPAN))
+    return digest.hexdigest()
+
+
 def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
-    """List what `folder` holds (relative paths and sizes) into its completion marker, atomically (temp + rename)."""
+    """List what `folder` holds (relative paths, sizes and `file_digest`s) into its completion marker, atomically
+    (temp + rename)."""
     folder = Path(folder)
-    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-             if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
+    files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "digest": file_digest(p)}
+             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
     marker = folder / MARKER
     temporary = folder / f"{MARKER}.tmp"
     temporary.write_text(json.dumps({"global_step": global_step, "world_size": world_size, "files": files}, indent=1))
@@ -42,20 +59,24 @@ def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
 
 
 def incomplete_reason(folder: Path) -> str | None:
-    """Why `folder` is not a whole checkpoint (None when it is): no marker, or a listed file missing / resized."""
+    """Why `folder` is not a whole checkpoint (None when it is): no marker, or a listed file missing, resized or
+    changed since it was saved (markers of earlier versions list sizes only)."""
     marker = folder / MARKER
     if not marker.is_file():
         return f"no {MARKER} (the save did not finish)"
     try:
         listed = json.loads(marker.read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        expected = {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in listed.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"unreadable {MARKER} ({err})"
-    for name, size in listed.items():
+    for name, entry in expected.items():
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} has {path.stat().st_size} bytes, {size} when saved"
+        if path.stat().st_size != entry.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, {entry.get('size')} when saved"
+        if "digest" in entry and file_digest(path) != entry["digest"]:
+            return f"{name} changed since it was saved (its checksum differs)"
     return None
 
 
@@ -107,8 +128,15 @@ def check_resumable(folder: str | Path, *, save_only_model: bool = False) -> Non
     if not folder.is_dir():
         raise CheckpointError(f"{folder} is not a folder.")
     missing = []
-    if not (folder / "trainer_state.json").is_file():
+    state = folder / "trainer_state.json"
+    if not state.is_file():
         missing.append("trainer_state.json")
+    else:
+        try:
+            json.loads(state.read_text())
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{state} is not valid JSON ({err}): the checkpoint is damaged; resume from an "
+                                  "older checkpoint-N, or 'latest' (which skips damaged ones).") from err
     if not any((folder / name).is_file() for name in WEIGHTS):
         missing.append("model weights (model.safetensors)")
     if not save_only_model:
