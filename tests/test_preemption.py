@@ -360,3 +360,44 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued onto another node after a hard kill
     with FolderLock(tmp_path, "training") as lock:
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+
+# ---- requeued and resumed runs -------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_requeued_trains_nothing_and_changed_settings_are_refused(tmp_path, tiny_model_path):
+    """Every restart passes `--resume_from_checkpoint latest`: a finished run says so and exits 0; a resume that
+    changes the objective, batch or schedule is refused before the model loads, listing each change, unless
+    resume_allow_changes (then it is recorded in the model card); logging changes pass."""
+    config = recipe(tmp_path, tiny_model_path, max_steps=2)
+    assert run(train_command(config)).returncode == 0
+    out = tmp_path / "out"
+    final = (out / "model.safetensors").stat().st_mtime_ns
+
+    again = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "2"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished at step 2; nothing to train" in again.stderr and "Loading weights" not in again.stderr
+    assert not (out / "checkpoint-3").exists() and (out / "model.safetensors").stat().st_mtime_ns == final
+
+    for extra, listed in ((["--learning_rate", "5e-3"], "learning_rate: 0.01 -> 0.005"),
+                          (["--prompts_per_step", "2", "--prompts_per_update", "2"], "prompts_per_step: 1 -> 2")):
+        refused = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", *extra))
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert listed in refused.stderr and "resume_allow_changes" in refused.stderr
+        assert "Loading weights" not in refused.stderr and not (out / "checkpoint-3").exists()
+
+    allowed = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", "--learning_rate",
+                                "5e-3", "--resume_allow_changes", "true", "--logging_steps", "2"))
+    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "learning_rate: 0.01 -> 0.005" in allowed.stderr and "logging_steps: 1 -> 2" in allowed.stderr
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert json.loads((out / "resume_changes.json").read_text()) == [
+        {"resumed_at_step": 2, "changes": ["learning_rate: 0.01 -> 0.005"]}]
+    card = (out / "README.md").read_text()
+    assert "Resumed at update 2 with changed settings: `learning_rate: 0.01 -> 0.005`" in card
+
+    # finished, but the final save never happened (killed after the last checkpoint): still nothing to train
+    (out / "finished.json").unlink()
+    done = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
+    assert done.returncode == 0 and "checkpoint-3 is at step 3, max_steps is 3: training is done" in done.stderr
+    assert not (out / "checkpoint-4").exists()

@@ -115,7 +115,16 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
         default=None,
         metadata={
             "help": "After SIGTERM / SIGUSR1 the run finishes its optimizer update, saves and exits 75 (requeue); "
-            "past this many seconds it exits at once instead. Null: no limit (a second signal still stops at once)."
+            "past this many seconds it exits at once instead. Null: no limit (a signal more than 5 s after the first "
+            "still stops at once)."
+        },
+    )
+    resume_allow_changes: bool = field(
+        default=False,
+        metadata={
+            "help": "Resuming compares these settings with the checkpoint's saved ones and refuses a change of the "
+            "objective, the batch or the learning-rate schedule, listing each; true continues with the changes "
+            "(logged, and listed in the model card)."
         },
     )
     overwrite_output_dir: bool = field(

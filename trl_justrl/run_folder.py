@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".trl_justrl.lock"
 RUN_FILES = ("trainer_state.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
-             "training_args.bin")
+             "training_args.bin", "finished.json", "resume_changes.json")
 
 
 class OutputDirError(ValueError):

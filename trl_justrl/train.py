@@ -34,6 +34,7 @@ from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
+from .resume import ResumeSettingsError, check_resume_settings, finished_message, write_finished
 from .rewards import reward_source
 from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
 from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
@@ -221,6 +222,11 @@ def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_arg
     # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
     resume = resolve_resume_checkpoint(training_args)
     output_dir = Path(training_args.output_dir)
+    if resume_requested(training_args) and (done := finished_message(output_dir, training_args, resume)):
+        logger.warning(done)  # a requeued or rerun finished job: exit 0 without training
+        return output_dir
+    if resume is not None:  # the settings this run would change (the trainer checks the rewards too, and records)
+        check_resume_settings(resume, training_args, training_args.world_size)
     lock = None
     if training_args.process_index == 0:
         check_output_dir(output_dir, resuming=resume_requested(training_args),
@@ -278,6 +284,8 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
         raise TrainingStopped(stopped_at, output_dir / f"checkpoint-{stopped_at}")
     save_final_model(trainer, output_dir)  # also when save_strategy is "no"
     trainer.save_state()  # trainer_state.json with the full log history
+    if trainer.accelerator.is_main_process:
+        write_finished(output_dir, trainer.state.global_step, training_args)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     if trainer.accelerator.is_main_process and script_args.print_summary:
@@ -362,7 +370,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except TrainingStopped as stop:
         print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
         sys.exit(EXIT_REQUEUE)
-    except (OutputDirError, FolderLocked, CheckpointError, DataError) as err:
+    except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
 

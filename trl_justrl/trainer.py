@@ -8,6 +8,7 @@ card's recipe section are attached, checkpoints are marked complete. Everything 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoProcessor, PreTrainedModel
-from transformers.trainer_utils import rotate_checkpoints
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from trl import GRPOTrainer
 
 from .checkpoints import write_marker
@@ -32,6 +33,7 @@ from .preemption import GracefulStop
 from .reporting.budget import DiskBudget, TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
+from .resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .rewards import resolve_reward
 from .validation import ValidationCallback
 
@@ -241,11 +243,28 @@ class GRPORunTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            write_settings(folder, self.args, self.accelerator.num_processes, list(self.reward_func_names))
             write_marker(folder, self.state.global_step, self.accelerator.num_processes)
             if limit:
                 rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
                                    best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
+              **kwargs):
+        """transformers' train; a resume first compares the settings with the checkpoint's (resume.py): changes
+        of the objective, batch or schedule are refused unless `resume_allow_changes`, then recorded."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
+            changes = check_resume_settings(checkpoint, self.args, self.accelerator.num_processes,
+                                            list(self.reward_func_names))
+            if changes and self.is_world_process_zero():
+                step = json.loads(Path(checkpoint, "trainer_state.json").read_text()).get("global_step", 0)
+                record_changes(self.args.output_dir, step, changes)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
 
     # ---- compute budget: tokens generated and trained --------------------------------------------------------
 
@@ -284,6 +303,7 @@ class GRPORunTrainer(GRPOTrainer):
             base_model=self.base_model_name,
             dataset_name=dataset_name,
             reward_names=list(self.reward_func_names),
+            resume_changes=recorded_changes(self.args.output_dir),
             log_history=self.state.log_history,
             global_step=self.state.global_step,
         )

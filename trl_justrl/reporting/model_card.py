@@ -73,6 +73,7 @@ def recipe_card_section(
     reward_names: list[str],
     log_history: list[dict[str, Any]],
     global_step: int,
+    resume_changes: list[dict[str, Any]] | None = None,
 ) -> str:
     """Markdown for the model card: what was trained, with which recipe values, and how training went so far."""
     geometry = getattr(args, "batch_geometry", None)
@@ -95,6 +96,9 @@ def recipe_card_section(
             f"processes (micro-batch {geometry.per_device_train_batch_size}, gradient accumulation "
             f"{geometry.gradient_accumulation_steps})"
         )
+    for resumed in resume_changes or ():  # settings changed on a resume (resume_allow_changes): not one recipe
+        lines.append(f"- Resumed at update {resumed.get('resumed_at_step')} with changed settings: "
+                     + "; ".join(f"`{change}`" for change in resumed.get("changes", [])))
     lines += ["", "| recipe value | setting |", "| --- | --- |"]
     lines += [f"| {label} | {format_value(getattr(args, attr, None), missing='-')} |"
               for label, attr in RECIPE_ROWS if hasattr(args, attr)]

@@ -1,0 +1,147 @@
+"""What a resumed run may change, and when a run is already finished.
+
+Every checkpoint holds `run_settings.json` (the run config as `to_dict()` writes it, tokens masked; the world size;
+the reward names). A resume compares the new settings with it: a change of the objective, the batch geometry or the
+learning-rate schedule is refused, listing each difference, unless `resume_allow_changes` is set (then the changes
+are logged and recorded in `resume_changes.json`, which the model card lists); any other change (logging, output,
+reporting, saving) passes with a log line. A run that trained to `max_steps` leaves `finished.json`: requeuing it
+(every restart passes `--resume_from_checkpoint latest`) trains nothing and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "run_settings.json"  # in each checkpoint-N
+CHANGES_FILE = "resume_changes.json"  # in the output folder: the changes resumes were allowed to make
+FINISHED_FILE = "finished.json"  # in the output folder: the run reached its last step and saved its final model
+
+OBJECTIVE = (
+    "beta", "epsilon", "epsilon_high", "delta", "clip_ratio_c", "loss_type", "scale_rewards",
+    "importance_sampling_level", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+    "max_completion_length", "max_prompt_length", "mask_truncated_completions", "reward_weights", "entropy_coef",
+    "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target",
+    "top_entropy_quantile", "use_bias_correction_kl", "overlong_buffer_length", "overlong_penalty_factor",
+    "off_policy_mask_threshold", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+    "multi_objective_aggregation", "num_iterations", "sync_ref_model", "ref_model_mixup_alpha",
+    "ref_model_sync_steps", "reward_funcs",
+)
+GEOMETRY = ("prompts_per_step", "prompts_per_update", "num_generations", "completions_per_update",
+            "generation_batch_size", "steps_per_generation")
+SCHEDULE = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_rl_steps",
+            "weight_decay", "weight_decay_all_parameters", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
+            "optim_args", "max_grad_norm", "seed", "data_seed", "shuffle_dataset")
+LENGTH = ("max_steps", "num_train_epochs")  # part of the schedule only when the learning rate decays to the end
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+
+
+class ResumeSettingsError(ValueError):
+    """A resume that would change the objective, the batch geometry or the schedule (the message lists each)."""
+
+
+def settings_record(args: Any, world_size: int, reward_names: list[str] | None) -> dict[str, Any]:
+    """What `run_settings.json` holds: the config (JSON values), the world size, the reward names and the derived
+    completions per optimizer update (the batch that stays fixed when the number of processes changes)."""
+    record = json.loads(json.dumps(args.to_dict(), default=str))
+    record["completions_per_update"] = (args.per_device_train_batch_size * world_size
+                                        * args.gradient_accumulation_steps)
+    if reward_names is not None:
+        record["reward_funcs"] = list(reward_names)
+    return {"world_size": world_size, "settings": record}
+
+
+def write_settings(folder: str | Path, args: Any, world_size: int, reward_names: list[str] | None) -> None:
+    Path(folder, SETTINGS_FILE).write_text(json.dumps(settings_record(args, world_size, reward_names), indent=1))
+
+
+def setting_changes(checkpoint: str | Path, args: Any, world_size: int,
+                    reward_names: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(refused, harmless) differences between `checkpoint`'s saved settings and these, as `name: old -> new`;
+    nothing for a checkpoint saved without them. Reward names are compared only when given."""
+    path = Path(checkpoint, SETTINGS_FILE)
+    if not path.is_file():
+        return [], []
+    saved = json.loads(path.read_text())["settings"]
+    now = settings_record(args, world_size, reward_names)["settings"]
+    checked = set(OBJECTIVE + GEOMETRY + SCHEDULE)
+    if now.get("lr_scheduler_type") not in CONSTANT_SCHEDULES:
+        checked |= set(LENGTH)
+    if reward_names is None:
+        checked.discard("reward_funcs")
+    refused, harmless = [], []
+    for name in sorted(set(saved) & set(now)):
+        if saved[name] != now[name] and name not in ("resume_from_checkpoint", "resume_allow_changes"):
+            (refused if name in checked else harmless).append(f"{name}: {saved[name]!r} -> {now[name]!r}")
+    return refused, harmless
+
+
+def check_resume_settings(checkpoint: str | Path, args: Any, world_size: int,
+                          reward_names: list[str] | None = None) -> list[str]:
+    """Refuse (ResumeSettingsError) or, with `args.resume_allow_changes`, log and return the changes that matter."""
+    refused, harmless = setting_changes(checkpoint, args, world_size, reward_names)
+    if harmless:
+        logger.info("Resuming from %s with changed settings that do not affect training: %s", checkpoint,
+                    "; ".join(harmless))
+    if refused and not getattr(args, "resume_allow_changes", False):
+        raise ResumeSettingsError(
+            f"Resuming from {checkpoint} would change the objective, the batch or the schedule it was trained "
+            f"with: {'; '.join(refused)}. Resume with the saved settings, start a new run in another output_dir, or "
+            "pass --resume_allow_changes true to continue with these changes (they are logged and listed in the "
+            "model card).")
+    if refused:
+        logger.warning("Resuming from %s with changed training settings (resume_allow_changes): %s", checkpoint,
+                       "; ".join(refused))
+    return refused
+
+
+def record_changes(output_dir: str | Path, step: int, changes: list[str]) -> None:
+    """Append the changes a resume made at `step` to the output folder's CHANGES_FILE."""
+    path = Path(output_dir, CHANGES_FILE)
+    history = json.loads(path.read_text()) if path.is_file() else []
+    history.append({"resumed_at_step": step, "changes": changes})
+    path.write_text(json.dumps(history, indent=1))
+
+
+def recorded_changes(output_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(output_dir, CHANGES_FILE)
+    try:
+        return json.loads(path.read_text()) if path.is_file() else []
+    except (OSError, ValueError):
+        return []
+
+
+def write_finished(output_dir: str | Path, global_step: int, args: Any) -> None:
+    Path(output_dir, FINISHED_FILE).write_text(json.dumps(
+        {"global_step": global_step, "max_steps": args.max_steps, "num_train_epochs": args.num_train_epochs}))
+
+
+def finished_message(output_dir: str | Path, args: Any, checkpoint: str | Path | None) -> str | None:
+    """Why there is nothing to train (None when there is): the run in `output_dir` finished at or past this
+    run's `max_steps` (FINISHED_FILE, or a resumable checkpoint that far when the final save never happened)."""
+    done = Path(output_dir, FINISHED_FILE)
+    if done.is_file():
+        try:
+            record = json.loads(done.read_text())
+        except (OSError, ValueError):
+            record = None
+        if record is not None:
+            step = int(record.get("global_step", 0))
+            if (args.max_steps > 0 and step >= args.max_steps) or (
+                    args.max_steps <= 0 and args.num_train_epochs <= record.get("num_train_epochs", 0)):
+                return (f"The run in {output_dir} already finished at step {step}; nothing to train (its final model "
+                        f"is there). Raise max_steps to train further, or choose another output_dir.")
+    if checkpoint is not None and args.max_steps > 0:
+        try:
+            step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            return None
+        if step >= args.max_steps:
+            return (f"{checkpoint} is at step {step}, max_steps is {args.max_steps}: training is done; nothing to "
+                    "train (the final save did not happen: the trained weights are in that checkpoint). Raise "
+                    "max_steps to train further.")
+    return None
