@@ -43,6 +43,8 @@ def labelled_answers(truth: str, problem: str | None, index: int = 0) -> list[tu
     from trl_justrl.grading.grader import container, normalize_answer
 
     forms: list[tuple[str, str, bool]] = [("as released", truth, True)]
+    if re.fullmatch(r"-?\d{1,3}(?:,(?:\\!)?\s*\d{3})+", truth.strip()):  # `11,\! 111,\! 100`: the number itself
+        forms.append(("without thousands separators", re.sub(r"[^\d-]", "", truth), True))
     plain = normalize_answer(truth)
     kind, _ = container(plain)
     number = _NUMBER.fullmatch(plain)
@@ -62,7 +64,7 @@ def labelled_answers(truth: str, problem: str | None, index: int = 0) -> list[tu
         ]
     else:
         forms.append(("wrong", f"{truth}+1", False))
-    if "=" not in truth and kind == "value":
+    if "=" not in truth and "\\in " not in truth and kind == "value":
         name = _RESTATED[index % len(_RESTATED)]
         forms.append(("restated", f"{name} = {truth}", True))
         if number:
@@ -92,7 +94,7 @@ def _list_forms(plain: str, kind: str, problem: str | None) -> list[tuple[str, s
         return []
     forms: list[tuple[str, str, bool]] = []
     if kind == "list":
-        any_order = not ordered(problem)
+        any_order = not ordered(problem) or all(item.startswith("(") and item.endswith(")") for item in items)
         reversed_items = list(reversed(items))
         if reversed_items != items:
             forms.append(("list reversed", ", ".join(reversed_items), any_order))

@@ -34,8 +34,8 @@ def boxed(answer: str) -> str:
 # (prediction, gold, problem text or None): each must be graded wrong
 WRONG = [
     # ordered answers are not sets; multiplicity counts
-    ("1, 5", "5,1", "Find the minimum and the maximum of f(x) on [0, 2]."),
-    ("7500, 2500", "2500,7500", "What are the smallest and largest possible areas?"),
+    ("4,7", "7,4", "Each goat cost $\\$ 19$. How many of each did she buy?"),
+    ("5,-2,\\frac{1}{3}", "$\\frac{1}{3},-2,5$", "Determine all real numbers $a, b$ and $c$ for which it holds."),
     ("-2", "-2,-2", "Determine a and b."),
     ("16, 3, 1", "16,3,1,1", None),
     ("3, 1", "1, 3", "Determine the values of $b$ and $c$."),
@@ -44,7 +44,8 @@ WRONG = [
     ("(1,8,19), (2,7,13)", "(1,8,19), (2,7,13), (4,5,7)", "Find all triples."),
     ("\\{6,31,-1\\}", "(6,31,-1)", None),
     ("(1, 2)", "\\{1, 2\\}", None),
-    ("\\{5, 1\\}", "5,1", "Find the minimum and the maximum."),
+    ("\\{5, 1\\}", "5,1", "Determine $a$ and $b$."),
+    ("100, 111, 111, 11", "11,\\! 111,\\! 111,\\! 100", None),  # a thousands separator is not a list
     # lists are sets, but not a dropped, added or changed element, nor one sign of a \pm
     ("-2", "1,-2", "Enter all such integers, separated by commas."),
     ("1, -2, 3", "1,-2", "Enter all such integers, separated by commas."),
@@ -61,7 +62,20 @@ WRONG = [
     ("(\\infty, 2)", "(2,\\infty)", None),
     ("-\\infty", "\\infty", None),
     ("\\infty", "\\frac{1}{0}", None),
-    # currency, units and restated names change nothing else
+    # currency, units and restated names change nothing else; words that change or deny a value are not units
+    ("5 \\text{ thousand}", "5", None),
+    ("2 \\text{ dozen}", "2", None),
+    ("5 \\text{ is wrong}", "5", None),
+    ("5 billion", "5", None),
+    ("2 ab", "2", None),
+    ("2 pi", "2", None),
+    ("\\frac{1}{2} xy", "\\frac12", None),
+    ("3 + 2\\mathrm{i}", "5", None),
+    ("2\\mathrm{i}", "2", None),
+    ("5 = 6", "6", None),
+    ("2x = 10", "10", None),
+    ("n - 1 = 10", "10", None),
+    ("x = 5 = 6", "6", None),
     ("\\$51", "50", None),
     ("16\\ \\mathrm{minutes}", "15", None),
     ("x = 53_8", "52_8", None),
@@ -125,6 +139,11 @@ RIGHT = [
     ("\\{1, -2\\}", "1,-2", "Enter all such integers, separated by commas."),
     ("5,7,3", "3, 5, 7", "Find the roots of $(x - 3)^3 + (x -7)^3 = (2x - 10)^3.$"),
     ("3, 1", "1, 3", None),
+    ("1, 5", "5,1", "Find the minimum and the maximum of f(x) on [0, 2]."),  # the values say which is which
+    ("5,3", "3,5", "Find the minimum and maximum values of $f$ for all real $x$."),
+    ("7500, 2500", "2500,7500", "What are the smallest and largest possible areas?"),
+    ("1, 2, and 3", "1,2,3", None),
+    ("(1,-4,-2),(13,2,-2),(3,2,3)", "(1,-4,-2),(3,2,3),(13,2,-2)", "Solve the following system of equations."),
     ("\\frac{-1+\\sqrt{17}}{2} \\text{ and } \\frac{-1-\\sqrt{17}}{2}",
      "\\frac{-1+\\sqrt{17}}{2}, \\frac{-1-\\sqrt{17}}{2}", "list the two values in a comma-separated list"),
     ("1 + \\sqrt{19}, 1 - \\sqrt{19}", "1 \\pm \\sqrt{19}", "Enter the real roots, separated by commas."),
@@ -146,7 +165,19 @@ RIGHT = [
     ("15\\mbox{ minutes}", "15", None),
     ("90", "90^\\circ", None),
     # a restated left-hand side; a word in another case; TeX's unbraced arguments, explicit products, commuted terms
+    ("11111111100", "11,\\! 111,\\! 111,\\! 100", None),
+    ("1,000 \\text{ dollars}", "1000", None),
+    ("5 \\mathrm{~cm}", "5", None),
+    ("5~\\text{cm}", "5", None),
+    ("5 \\text{ m/s}", "5", None),
+    ("30°", "30", None),
+    ("12\\pi \\text{ cm}^2", "12\\pi", None),
+    ("7 ways", "7", None),
     ("x = 52_8", "52_8", None),
+    ("(x,y) = (1,2)", "(1,2)", None),
+    ("x = [1,2]", "[1,2]", None),
+    ("x \\in \\{1, 2\\}", "1,2", "Find all x such that x^2 - 3x + 2 = 0."),
+    ("red", "\\text{Red}", None),
     ("a_1 = 504", "504", None),
     ("p(0) + p(4) = 24", "24", None),
     ("P(5) = 15", "15", None),
@@ -204,13 +235,16 @@ def test_order_free_and_ordered_problems():
     assert order_free("Enter all the solutions, separated by commas.")
     assert not order_free("Find the minimum and the maximum.") and not order_free(None)
     # released problems whose bare-list golds are labelled values, so their order counts
-    for problem in ("If $f(x)=\\sin ^{2} x$, what are the minimum and maximum values of $f(x)$ ?",
-                    "Find the smallest and largest possible value of $N$.",
+    for problem in ("Each cost $\\$ 17$. How many of each did she buy?", "If $a=-4$, solve the system of equations.",
+                    "Determine all real numbers $a, b$ and $c$ for which the graph passes through $P(3,5)$.",
                     "What are the values of $a, h$ and $k$ ?", "Determine $a$ and $b$.",
                     "Compute $d(6), d(16)$, and $d(72)$.", "determine both $a$ and $b$ to two decimal places.",
                     "Give a and b, in this order.", "the radius and the height, respectively"):
         assert ordered(problem), problem
     for problem in (None, "Find the roots of $(x - 3)^3 + (x -7)^3 = (2x - 10)^3.$",
+                    "If $f(x)=\\sin ^{2} x$, what are the minimum and maximum values of $f(x)$ ?",
+                    "Find the smallest and largest possible value of $N$.",
+                    "The numbers are written in increasing order. Determine all possible values of $m$.",
                     "the points $A(1,2), B(11,2)$ and $C(k, 6)$ form a right-angled triangle. Determine all values "
                     "of $k$.", "Enter the real roots, separated by commas."):
         assert not ordered(problem), problem
@@ -275,6 +309,12 @@ def test_a_helper_that_overruns_is_replaced_and_errors_reach_the_caller(monkeypa
             helper.grade(boxed("3"), "  ", None, 2)
     finally:
         helper.stop()
+    # a helper that cannot start (here: one that exits at once) is an error, never a silent "wrong"
+    monkeypatch.setattr(processes, "_command", lambda: ([sys.executable, "-c", "raise SystemExit(3)"], None, None))
+    broken = processes.GradingProcess()
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="did not start: it exited with status 3"):
+            broken.grade(boxed("3"), "3.0", None, 2)
 
 
 def test_grade_many_on_several_processes_equals_one_by_one():

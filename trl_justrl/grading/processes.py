@@ -3,28 +3,47 @@
 A helper grades in its own main thread, where math-verify's SIGALRM time limit works, so threads (an evaluation's
 workers, a trainer's reward threads) and `grade_many` keep every time bound. The helpers are plain subprocesses,
 not `multiprocessing` children: they never re-import the caller's `__main__`, so a script without an
-`if __name__ == "__main__":` guard can grade from any thread. A helper that overruns its deadline is killed and
-replaced, and its answer counts as wrong.
+`if __name__ == "__main__":` guard can grade from any thread. A helper says it is ready once its imports are done
+(one that cannot start is an error); one that then overruns an answer's deadline is killed and replaced, and that
+answer counts as wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import select
+import site
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder that holds trl_justrl/
+START_TIMEOUT_S = 120  # a helper's imports (sympy, math-verify): about 1 s on an idle machine
+READY = "ready"
 
 
 def deadline_s(timeout_s: int) -> float:
-    """How long one answer may take in a helper: a parse of each side, comparisons of up to a few values (each
-    bounded by `timeout_s` there) and, for the first answer, the helper's start-up (imports)."""
-    return 4 * timeout_s + 30
+    """How long one answer may take in a ready helper: a parse of each side and comparisons of a few values, each
+    bounded by `timeout_s` there, plus slack for a loaded machine."""
+    return 4 * timeout_s + 10
+
+
+def _command() -> tuple[list[str], dict[str, str], str | None]:
+    """The helper's command line, environment and working folder: this package, never a `trl_justrl` folder in the
+    caller's working directory (`-P` on Python 3.11+, the package's parent as working folder before that), and the
+    package's parent on PYTHONPATH only when it is a checkout, not site-packages (which must stay behind the
+    standard library)."""
+    env = dict(os.environ)
+    installed = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    if _PACKAGE_PARENT not in installed:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "trl_justrl.grading.worker"], env, None
+    return [sys.executable, "-m", "trl_justrl.grading.worker"], env, _PACKAGE_PARENT
 
 
 class GradingProcess:
@@ -32,46 +51,55 @@ class GradingProcess:
 
     def __init__(self) -> None:
         self._process: subprocess.Popen | None = None
-        self._answered = 0  # answers from the current process: one that dies before its first cannot start
 
     def _start(self) -> subprocess.Popen:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
-        self._answered = 0
-        # cwd: `-m` puts the working folder first on sys.path, where another checkout must not shadow this package
-        return subprocess.Popen([sys.executable, "-m", "trl_justrl.grading.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, env=env, cwd=_PACKAGE_PARENT, text=True, bufsize=1)
+        argv, env, cwd = _command()
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd, text=True,
+                                   bufsize=1)
+        if self._read_line(process, START_TIMEOUT_S) != READY:
+            code = process.poll()
+            self._kill(process)
+            raise RuntimeError(f"The grading helper ({' '.join(argv)}) did not start"
+                               + (f": it exited with status {code}; its error is above." if code is not None else
+                                  f" within {START_TIMEOUT_S} s."))
+        return process
+
+    @staticmethod
+    def _read_line(process: subprocess.Popen, timeout_s: float) -> str:
+        """One line from the helper ('' on end of file or when none comes within `timeout_s`)."""
+        ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+        return process.stdout.readline().strip() if ready else ""
+
+    @staticmethod
+    def _kill(process: subprocess.Popen) -> None:
+        with contextlib.suppress(OSError):
+            process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            with contextlib.suppress(OSError):  # closing a broken pipe flushes into it
+                stream.close()
 
     def stop(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-            self._process.wait()
-            for stream in (self._process.stdin, self._process.stdout):
-                stream.close()
-            self._process = None
+        process, self._process = self._process, None
+        if process is not None:
+            self._kill(process)
 
     def grade(self, response: str, ground_truth: str, problem: str | None, timeout_s: int) -> bool:
         """`grade_answer(response, ground_truth, problem=problem, timeout_s=timeout_s)` in the helper; False when
-        it overruns or dies. A ValueError raised there (an empty ground truth) is raised here."""
+        it overruns or dies on this answer. A ValueError raised there (an empty ground truth) is raised here, and
+        so is a helper that cannot start."""
         if self._process is None or self._process.poll() is not None:
             self.stop()
             self._process = self._start()
         try:
             self._process.stdin.write(json.dumps([response, ground_truth, problem, timeout_s]) + "\n")
             self._process.stdin.flush()
-            ready, _, _ = select.select([self._process.stdout], [], [], deadline_s(timeout_s))
-            line = self._process.stdout.readline() if ready else ""
-        except (BrokenPipeError, OSError):
+            line = self._read_line(self._process, deadline_s(timeout_s))
+        except OSError:
             line = ""
         if not line:
-            exit_code = self._process.poll()
-            if exit_code is not None and self._answered == 0:
-                self.stop()
-                raise RuntimeError(f"The grading helper (`{sys.executable} -m trl_justrl.grading.worker`) exited "
-                                   f"with status {exit_code} before its first answer; its error is above.")
             self.stop()  # overran or died on this answer: it counts as wrong; the next starts a fresh helper
             return False
-        self._answered += 1
         reply = json.loads(line)
         if "error" in reply:
             raise ValueError(reply["error"])

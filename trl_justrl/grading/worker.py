@@ -1,6 +1,6 @@
-"""A grading helper process (see `processes.py`): reads `[response, ground_truth, problem, timeout_s]` JSON lines
-on stdin and answers each with `{"correct": bool}` (or `{"error": message}`) on its own line, grading in its main
-thread."""
+"""A grading helper process (see `processes.py`): says `ready` once imported, then reads `[response, ground_truth,
+problem, timeout_s]` JSON lines on stdin and answers each with `{"correct": bool}` (or `{"error": message}`) on its
+own line, grading in its main thread."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints go to stderr, never into the replies
     sys.stdout = sys.stderr
     from .grader import grade_answer
+    from .processes import READY
 
+    replies.write(READY + "\n")
     for line in sys.stdin:
         response, ground_truth, problem, timeout_s = json.loads(line)
         try:
