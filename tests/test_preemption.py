@@ -401,3 +401,52 @@ def test_a_finished_run_requeued_trains_nothing_and_changed_settings_are_refused
     done = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
     assert done.returncode == 0 and "checkpoint-3 is at step 3, max_steps is 3: training is done" in done.stderr
     assert not (out / "checkpoint-4").exists()
+
+
+# ---- a full disk ---------------------------------------------------------------------------------------------------
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# launch/train.py's cli with checkpoint-2's writes failing as a full disk fails them (for machines where a small tmpfs
+# cannot be mounted): torch.save writes part of the file, then raises torch's own error
+TRAIN_WITH_A_FULL_DISK_AT_CHECKPOINT_2 = TRAIN_WITH_TEST_REWARDS.replace("from trl_justrl.train import cli; ", (
+    "import torch, shutil, collections; save = torch.save; "
+    "usage = collections.namedtuple('usage', 'total used free'); "
+    "full = lambda f: 'checkpoint-2' in str(f); "
+    "shutil.disk_usage = lambda p: usage(40 << 20, 40 << 20, 0); "
+    "torch.save = lambda obj, f, *a, **k: (open(f, 'wb').write(b'PK' * 1000), (_ for _ in ()).throw(RuntimeError("
+    "'[enforce fail at inline_container.cc:672] . unexpected pos 2000 vs 1900'))) "
+    "if full(f) else save(obj, f, *a, **k); "
+    "from trl_justrl.train import cli; "))
+
+
+def test_a_full_disk_names_the_folder_removes_the_torn_checkpoint_and_keeps_earlier_ones(tmp_path, tiny_model_path):
+    """On a filesystem with room for one checkpoint and a half (a real tmpfs where it can be mounted), the second
+    save fails: the error names the folder and the free space, the torn checkpoint-2 is removed (the disk is not kept
+    full), checkpoint-1 stays whole and resumable, the lock is released, the exit status is 1."""
+    sizing = recipe(tmp_path / "sizing", tiny_model_path, max_steps=1)
+    assert run(train_command(sizing)).returncode == 0
+    one = _folder_bytes(tmp_path / "sizing" / "out" / "checkpoint-1")
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.5 * one) // 4096 * 4096 + 65536}",
+                              "tmpfs", str(small)], capture_output=True).returncode == 0
+    try:
+        config = recipe(tmp_path, tiny_model_path, max_steps=4, output_dir=str(small / "out"))
+        cmd = train_command(config)
+        if not mounted:
+            cmd[2] = TRAIN_WITH_A_FULL_DISK_AT_CHECKPOINT_2
+        result = run(cmd)
+        out = small / "out"
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert f"Saving checkpoint-2 in {out} failed: no space left on the device" in result.stderr
+        assert "MB free of" in result.stderr and "The incomplete checkpoint-2 was removed" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (out / "checkpoint-2").exists() and not (out / LOCK_NAME).exists()
+        assert find_resumable(out).path == out / "checkpoint-1" and find_resumable(out).skipped == []
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(small)], check=False)

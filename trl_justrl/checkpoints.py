@@ -8,11 +8,13 @@ missing, resized or changed.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,30 @@ DIGEST_SPAN = 1 << 20  # bytes read at each end of a file: multi-GB weights are 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed from (the message names the folder and the missing file)."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (the message names the folder, the free space and the cause)."""
+
+
+def failed_save(folder: Path, error: BaseException, *, remove: bool) -> CheckpointWriteError:
+    """The error for a save into `folder` that raised `error`; with `remove`, the torn folder is deleted first (only
+    when it is not a whole checkpoint), so a full disk is not kept full by it and `latest` never meets it."""
+    usage = shutil.disk_usage(folder.parent)
+    text = str(error)
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or usage.free < DIGEST_SPAN or any(
+        sign in text for sign in ("No space left", "unexpected pos", "os error 28"))  # torch's and safetensors' words
+    removed = ""
+    if remove and folder.is_dir() and incomplete_reason(folder) is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+        free_now = shutil.disk_usage(folder.parent).free / 2**20
+        removed = (f" The incomplete {folder.name} was removed ({free_now:.1f} MB free now); earlier checkpoints are "
+                   "intact.")
+    cause = "no space left on the device" if full else "the write failed"
+    return CheckpointWriteError(
+        f"Saving {folder.name} in {folder.parent} failed: {cause} ({usage.free / 2**20:.1f} MB free of "
+        f"{usage.total / 2**20:.1f} MB when it failed; {type(error).__name__}: {text[:200]}).{removed} Free space "
+        "there, lower save_total_limit or choose another output_dir, then resume with --resume_from_checkpoint latest.")
 
 
 def file_digest(path: Path) -> str:

@@ -25,7 +25,7 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import is_bitsandbytes_available
 from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
 
-from .checkpoints import CheckpointError, check_resumable, find_resumable, incomplete_reason
+from .checkpoints import CheckpointError, CheckpointWriteError, check_resumable, find_resumable, incomplete_reason
 from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
 from .credentials import refuse_secrets
@@ -373,6 +373,9 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except CheckpointWriteError as err:  # found while training: the run failed, not its settings
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # `python -m trl_justrl.train`, `accelerate launch -m trl_justrl.train`

@@ -21,7 +21,7 @@ from transformers import AutoProcessor, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from trl import GRPOTrainer
 
-from .checkpoints import write_marker
+from .checkpoints import failed_save, write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
 from .data import DataError, PromptLengthFilter, looks_local
@@ -236,18 +236,20 @@ class GRPORunTrainer(GRPOTrainer):
         without a whole checkpoint."""
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         try:
             super()._save_checkpoint(model, trial)
+            self.accelerator.wait_for_everyone()
+            if self.args.should_save:
+                write_settings(folder, self.args, self.accelerator.num_processes, list(self.reward_func_names))
+                write_marker(folder, self.state.global_step, self.accelerator.num_processes)
+        except Exception as err:  # a full disk, a quota, a folder gone: name it, and remove the torn save
+            raise failed_save(folder, err, remove=self.args.should_save) from err
         finally:
             self.args.save_total_limit = limit
-        self.accelerator.wait_for_everyone()
-        if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-            write_settings(folder, self.args, self.accelerator.num_processes, list(self.reward_func_names))
-            write_marker(folder, self.state.global_step, self.accelerator.num_processes)
-            if limit:
-                rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
-                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        if self.args.should_save and limit:
+            rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
