@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from trl_justrl.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
-from trl_justrl.preemption import EXIT_REQUEUE
+from trl_justrl.preemption import EXIT_REQUEUE, SAME_REQUEST_WINDOW_S
 from trl_justrl.reporting.budget import TokenBudget
 from trl_justrl.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
 
@@ -160,11 +160,65 @@ def test_signal_saves_stops_and_the_resumed_run_matches(tmp_path, tiny_model_pat
     assert entries[-1]["budget/tokens_generated"] == reference[-1]["budget/tokens_generated"]  # counted once
 
 
-def test_a_second_signal_stops_at_once(tmp_path, tiny_model_path):
+def test_signals_within_the_window_are_one_request_and_a_later_one_stops_at_once(tmp_path):
+    """A job step's stop reaches a training process several times (the group's SIGTERM, the launcher's SIGUSR1, the
+    parent-death SIGUSR1): signals within SAME_REQUEST_WINDOW_S of the first repeat its request; one after the
+    window ends the process at once (128 + signal)."""
+    script = tmp_path / "waits.py"
+    script.write_text(
+        "import sys, time\n"
+        "from trl_justrl.preemption import GracefulStop\n"
+        "stop = GracefulStop()\n"
+        "stop.install()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env(), cwd=REPO)
+    assert proc.stdout.readline().strip() == "ready"
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM):  # one request, three carriers
+        proc.send_signal(sig)
+        time.sleep(0.2)
+    time.sleep(1.0)
+    assert proc.poll() is None  # still finishing its update (here: sleeping)
+    time.sleep(SAME_REQUEST_WINDOW_S)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.count("already stopping") == 2 and "second signal (SIGTERM): stopping now" in err
+
+
+def test_a_stop_sent_to_the_whole_process_group_of_accelerate_launch_saves_and_stops(tmp_path, tiny_model_path):
+    """`kill -TERM -- -PGID` (timeout, systemd, SLURM's job step) reaches accelerate launch and its training process
+    together, and accelerate's death adds the parent-death SIGUSR1: the training process takes them as one request,
+    saves a whole checkpoint, writes stopped.json (how a plain `accelerate launch` job script detects a stop), releases
+    its lock and exits 75."""
     config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=50)
-    result = _start_and_signal(train_command(config), signal.SIGTERM, "step 1/50", second=True)
-    assert result.returncode == 128 + signal.SIGTERM, result.stderr[-2000:]
-    assert "second signal (SIGTERM): stopping now" in result.stderr
+    script = tmp_path / "train_with_test_rewards.py"
+    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
+           "no", "--dynamo_backend", "no", str(script), "--config", str(config)]
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as err_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env(), cwd=REPO,
+                                start_new_session=True)
+        deadline = time.monotonic() + 240
+        for line in proc.stdout:
+            if line.startswith("step 1/50"):
+                os.killpg(proc.pid, signal.SIGTERM)
+                break
+            assert time.monotonic() < deadline
+        proc.communicate(timeout=240)
+        out = tmp_path / "out"
+        while not (out / "stopped.json").exists() or (out / LOCK_NAME).exists():
+            assert time.monotonic() < deadline, errors.read_text()[-3000:]
+            time.sleep(0.5)
+    stderr = errors.read_text()
+    record = json.loads((out / "stopped.json").read_text())
+    assert record["exit_code"] == EXIT_REQUEUE and (out / f"checkpoint-{record['global_step']}" / MARKER).is_file()
+    assert "stopping now" not in stderr  # however many of the signals arrived, and in whichever order
+    assert proc.returncode != 0  # accelerate launch itself died on the signal: only stopped.json tells the job
 
 
 def test_budget_leaves_an_unfinished_batch_out_of_a_checkpoint():
