@@ -100,7 +100,7 @@ def test_open_rs_files_load_with_named_errors(tmp_path):
     assert data[0]["prompt"][0] == {"role": "system", "content": SYSTEM}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"problem": "3?", "solution": ["x"], "answer": "3"}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl: row 1: field 'solution' must be text"):
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: field 'solution' must be text"):
         load_training_data(str(bad), suffix=False)
     synthetic = load_training_data("synthetic", synthetic_size=3, suffix=False, system_prompt=SYSTEM)
     turns = [m["content"] for m in synthetic[0]["prompt"]]

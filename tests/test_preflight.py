@@ -155,7 +155,7 @@ def test_problem_and_solution_rows_take_the_solutions_last_box(tmp_path):
     assert data["ground_truth"] == ["2", "\\frac{1}{2}"] and data["solution"][0].endswith("\\boxed{2}.")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"problem": "x", "solution": "no box here"}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl: row 1: .*field 'solution' has no \\boxed\{\.\.\.\} answer"):
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2: .*field 'solution' has no \\boxed\{\.\.\.\} answer"):
         load_training_data(str(bad))
 
 
