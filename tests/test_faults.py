@@ -221,3 +221,37 @@ def test_launcher_forwards_a_stop_waits_for_training_and_requeues(tmp_path, monk
     assert saved.read_text() == "SIGUSR1"  # the training process got the clean-stop signal and finished saving
     assert (tmp_path / "requeued").read_text().strip() == "requeue 4242"
     assert not [c for c in _cmdlines() if str(saved) in c]  # nothing left running
+
+
+# torch elastic's agent starts its workers in sessions of their own and dies on SIGUSR1; the worker asks for SIGUSR1
+# when its parent dies (as GracefulStop does), saves, exits 75
+AGENT = ("import subprocess, sys; sys.exit(subprocess.Popen([sys.executable, '-c', sys.argv[1], sys.argv[2]], "
+         "start_new_session=True).wait())")
+WORKER = CHILD.replace("signal.signal(signal.SIGUSR1, stop)",
+                       "signal.signal(signal.SIGUSR1, stop)\n"
+                       "from trl_justrl.preemption import stop_when_parent_dies\n"
+                       "stop_when_parent_dies(signal.SIGUSR1)")
+RUN_NODE = """
+import sys
+from trl_justrl.cluster.launcher import run_node
+from trl_justrl.cluster.plan import Command
+train = Command(0, "h", "train", {}, [sys.executable, "-c", sys.argv[1], sys.argv[2], sys.argv[3]])
+sys.exit(run_node([train], adopt=True))
+"""
+
+
+def test_the_launcher_waits_for_workers_in_sessions_of_their_own(tmp_path):
+    """A stop that kills the agent (torchrun, accelerate) while its workers, in sessions of their own, still save:
+    the launcher adopts them, waits until they have saved and exited, and returns their 75."""
+    saved = tmp_path / "saved"
+    launcher = subprocess.Popen([sys.executable, "-c", RUN_NODE, AGENT, WORKER, str(saved)], cwd=REPO,
+                                stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not Path(f"{saved}.started").exists():
+        assert time.monotonic() < deadline and launcher.poll() is None
+        time.sleep(0.1)
+    time.sleep(0.5)
+    launcher.send_signal(signal.SIGTERM)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == EXIT_REQUEUE, err
+    assert saved.read_text() == "SIGUSR1"  # written before the launcher returned: it waited for the worker

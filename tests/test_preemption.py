@@ -450,11 +450,30 @@ def test_a_finished_run_requeued_trains_nothing_and_changed_settings_are_refused
     card = (out / "README.md").read_text()
     assert "Resumed at update 2 with changed settings: `learning_rate: 0.01 -> 0.005`" in card
 
-    # finished, but the final save never happened (killed after the last checkpoint): still nothing to train
+    # finished, but killed after its last checkpoint, before the final save: the checkpoint becomes the final model
     (out / "finished.json").unlink()
-    done = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3"))
-    assert done.returncode == 0 and "checkpoint-3 is at step 3, max_steps is 3: training is done" in done.stderr
-    assert not (out / "checkpoint-4").exists()
+    (out / "model.safetensors").unlink()
+    done = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", "--learning_rate",
+                             "5e-3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "checkpoint-3 is at step 3 = max_steps: training is done" in done.stderr
+    assert "Loading weights" not in done.stderr
+    assert not (out / "checkpoint-4").exists() and (out / "finished.json").is_file()
+    assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-3" / "model.safetensors").read_bytes()
+
+
+def test_a_stop_in_the_last_update_finishes_the_run(tmp_path, tiny_model_path):
+    """A signal during the last optimizer update: the run saves its final model and finishes (exit 0), so a requeue
+    has nothing left to do."""
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=2)
+    result = _start_and_signal(train_command(config), signal.SIGTERM, "step 1/2")
+    out = tmp_path / "out"
+    if result.returncode == EXIT_REQUEUE:  # the signal landed in update 1: resume into the last one and stop there
+        result = _start_and_signal(train_command(config, "--resume_from_checkpoint", "latest"), signal.SIGTERM,
+                                   "step 2/2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "finished.json").is_file() and (out / "model.safetensors").is_file()
+    assert not (out / "stopped.json").exists()
 
 
 # ---- a full disk ---------------------------------------------------------------------------------------------------

@@ -33,27 +33,43 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint that could not be written (the message names the folder, the free space and the cause)."""
+    """A checkpoint that could not be written (the message names the folder, the free space and the cause);
+    `disk_full` says whether the cause was space, else the cause's traceback is worth printing."""
+
+    disk_full = False
 
 
 def failed_save(folder: Path, error: BaseException, *, remove: bool) -> CheckpointWriteError:
     """The error for a save into `folder` that raised `error`; with `remove`, the torn folder is deleted first (only
     when it is not a whole checkpoint), so a full disk is not kept full by it and `latest` never meets it."""
-    usage = shutil.disk_usage(folder.parent)
+    usage = _disk_usage(folder.parent)
     text = str(error)
-    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or usage.free < DIGEST_SPAN or any(
+    full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or usage[1] < DIGEST_SPAN or any(
         sign in text for sign in ("No space left", "unexpected pos", "os error 28"))  # torch's and safetensors' words
     removed = ""
     if remove and folder.is_dir() and incomplete_reason(folder) is not None:
         shutil.rmtree(folder, ignore_errors=True)
-        free_now = shutil.disk_usage(folder.parent).free / 2**20
+        free_now = _disk_usage(folder.parent)[1] / 2**20
         removed = (f" The incomplete {folder.name} was removed ({free_now:.1f} MB free now); earlier checkpoints are "
                    "intact.")
     cause = "no space left on the device" if full else "the write failed"
-    return CheckpointWriteError(
-        f"Saving {folder.name} in {folder.parent} failed: {cause} ({usage.free / 2**20:.1f} MB free of "
-        f"{usage.total / 2**20:.1f} MB when it failed; {type(error).__name__}: {text[:200]}).{removed} Free space "
-        "there, lower save_total_limit or choose another output_dir, then resume with --resume_from_checkpoint latest.")
+    failure = CheckpointWriteError(
+        f"Saving {folder.name} in {folder.parent} failed: {cause} ({usage[1] / 2**20:.1f} MB free of "
+        f"{usage[0] / 2**20:.1f} MB when it failed; {type(error).__name__}: {text[:200]}).{removed} "
+        + ("Free space there, lower save_total_limit or choose another output_dir, then resume with "
+           "--resume_from_checkpoint latest." if full else "Its cause is above; resume with --resume_from_checkpoint "
+           "latest once it is fixed."))
+    failure.disk_full = full
+    return failure
+
+
+def _disk_usage(folder: Path) -> tuple[float, float]:
+    """(total, free) bytes of the filesystem holding `folder` (NaN when it cannot be read: a folder gone)."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return float("nan"), float("nan")
+    return usage.total, usage.free
 
 
 def file_digest(path: Path) -> str:

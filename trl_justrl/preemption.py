@@ -72,6 +72,34 @@ def stop_when_parent_dies(sig: int) -> bool:
     return True
 
 
+def adopt_orphans() -> bool:
+    """Linux: make this process the reaper of its orphaned descendants (prctl PR_SET_CHILD_SUBREAPER), so a launcher
+    can wait for training processes whose own launcher (torchrun's agent, `accelerate launch`) died before them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # 36 = PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def adopted_children(exclude: set[int]) -> list[int]:
+    """The pids whose parent is this process (Linux /proc), but for `exclude`: with `adopt_orphans`, the training
+    processes whose launcher died."""
+    me, found = os.getpid(), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) in exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # fields after the command: state, ppid, ...
+            found.append(int(entry))
+    return found
+
+
 class GracefulStop(TrainerCallback):
     """Stop training at the next optimizer-update boundary after SIGTERM / SIGUSR1, saving a checkpoint first."""
 

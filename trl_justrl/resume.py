@@ -4,14 +4,16 @@ Every checkpoint holds `run_settings.json` (the run config as `to_dict()` writes
 the reward names). A resume compares the new settings with it: a change of the objective, the batch geometry or the
 learning-rate schedule is refused, listing each difference, unless `resume_allow_changes` is set (then the changes
 are logged and recorded in `resume_changes.json`, which the model card lists); any other change (logging, output,
-reporting, saving) passes with a log line. A run that trained to `max_steps` leaves `finished.json`: requeuing it
-(every restart passes `--resume_from_checkpoint latest`) trains nothing and exits 0.
+reporting, saving) passes with a log line. A run that trained to `max_steps` (also one stopped by a signal in its
+last update) leaves `finished.json`: requeuing it (every restart passes `--resume_from_checkpoint latest`) trains
+nothing and exits 0.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,18 @@ OBJECTIVE = (
     "top_entropy_quantile", "use_bias_correction_kl", "overlong_buffer_length", "overlong_penalty_factor",
     "off_policy_mask_threshold", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
     "multi_objective_aggregation", "num_iterations", "sync_ref_model", "ref_model_mixup_alpha",
-    "ref_model_sync_steps", "reward_funcs",
+    "ref_model_sync_steps", "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_neg", "vespo_k_pos",
+    "vespo_lambda_neg", "vespo_lambda_pos", "vllm_importance_sampling_cap", "vllm_importance_sampling_clip_min",
+    "vllm_importance_sampling_clip_max", "generation_kwargs", "chat_template_kwargs", "disable_dropout",
+    "robust_verifier_timeout_s", "cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct",
+    "cosine_max_value_correct", "cosine_max_len", "reward_funcs", "training_data",
 )
+# the batch as the world sees it: per-process sizes (micro-batch, accumulation, steps per generation) may change with
+# the number of processes or the micro-batch, which is exact; these may not
 GEOMETRY = ("prompts_per_step", "prompts_per_update", "num_generations", "completions_per_update",
-            "generation_batch_size", "steps_per_generation")
+            "generation_batch_size", "updates_per_generation")
+IGNORED = ("resume_from_checkpoint", "resume_allow_changes", "model_init_kwargs", "gradient_checkpointing_kwargs",
+           "steps_per_generation")  # the request itself; what TRL fills in after parsing; per-process sizes
 SCHEDULE = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_rl_steps",
             "weight_decay", "weight_decay_all_parameters", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
             "optim_args", "max_grad_norm", "seed", "data_seed", "shuffle_dataset")
@@ -44,46 +54,50 @@ class ResumeSettingsError(ValueError):
     """A resume that would change the objective, the batch geometry or the schedule (the message lists each)."""
 
 
-def settings_record(args: Any, world_size: int, reward_names: list[str] | None) -> dict[str, Any]:
-    """What `run_settings.json` holds: the config (JSON values), the world size, the reward names and the derived
-    completions per optimizer update (the batch that stays fixed when the number of processes changes)."""
+def settings_record(args: Any, world_size: int, reward_names: list[str] | None = None,
+                    training_data: str | None = None) -> dict[str, Any]:
+    """What `run_settings.json` holds: the config (JSON values), the world size, the reward names, the training data
+    and the batch as the world sees it (completions per optimizer update, updates per generation batch)."""
     record = json.loads(json.dumps(args.to_dict(), default=str))
     record["completions_per_update"] = (args.per_device_train_batch_size * world_size
                                         * args.gradient_accumulation_steps)
+    record["updates_per_generation"] = args.steps_per_generation // max(args.gradient_accumulation_steps, 1)
     if reward_names is not None:
         record["reward_funcs"] = list(reward_names)
+    if training_data is not None:
+        record["training_data"] = training_data
     return {"world_size": world_size, "settings": record}
 
 
-def write_settings(folder: str | Path, args: Any, world_size: int, reward_names: list[str] | None) -> None:
-    Path(folder, SETTINGS_FILE).write_text(json.dumps(settings_record(args, world_size, reward_names), indent=1))
+def write_settings(folder: str | Path, args: Any, world_size: int, reward_names: list[str] | None,
+                   training_data: str | None) -> None:
+    record = settings_record(args, world_size, reward_names, training_data)
+    Path(folder, SETTINGS_FILE).write_text(json.dumps(record, indent=1))
 
 
-def setting_changes(checkpoint: str | Path, args: Any, world_size: int,
-                    reward_names: list[str] | None = None) -> tuple[list[str], list[str]]:
+def setting_changes(checkpoint: str | Path, args: Any, world_size: int, reward_names: list[str] | None = None,
+                    training_data: str | None = None) -> tuple[list[str], list[str]]:
     """(refused, harmless) differences between `checkpoint`'s saved settings and these, as `name: old -> new`;
-    nothing for a checkpoint saved without them. Reward names are compared only when given."""
+    nothing for a checkpoint saved without them. Rewards and data are compared only when given."""
     path = Path(checkpoint, SETTINGS_FILE)
     if not path.is_file():
         return [], []
     saved = json.loads(path.read_text())["settings"]
-    now = settings_record(args, world_size, reward_names)["settings"]
+    now = settings_record(args, world_size, reward_names, training_data)["settings"]
     checked = set(OBJECTIVE + GEOMETRY + SCHEDULE)
     if now.get("lr_scheduler_type") not in CONSTANT_SCHEDULES:
         checked |= set(LENGTH)
-    if reward_names is None:
-        checked.discard("reward_funcs")
     refused, harmless = [], []
-    for name in sorted(set(saved) & set(now)):
-        if saved[name] != now[name] and name not in ("resume_from_checkpoint", "resume_allow_changes"):
+    for name in sorted((set(saved) & set(now)) - set(IGNORED)):
+        if saved[name] != now[name]:
             (refused if name in checked else harmless).append(f"{name}: {saved[name]!r} -> {now[name]!r}")
     return refused, harmless
 
 
-def check_resume_settings(checkpoint: str | Path, args: Any, world_size: int,
-                          reward_names: list[str] | None = None) -> list[str]:
+def check_resume_settings(checkpoint: str | Path, args: Any, world_size: int, reward_names: list[str] | None = None,
+                          training_data: str | None = None) -> list[str]:
     """Refuse (ResumeSettingsError) or, with `args.resume_allow_changes`, log and return the changes that matter."""
-    refused, harmless = setting_changes(checkpoint, args, world_size, reward_names)
+    refused, harmless = setting_changes(checkpoint, args, world_size, reward_names, training_data)
     if harmless:
         logger.info("Resuming from %s with changed settings that do not affect training: %s", checkpoint,
                     "; ".join(harmless))
@@ -102,9 +116,11 @@ def check_resume_settings(checkpoint: str | Path, args: Any, world_size: int,
 def record_changes(output_dir: str | Path, step: int, changes: list[str]) -> None:
     """Append the changes a resume made at `step` to the output folder's CHANGES_FILE."""
     path = Path(output_dir, CHANGES_FILE)
-    history = json.loads(path.read_text()) if path.is_file() else []
-    history.append({"resumed_at_step": step, "changes": changes})
-    path.write_text(json.dumps(history, indent=1))
+    history = recorded_changes(output_dir)
+    entry = {"resumed_at_step": step, "changes": changes}
+    if entry not in history:  # a run stopped again before its next save resumes from the same checkpoint
+        history.append(entry)
+        path.write_text(json.dumps(history, indent=1))
 
 
 def recorded_changes(output_dir: str | Path) -> list[dict[str, Any]]:
@@ -121,27 +137,44 @@ def write_finished(output_dir: str | Path, global_step: int, args: Any) -> None:
 
 
 def finished_message(output_dir: str | Path, args: Any, checkpoint: str | Path | None) -> str | None:
-    """Why there is nothing to train (None when there is): the run in `output_dir` finished at or past this
-    run's `max_steps` (FINISHED_FILE, or a resumable checkpoint that far when the final save never happened)."""
+    """Why there is nothing to train (None when there is) for `--resume_from_checkpoint latest`: the run in
+    `output_dir` trained to this run's `max_steps` and saved its final model (FINISHED_FILE)."""
     done = Path(output_dir, FINISHED_FILE)
-    if done.is_file():
-        try:
-            record = json.loads(done.read_text())
-        except (OSError, ValueError):
-            record = None
-        if record is not None:
-            step = int(record.get("global_step", 0))
-            if (args.max_steps > 0 and step >= args.max_steps) or (
-                    args.max_steps <= 0 and args.num_train_epochs <= record.get("num_train_epochs", 0)):
-                return (f"The run in {output_dir} already finished at step {step}; nothing to train (its final model "
-                        f"is there). Raise max_steps to train further, or choose another output_dir.")
-    if checkpoint is not None and args.max_steps > 0:
-        try:
-            step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
-        except (OSError, ValueError, KeyError):
-            return None
-        if step >= args.max_steps:
-            return (f"{checkpoint} is at step {step}, max_steps is {args.max_steps}: training is done; nothing to "
-                    "train (the final save did not happen: the trained weights are in that checkpoint). Raise "
-                    "max_steps to train further.")
+    try:
+        record = json.loads(done.read_text()) if done.is_file() else None
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        return None
+    step, by_steps = int(record.get("global_step", 0)), record.get("max_steps", 0) > 0
+    if (args.max_steps > 0 and step >= args.max_steps) or (
+            args.max_steps <= 0 and not by_steps and args.num_train_epochs <= record.get("num_train_epochs", 0)):
+        return (f"The run in {output_dir} already finished at step {step}; nothing to train (its final model is "
+                f"there). Raise max_steps to train further, or choose another output_dir.")
     return None
+
+
+CHECKPOINT_ONLY = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "training_args.bin", SETTINGS_FILE,
+                   "checkpoint_complete.json")  # what a checkpoint holds beyond a saved model
+
+
+def finish_from_checkpoint(checkpoint: str | Path, output_dir: str | Path, args: Any, *, write: bool) -> str | None:
+    """For `latest` when the newest whole checkpoint is already at `max_steps` but the final save never happened
+    (the run was killed after it): its model files and trainer state become the final model, without training
+    (resuming at the last step would train past it). Returns what was done, None when there is training left; every
+    process takes the same decision, `write` (the main process) copies."""
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    try:
+        step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if args.max_steps <= 0 or step < args.max_steps:
+        return None
+    if write:
+        for file in checkpoint.iterdir():
+            if file.is_file() and file.name not in CHECKPOINT_ONLY and not file.name.startswith("rng_state"):
+                shutil.copy2(file, output_dir / file.name)
+        write_finished(output_dir, step, args)
+    return (f"{checkpoint} is at step {step} = max_steps: training is done, but the run ended before its final save; "
+            f"the checkpoint's model and trainer state were copied to {output_dir} as the final model (nothing "
+            "trained).")

@@ -14,6 +14,7 @@ import logging
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,13 @@ from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
-from .resume import ResumeSettingsError, check_resume_settings, finished_message, write_finished
+from .resume import (
+    ResumeSettingsError,
+    check_resume_settings,
+    finish_from_checkpoint,
+    finished_message,
+    write_finished,
+)
 from .rewards import reward_source
 from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
 from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
@@ -116,6 +123,18 @@ def with_recipe_file(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def recipe_values(argv: Sequence[str]) -> dict[str, Any]:
+    """The mapping in the `--config` file of `argv` (already a path: `with_recipe_file`), {} without one."""
+    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    prescan.add_argument("--config")
+    config = prescan.parse_known_args(list(argv))[0].config
+    if config is None or not Path(config).is_file():
+        return {}
+    with open(config, encoding="utf-8") as f:
+        values = yaml.safe_load(f)
+    return values if isinstance(values, dict) else {}
+
+
 def trainer_choice(argv: Sequence[str]) -> str:
     """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
     parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
@@ -124,11 +143,8 @@ def trainer_choice(argv: Sequence[str]) -> str:
     prescan.add_argument("--config")
     known, _ = prescan.parse_known_args(list(argv))
     choice, config = known.trainer, known.config
-    if choice is None and config is not None and Path(config).is_file():
-        with open(config, encoding="utf-8") as f:
-            values = yaml.safe_load(f)
-        if isinstance(values, dict):
-            choice = values.get("trainer")
+    if choice is None:
+        choice = recipe_values(argv).get("trainer")
     choice = DEFAULT_TRAINER if choice is None else str(choice)
     if choice not in TRAINERS:
         where = f" (in {config})" if config else ""
@@ -149,6 +165,7 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
     ignores those, and any other unknown key is an error naming it."""
     refuse_secrets(argv)
     argv = with_recipe_file(argv)
+    refuse_secrets(recipe=recipe_values(argv), where="the recipe")
     parser = make_parser(argv, prog)
     *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
         args=argv, return_remaining_strings=True, separate_remaining_strings=True
@@ -161,7 +178,6 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
                          f"{type(parsed[1]).__name__}, the script or the model (see --help), nor layout keys of the "
                          f"cluster planner ({list(LAYOUT_KEYS)}).")
     script_args, training_args, model_args = parsed
-    refuse_secrets(recipe={"hub_token": getattr(training_args, "hub_token", None)}, where="the recipe")
     return script_args, training_args, model_args
 
 
@@ -222,11 +238,16 @@ def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_arg
     # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
     resume = resolve_resume_checkpoint(training_args)
     output_dir = Path(training_args.output_dir)
-    if resume_requested(training_args) and (done := finished_message(output_dir, training_args, resume)):
+    latest = str(training_args.resume_from_checkpoint).lower() in RESUME_LATEST  # not a checkpoint given by path
+    done = latest and (finished_message(output_dir, training_args, resume) or (resume is not None and (
+        finish_from_checkpoint(resume, output_dir, training_args, write=training_args.process_index == 0))))
+    if done:
         logger.warning(done)  # a requeued or rerun finished job: exit 0 without training
+        if training_args.process_index == 0:
+            (output_dir / STOP_RECORD).unlink(missing_ok=True)
         return output_dir
     if resume is not None:  # the settings this run would change (the trainer checks the rewards too, and records)
-        check_resume_settings(resume, training_args, training_args.world_size)
+        check_resume_settings(resume, training_args, training_args.world_size, training_data=script_args.dataset_name)
     lock = None
     if training_args.process_index == 0:
         check_output_dir(output_dir, resuming=resume_requested(training_args),
@@ -276,7 +297,7 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
         install_compact_console(trainer)
     trainer.train(resume_from_checkpoint=resume)
     stopped_at = trainer.graceful_stop.stopped_at
-    if stopped_at is not None:  # SIGTERM / SIGUSR1: checkpoint-N is saved; no "final" model
+    if stopped_at is not None and stopped_at < trainer.state.max_steps:  # a stop: checkpoint-N saved, no final model
         trainer.save_state()
         if trainer.accelerator.is_main_process:
             (output_dir / STOP_RECORD).write_text(json.dumps({"global_step": stopped_at,
@@ -374,6 +395,8 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except CheckpointWriteError as err:  # found while training: the run failed, not its settings
+        if not err.disk_full and err.__cause__ is not None:
+            traceback.print_exception(err.__cause__)
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
 

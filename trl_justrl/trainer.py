@@ -237,20 +237,36 @@ class GRPORunTrainer(GRPOTrainer):
         limit = self.args.save_total_limit
         self.args.save_total_limit = None
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        error: Exception | None = None
         try:
             super()._save_checkpoint(model, trial)
-            self.accelerator.wait_for_everyone()
-            if self.args.should_save:
-                write_settings(folder, self.args, self.accelerator.num_processes, list(self.reward_func_names))
-                write_marker(folder, self.state.global_step, self.accelerator.num_processes)
-        except Exception as err:  # a full disk, a quota, a folder gone: name it, and remove the torn save
-            raise failed_save(folder, err, remove=self.args.should_save) from err
+        except Exception as err:  # a full disk, a quota, a folder gone
+            error = err
         finally:
             self.args.save_total_limit = limit
+        written = self._everyone_ok(error)  # a barrier too: every process has written its share here
+        if written and self.args.should_save:
+            try:
+                write_settings(folder, self.args, self.accelerator.num_processes, list(self.reward_func_names),
+                               self.training_data_name)
+                write_marker(folder, self.state.global_step, self.accelerator.num_processes)
+            except OSError as err:
+                error = err
+        elif not written and error is None:
+            error = RuntimeError("another process could not write its share of the checkpoint")
+        if not self._everyone_ok(error):  # one decision on every process: they raise together, none waits alone
+            raise failed_save(folder, error, remove=self.args.should_save) from error
         if self.args.should_save and limit:
             rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+    def _everyone_ok(self, error: Exception | None) -> bool:
+        """Whether no process has an error (one all-reduce, which every process reaches: also a barrier)."""
+        flag = torch.tensor([0.0 if error is None else 1.0], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        return flag.item() == 0
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
               **kwargs):
@@ -261,7 +277,7 @@ class GRPORunTrainer(GRPOTrainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, (str, Path)) and Path(checkpoint).is_dir():
             changes = check_resume_settings(checkpoint, self.args, self.accelerator.num_processes,
-                                            list(self.reward_func_names))
+                                            list(self.reward_func_names), self.training_data_name)
             if changes and self.is_world_process_zero():
                 step = json.loads(Path(checkpoint, "trainer_state.json").read_text()).get("global_step", 0)
                 record_changes(self.args.output_dir, step, changes)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from ..credentials import refuse_secrets
-from ..preemption import EXIT_REQUEUE, forwarding_signals
+from ..preemption import EXIT_REQUEUE, adopt_orphans, adopted_children, forwarding_signals
 from ..run_folder import alive
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
@@ -142,14 +142,18 @@ def multinode_commands(env: Mapping[str, str], recipe: str | None, accelerate_co
     return plan, launch_commands(plan, settings), node_rank
 
 
-def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> int:
+def run_node(commands: Sequence[Command], *, requeue_job: str | None = None, adopt: bool = False) -> int:
     """Start this node's background processes, run its foreground one, then stop the background ones.
 
     Each process runs in its own process group. SIGTERM / SIGUSR1 / SIGINT to the launcher reach every training
     process as SIGUSR1 (a clean stop: finish the update, save, exit 75; `accelerate launch` and torchrun's agent may
     die on it, their training processes do not), a second one as SIGTERM (stop at once); the launcher then waits until
-    the whole group has exited, so nothing is left writing. Inside SLURM (`requeue_job`), a stopped run is requeued
-    with `scontrol requeue`; the launcher exits 75 (EXIT_REQUEUE)."""
+    the whole group has exited, so nothing is left writing; with `adopt` (the command-line launchers) it also adopts
+    and waits for training processes in sessions of their own whose launcher died (torchrun's workers), and takes
+    their exit codes. Signals within 5 s of the first are one request. Inside SLURM (`requeue_job`), a stopped run
+    is requeued with `scontrol requeue`; the launcher exits 75 (EXIT_REQUEUE), or a training process's failure code
+    when one failed on the way (a full disk during the stop's save)."""
+    adopted = adopt and adopt_orphans()
     for cmd in commands:
         if shutil.which(cmd.argv[0]) is None:
             hint = "pip install -e '.[vllm]'" if cmd.argv[0] == "vllm" else "pip install -e ."
@@ -164,8 +168,12 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
         for proc in foreground:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, sent)
+        for pid in adopted_children({p.pid for p in background + foreground}) if adopted else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sent)
 
     code = 0
+    orphan_codes: list[int] = []
     with forwarding_signals(forward) as received:
         try:
             for cmd in commands:
@@ -177,8 +185,14 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
                     proc = subprocess.Popen(cmd.argv, env=env, start_new_session=True)
                     foreground.append(proc)
                     code = proc.wait()
+                    servers = {p.pid for p in background}
                     while alive(proc.pid, group=True):  # its children (the training processes) may still be saving
+                        if adopted:  # an adopted process that exited stays in the group until it is reaped
+                            orphan_codes += _reap_adopted(servers)
                         time.sleep(1.0)
+                    while adopted and adopted_children(servers):  # in sessions of their own (torchrun's workers)
+                        orphan_codes += _reap_adopted(servers)
+                        time.sleep(0.5)
                     break
             else:
                 for proc in background:  # nothing in the foreground: wait for the background processes
@@ -194,12 +208,27 @@ def run_node(commands: Sequence[Command], *, requeue_job: str | None = None) -> 
                     except subprocess.TimeoutExpired:
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(proc.pid, signal.SIGKILL)
-    if received or code == EXIT_REQUEUE:
+    failures = [c for c in orphan_codes if c not in (0, EXIT_REQUEUE)]
+    stopped = code == EXIT_REQUEUE or EXIT_REQUEUE in orphan_codes or (received and not orphan_codes)
+    if failures:
+        return failures[0]
+    if stopped:
         if requeue_job:
             print(f"[trl_justrl.cluster.launcher] requeueing SLURM job {requeue_job}", file=sys.stderr, flush=True)
             subprocess.run(["scontrol", "requeue", requeue_job], check=False)
         return EXIT_REQUEUE
     return code
+
+
+def _reap_adopted(exclude: set[int]) -> list[int]:
+    """Reap the adopted processes (see run_node) that have exited; their exit codes."""
+    codes = []
+    for pid in adopted_children(exclude):
+        with contextlib.suppress(ChildProcessError):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                codes.append(os.waitstatus_to_exitcode(status))
+    return codes
 
 
 def _cli(prog: str, body: Callable[[argparse.Namespace, Mapping[str, str]], int], argv: Sequence[str] | None,
@@ -220,7 +249,7 @@ def _multinode(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(format_plan(plan, commands))
         print(f"\nThis node: NODE_RANK={node_rank}. Dry run: nothing was started.")
         return 0
-    return run_node([c for c in commands if c.node == node_rank])
+    return run_node([c for c in commands if c.node == node_rank], adopt=True)
 
 
 def multinode_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
@@ -279,7 +308,7 @@ def _slurm(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 0
     if "SLURM_JOB_ID" not in env:
         raise PlanError("Not inside a SLURM job: submit with `sbatch launch/slurm/train.slurm` (or use --dry-run).")
-    return run_node(steps, requeue_job=env["SLURM_JOB_ID"])
+    return run_node(steps, requeue_job=env["SLURM_JOB_ID"], adopt=True)
 
 
 def slurm_main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
