@@ -522,4 +522,4 @@ def test_a_full_disk_names_the_folder_removes_the_torn_checkpoint_and_keeps_earl
         assert find_resumable(out).path == out / "checkpoint-1" and find_resumable(out).skipped == []
     finally:
         if mounted:
-            subprocess.run(["umount", str(small)], check=False)
+            subprocess.run(["umount", "--lazy", str(small)], check=False)
