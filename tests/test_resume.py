@@ -148,3 +148,28 @@ def test_model_card_of_a_python_run_names_what_it_was_given(tmp_path, tiny_model
     assert "huggingface.co/None" not in card and f"fine-tuned version of `{tiny_model_path}`" in card
     assert "Training data: `a Dataset given in Python, 16 rows`" in card and "huggingface.co/datasets" not in card
     assert "Rewards: `record_prompts`" in card and "dapo_strict" not in card and "strict DAPO" not in card
+
+
+def test_resume_settings_allow_another_world_size_and_refuse_the_objective(tmp_path):
+    """The batch is compared as the world sees it: 8 processes x 32 accumulation steps and 4 x 64 are the same
+    update (a resume on fewer GPUs passes); a learning rate, the prompts per step or the data do not pass."""
+    from types import SimpleNamespace
+
+    from trl_justrl.resume import setting_changes, write_settings
+
+    def args(world: int, **changes):
+        values = {"learning_rate": 1e-6, "prompts_per_step": 256, "lr_scheduler_type": "constant_with_warmup",
+                  "max_steps": 17520, "logging_steps": 1, "per_device_train_batch_size": 1,
+                  "gradient_accumulation_steps": 512 // 8 // world, "steps_per_generation": 4 * 512 // 8 // world,
+                  "generation_batch_size": 2048} | changes
+        return SimpleNamespace(**values, to_dict=lambda: dict(values))
+
+    write_settings(tmp_path, args(8), 8, ["dapo_strict"], "data-a")
+    refused, harmless = setting_changes(tmp_path, args(4), 4, ["dapo_strict"], "data-a")
+    assert refused == [] and harmless == ["gradient_accumulation_steps: 8 -> 16"]  # logged, not refused
+    refused, harmless = setting_changes(tmp_path, args(4, learning_rate=5e-6, logging_steps=5, max_steps=20000), 4,
+                                        ["dapo_strict"], "data-b")
+    assert refused == ["learning_rate: 1e-06 -> 5e-06", "training_data: 'data-a' -> 'data-b'"]
+    assert "logging_steps: 1 -> 5" in harmless and "max_steps: 17520 -> 20000" in harmless  # constant rate
+    refused, _ = setting_changes(tmp_path, args(8, prompts_per_step=128, lr_scheduler_type="linear", max_steps=9), 8)
+    assert "prompts_per_step: 256 -> 128" in refused and "max_steps: 17520 -> 9" in refused  # a decaying rate
