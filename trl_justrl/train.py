@@ -238,23 +238,23 @@ def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_arg
     # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
     resume = resolve_resume_checkpoint(training_args)
     output_dir = Path(training_args.output_dir)
-    latest = str(training_args.resume_from_checkpoint).lower() in RESUME_LATEST  # not a checkpoint given by path
-    done = latest and (finished_message(output_dir, training_args, resume) or (resume is not None and (
-        finish_from_checkpoint(resume, output_dir, training_args, write=training_args.process_index == 0))))
-    if done:
-        logger.warning(done)  # a requeued or rerun finished job: exit 0 without training
-        if training_args.process_index == 0:
-            (output_dir / STOP_RECORD).unlink(missing_ok=True)
-        return output_dir
-    if resume is not None:  # the settings this run would change (the trainer checks the rewards too, and records)
-        check_resume_settings(resume, training_args, training_args.world_size, training_data=script_args.dataset_name)
     lock = None
     if training_args.process_index == 0:
         check_output_dir(output_dir, resuming=resume_requested(training_args),
                          overwrite=training_args.overwrite_output_dir)
         lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
-        (output_dir / STOP_RECORD).unlink(missing_ok=True)
     try:
+        latest = str(training_args.resume_from_checkpoint).lower() in RESUME_LATEST  # not a checkpoint given by path
+        done = latest and (finished_message(output_dir, training_args, resume) or (resume is not None and (
+            finish_from_checkpoint(resume, output_dir, training_args, write=training_args.process_index == 0))))
+        if training_args.process_index == 0:
+            (output_dir / STOP_RECORD).unlink(missing_ok=True)
+        if done:
+            logger.warning(done)  # a requeued or rerun finished job: exit 0 without training
+            return output_dir
+        if resume is not None:  # what this run would change (the trainer also checks the rewards, and records)
+            check_resume_settings(resume, training_args, training_args.world_size,
+                                  training_data=script_args.dataset_name)
         return _train(script_args, training_args, model_args, trainer_class, resume, output_dir, start)
     finally:
         if lock is not None:
