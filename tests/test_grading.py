@@ -19,7 +19,6 @@ from trl_justrl.grading.grader import (
     grade_answer,
     grade_many,
     normalize_answer,
-    order_free,
     ordered,
 )
 
@@ -230,10 +229,7 @@ def test_notation_normalisation():
     assert normalize_answer("\\text {blue}") == "blue"
 
 
-def test_order_free_and_ordered_problems():
-    assert order_free("Find all real numbers x such that ...")
-    assert order_free("Enter all the solutions, separated by commas.")
-    assert not order_free("Find the minimum and the maximum.") and not order_free(None)
+def test_problems_that_name_an_order():
     # released problems whose bare-list golds are labelled values, so their order counts
     for problem in ("Each cost $\\$ 17$. How many of each did she buy?", "If $a=-4$, solve the system of equations.",
                     "Determine all real numbers $a, b$ and $c$ for which the graph passes through $P(3,5)$.",
@@ -250,7 +246,7 @@ def test_order_free_and_ordered_problems():
         assert not ordered(problem), problem
 
 
-def test_released_list_golds_accept_themselves_reversed_only_when_order_free():
+def test_released_list_golds_accept_themselves_reversed_unless_the_problem_names_an_order():
     gold, problem = "\\frac{-1+\\sqrt{17}}{2}, \\frac{-1-\\sqrt{17}}{2}", "Compute all possible values of a+b+c."
     reverse = "\\frac{-1-\\sqrt{17}}{2}, \\frac{-1+\\sqrt{17}}{2}"
     assert grade_answer(boxed(reverse), gold, problem=problem)

@@ -75,11 +75,6 @@ _ORDERED_PROBLEM = re.compile(  # the problem names the values it wants in an or
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
 _ASKING = re.compile(r"\b(?:find|determine|compute|calculate|solve|what|which|give|enter|list|express|how many)\b",
                      re.IGNORECASE)
-_UNORDERED_PROBLEM = re.compile(
-    r"\b(?:find|determine|compute|list|enter|give|what are)\s+all\b|(?<!for )\ball\s+(?:possible|real|integer|positive|"
-    r"negative|solutions|values|pairs|roots|ordered|triples|numbers|such)\b|separated by commas",
-    re.IGNORECASE,
-)
 
 
 # ---- extraction and notation ----------------------------------------------------------------------------------
@@ -242,11 +237,6 @@ def _encloses(text: str) -> bool:
             if depth == 0 and i < len(text) - 1:
                 return False
     return True
-
-
-def order_free(problem: str | None) -> bool:
-    """Whether the problem's question asks for all of something (a list of answers in any order)."""
-    return bool(problem and _UNORDERED_PROBLEM.search(question(problem)))
 
 
 def ordered(problem: str | None) -> bool:
