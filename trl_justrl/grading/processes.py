@@ -57,6 +57,9 @@ class GradingProcess:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=cwd, text=True,
                                    bufsize=1)
         if self._read_line(process, START_TIMEOUT_S) != READY:
+            # its output may close a moment before it can be reaped: wait briefly for the status it exits with
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=5)
             code = process.poll()
             self._kill(process)
             raise RuntimeError(f"The grading helper ({' '.join(argv)}) did not start"
