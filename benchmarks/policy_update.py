@@ -17,6 +17,12 @@ alternating the trainers, and reports the median of the N ratios to stock (a sha
 micro-batches of one completion (or packed ones) it also estimates the model FLOPs each trainer executes per step and
 the rate each achieved (how far the speed-up is from the work saved). Results and the run's machine and versions are
 printed; `--json PATH` also writes them.
+
+`--set-config KEY=VALUE` sets a field of every trainer's config (TRL's speed options side by side on the same work:
+`use_liger_kernel=true`, `gradient_checkpointing=false|auto`, `cast_lm_head_to_fp32=true`; `attn_implementation=X`
+and other `model_init_kwargs.KEY=X` reach the model's loading). `--profile-update N` profiles optimizer update N
+(1-based; the warm-up step's last update, 4, leaves the timed steps untouched) with a `torch.profiler` schedule
+(update N-1 its warm-up) and writes the top operators by device time and by self time to `--profile-dir`.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import TrainerCallback
+from transformers import AutoConfig, TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 
@@ -129,11 +135,107 @@ class StepTimer(TrainerCallback):
             self.losses.append(float(logs["loss"]))
 
 
-def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Namespace, preset: dict) -> dict:
-    from datasets import Dataset
+class OneUpdateProfile(TrainerCallback):
+    """`torch.profiler` over optimizer update `update` (1-based) only, update - 1 its warm-up; writes the top
+    operators by total and by self time (device time on CUDA, CPU time on CPU) as text, keeps them for the JSON."""
+
+    def __init__(self, update: int, path: Path, device: str, rows: int = 25):
+        self.update, self.path, self.device, self.rows = update, path, device, rows
+        self.top: dict[str, list[dict]] = {}
+        self._profiler = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._profiler is None and state.global_step == max(self.update - 2, 0):
+            from torch.profiler import ProfilerActivity, profile, schedule
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device == "cuda" else [])
+            warmup = 1 if self.update > 1 else 0
+            self._profiler = profile(activities=activities, on_trace_ready=self._write,
+                                     schedule=schedule(wait=0, warmup=warmup, active=1, repeat=1))
+            self._profiler.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._profiler is not None and not self.top:
+            self._profiler.step()  # the schedule calls _write once the active update ends
+            if state.global_step >= self.update:
+                self._profiler.stop()
+
+    def _write(self, profiler) -> None:
+        averages = profiler.key_averages()
+        prefix = "device" if self.device == "cuda" else "cpu"
+        sections = []
+        for key, title in ((f"{prefix}_time_total", "total"), (f"self_{prefix}_time_total", "self")):
+            sections.append(f"# optimizer update {self.update}: top operators by {title} {prefix} time\n"
+                            + averages.table(sort_by=key, row_limit=self.rows))
+            ranked = sorted(averages, key=lambda event: getattr(event, key), reverse=True)[: self.rows]
+            self.top[title] = [{"operator": event.key, "calls": event.count,
+                                "total_ms": getattr(event, f"{prefix}_time_total") / 1e3,
+                                "self_ms": getattr(event, f"self_{prefix}_time_total") / 1e3} for event in ranked]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("\n\n".join(sections))
+
+
+def parse_config_overrides(items: list[str]) -> dict[str, object]:
+    """`KEY=VALUE` strings as config values: YAML scalars (true, 3, 1e-6, sdpa); `attn_implementation` and
+    `model_init_kwargs.KEY` go into `model_init_kwargs`, another `FIELD.KEY` into that dict field."""
+    import yaml
+
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set-config {item!r}: expected KEY=VALUE")
+        value = yaml.safe_load(text) if text else ""
+        if isinstance(value, str):
+            try:
+                value = float(value)  # YAML 1.1 reads 1e-6 as text
+            except ValueError:
+                pass
+        if key == "attn_implementation":
+            key = "model_init_kwargs.attn_implementation"
+        field_name, _, sub_key = key.partition(".")
+        if sub_key:
+            overrides.setdefault(field_name, {})[sub_key] = value  # type: ignore[index]
+        else:
+            overrides[field_name] = value
+    return overrides
+
+
+def check_config_overrides(overrides: dict[str, object], config_classes: list[type]) -> None:
+    """Refuse a key that is not a field of every trainer's config (before any model is built)."""
+    import dataclasses
+
+    for cls in config_classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"--set-config {', '.join(unknown)}: not a field of {cls.__name__}")
+
+
+def trainer_classes(kind: str):
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_justrl import JustRLConfig, JustRLTrainer
+
+    return (GRPOConfig, GRPOTrainer) if kind == "stock" else (JustRLConfig, JustRLTrainer)
+
+
+def largest_forward_tokens(kind: str, rollouts: dict, generations: int, max_tokens: int | None) -> int:
+    """Tokens of the run's largest forward: stock pads each row to the batch's width; JustRLTrainer runs a row over
+    its own tokens, or a pack of up to `max_tokens` (a longer row alone)."""
+    rows = [len(rollouts["prompt_ids"][i // generations]) + len(ids)
+            for i, ids in enumerate(rollouts["completion_ids"])]
+    if kind == "stock":
+        return max(map(len, rollouts["prompt_ids"])) + max(map(len, rollouts["completion_ids"]))
+    if kind == "justrl_packed":
+        return max(max_tokens, max(rows))
+    return max(rows)
+
+
+def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Namespace, preset: dict) -> dict:
+    from datasets import Dataset
+
+    from trl_justrl.activation_memory import AUTO, estimate_memory, resolve_auto_checkpointing
 
     updates, generations = 4, args.generations
     per_update = args.prompts // updates * generations
@@ -145,33 +247,72 @@ def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Na
         per_device_train_batch_size=args.micro_batch, vllm_importance_sampling_correction=False,
     )
     accumulation = per_update // args.micro_batch
+    config_class, trainer_class = trainer_classes(kind)
     if kind == "stock":
-        config = GRPOConfig(**common, loss_type="dapo", epsilon=0.2, epsilon_high=0.28, delta=10.0, beta=0.0,
-                            gradient_accumulation_steps=accumulation, steps_per_generation=accumulation * updates,
-                            weight_decay=0.1, max_grad_norm=1.0, lr_scheduler_type="constant")
-        trainer_class = GRPOTrainer
+        specific = dict(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, delta=10.0, beta=0.0,
+                        gradient_accumulation_steps=accumulation, steps_per_generation=accumulation * updates,
+                        weight_decay=0.1, max_grad_norm=1.0, lr_scheduler_type="constant")
     else:
-        config = JustRLConfig(**common, prompts_per_step=args.prompts, prompts_per_update=args.prompts // updates,
-                              warmup_rl_steps=0, save_every_rl_steps=None,
-                              max_tokens_per_microbatch=args.max_tokens if kind == "justrl_packed" else None)
-        trainer_class = JustRLTrainer
+        specific = dict(prompts_per_step=args.prompts, prompts_per_update=args.prompts // updates,
+                        warmup_rl_steps=0, save_every_rl_steps=None,
+                        max_tokens_per_microbatch=args.max_tokens if kind == "justrl_packed" else None)
+    overrides = dict(args.config_overrides)
+    init_kwargs = overrides.pop("model_init_kwargs", {})
+    config = config_class(**(common | specific | overrides | {"model_init_kwargs": init_kwargs or None}))
+    model_config = AutoConfig.from_pretrained(model_dir)
+    if config.gradient_checkpointing == AUTO:  # JustRLTrainer resolves it itself; stock GRPOConfig knows no "auto"
+        resolve_auto_checkpointing(config, model_config)
+    dtype_bytes = 2 if preset["dtype"] == "bfloat16" else 4
+    estimate = estimate_memory(model_config, largest_forward_tokens(kind, rollouts, generations, args.max_tokens),
+                               dtype_bytes=dtype_bytes)
     prompts = [f"problem {i}" for i in range(args.prompts)]
     dataset = Dataset.from_list([{"prompt": p} for p in prompts] * (args.steps + 1))
     timer = StepTimer(updates, torch.cuda.synchronize if args.device == "cuda" else (lambda: None))
+    callbacks = [timer]
+    if args.profile_update is not None:
+        profile = OneUpdateProfile(args.profile_update, args.profile_dir / f"profile_update_{kind}.txt", args.device)
+        callbacks.append(profile)
     trainer = trainer_class(
         model=str(model_dir), reward_funcs=[constant_reward], args=config, train_dataset=dataset,
-        processing_class=tokenizer, rollout_func=FixedRollouts(rollouts, generations), callbacks=[timer],
+        processing_class=tokenizer, rollout_func=FixedRollouts(rollouts, generations), callbacks=callbacks,
     )
     trainer._benchmark_prompt_order = prompts
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
     measured = timer.step_times[1:] or timer.step_times
+    checkpointing = bool(trainer.args.gradient_checkpointing)
     result = {"seconds_per_step": statistics.median(measured), "all_step_seconds": timer.step_times,
-              "losses": timer.losses}
+              "losses": timer.losses, "gradient_checkpointing": checkpointing,
+              "estimated_peak_gib": estimate.peak(checkpointing) / 2**30,
+              "estimated_peak_gib_other_setting": estimate.peak(not checkpointing) / 2**30}
+    if args.profile_update is not None:
+        result["profile"] = {"update": args.profile_update, "file": str(profile.path), "top": profile.top}
     if args.device == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result
+
+
+MODEL_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "vocab_size")
+
+
+def build_model(preset: dict, workdir: Path) -> Path:
+    """The preset's random Qwen2-shaped model (seeded), saved once under `workdir`; its folder."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    model_dir = workdir / ("model-" + "-".join(str(preset[k]) for k in MODEL_KEYS))
+    if not (model_dir / "config.json").is_file():
+        torch.manual_seed(0)
+        config = Qwen2Config(**{k: preset[k] for k in MODEL_KEYS}, max_position_embeddings=preset["cap"] + 1024,
+                             tie_word_embeddings=preset["vocab_size"] < 100000, bos_token_id=1, eos_token_id=EOS,
+                             pad_token_id=PAD, dtype=preset["dtype"])
+        device = "cuda" if torch.cuda.is_available() else "cpu"  # a 1.5B model initialises in seconds there
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, preset["dtype"]))
+        model.save_pretrained(model_dir)
+        del model
+    return model_dir
 
 
 def _shape(preset: dict) -> tuple[int, int, int, int, int]:
@@ -236,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="run the trainers this many times, alternating; each speed-up is the median of the pairs")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override preset values, e.g. --set mean=150 hidden_size=128")
+    parser.add_argument("--set-config", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="set a field of every trainer's config, e.g. use_liger_kernel=true "
+                        "gradient_checkpointing=false attn_implementation=sdpa (recorded in the JSON)")
+    parser.add_argument("--profile-update", type=int, default=None, metavar="N",
+                        help="profile optimizer update N (1-based) of each trainer; 4 = the warm-up step's last")
+    parser.add_argument("--profile-dir", type=Path, default=None, help="where profiles go (default: --workdir)")
     parser.add_argument("--workdir", type=Path, default=Path("outputs/benchmark_policy_update"))
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="a folder with the SmolLM2 tokenizer files (default: the embedded model's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     preset = dict(PRESETS[args.preset])
@@ -252,28 +401,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--prompts must be a multiple of 4 (4 optimizer updates per step)")
     if args.only == "justrl_packed" and args.max_tokens is None:
         parser.error("--only justrl_packed needs --max-tokens")
+    if args.profile_update is not None and args.profile_update < 1:
+        parser.error("--profile-update counts optimizer updates from 1")
+    args.profile_dir = args.profile_dir or args.workdir
+    kinds = ["stock", "justrl"] + (["justrl_packed"] if args.max_tokens is not None else [])
+    kinds = [kind for kind in kinds if args.only in (None, kind)]
+    try:  # a misspelt option fails here, before any model is built
+        args.config_overrides = parse_config_overrides(args.set_config)
+        check_config_overrides(args.config_overrides, [trainer_classes(kind)[0] for kind in kinds])
+    except ValueError as error:
+        parser.error(str(error))
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
+    from transformers import AutoTokenizer
 
     from trl_justrl.models import resolve_model
 
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"), padding_side="left")
-    model_keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "vocab_size")
-    config = Qwen2Config(**{k: preset[k] for k in model_keys}, max_position_embeddings=preset["cap"] + 1024,
-                         tie_word_embeddings=preset["vocab_size"] < 100000, bos_token_id=1, eos_token_id=EOS,
-                         pad_token_id=PAD, dtype=preset["dtype"])
-    model_dir = args.workdir / ("model-" + "-".join(str(preset[k]) for k in model_keys))
-    if not (model_dir / "config.json").is_file():
-        AutoModelForCausalLM.from_config(config).save_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or resolve_model("smollm2-135m-instruct"),
+                                              padding_side="left")
+    model_dir = build_model(preset, args.workdir)
     rollouts = make_rollouts(args.prompts, args.generations, preset, args.uniform, seed=0)
     real_tokens = sum(map(len, rollouts["completion_ids"])) + sum(
         len(rollouts["prompt_ids"][i // args.generations]) for i in range(len(rollouts["completion_ids"])))
 
     # Alternate the trainers (stock, JustRL, stock, ...) so that slow drifts of a shared machine hit both alike.
-    kinds = ["stock", "justrl"] + (["justrl_packed"] if args.max_tokens is not None else [])
-    kinds = [kind for kind in kinds if args.only in (None, kind)]
     runs: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for repeat in range(args.repeats):
         for kind in kinds:
@@ -288,6 +438,9 @@ def main(argv: list[str] | None = None) -> int:
             "all_step_seconds": [r["all_step_seconds"] for r in kind_runs],
             "losses": kind_runs[0]["losses"],
         }
+        for key in ("gradient_checkpointing", "estimated_peak_gib", "estimated_peak_gib_other_setting", "profile"):
+            if key in kind_runs[0]:
+                results[kind][key] = kind_runs[0][key]
         if "peak_memory_gib" in kind_runs[0]:
             results[kind]["peak_memory_gib"] = max(r["peak_memory_gib"] for r in kind_runs)
         results[kind]["real_tokens_per_s"] = real_tokens / results[kind]["seconds_per_step"]
@@ -297,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["python", "benchmarks/policy_update.py", *(argv if argv is not None else sys.argv[1:])]),
         "preset": args.preset, "preset_values": preset, "device": args.device, "uniform": args.uniform,
         "micro_batch": args.micro_batch, "max_tokens_per_microbatch": args.max_tokens,
+        "config_overrides": args.config_overrides,
         "completions": len(lengths), "completion_mean": statistics.mean(lengths), "completion_max": max(lengths),
         "truncated": sum(n >= preset["cap"] for n in lengths), "real_tokens_per_step": real_tokens,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -71,6 +71,45 @@ def test_packed_forward_equals_trls_padded_forward(trainer, budget):
     assert torch.all(packed[0][~real] == 0) and torch.all(packed[1][~real] == 0)
 
 
+@pytest.mark.parametrize("compact", [False, True], ids=["every-position", "labelled-only"])
+def test_packed_lm_head_scores_no_more_positions_than_rows_one_at_a_time(trainer, monkeypatch, compact):
+    """TRL's fused head scores every position it is given (CPU), or only those with a label (`compact`, as on CUDA
+    with Triton). Packed forwards give it no more positions than one row per forward, with the same values."""
+    import trl.trainer.utils as trl_utils
+
+    scored: list[int] = []
+    apply = trl_utils._ChunkedLogProbFunction.apply
+
+    def counting(hidden, *args):
+        scored.append(hidden.size(0))
+        return apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
+    monkeypatch.setattr(trl_utils, "_use_triton", lambda device: compact)  # the choice only; kernels stay torch's
+    batch = padded_batch(rows=7, seed=3)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    args = (trainer.model, ids, mask, COMPLETION_WIDTH, 1, True, False)  # batch_size 1: one row per forward
+    results, counts = {}, {}
+    for name, budget in (("rows", None), ("packed", 10_000)):
+        trainer.args.max_tokens_per_microbatch = budget
+        scored.clear()
+        try:
+            with torch.no_grad():
+                results[name] = trainer._get_per_token_logps_and_entropies(*args)
+        finally:
+            trainer.args.max_tokens_per_microbatch = 40
+        counts[name] = sum(scored)
+    real = batch["completion_mask"].bool()
+    rows_tokens = int(mask.sum())
+    # the pack: its labelled positions, or every token but each row's last (a whole-pack head would score 6 more)
+    assert len(scored) == 1 and counts["packed"] == (int(real.sum()) if compact else rows_tokens - 7)
+    assert counts["packed"] <= counts["rows"]
+    for packed, alone in zip(results["packed"][:2], results["rows"][:2], strict=True):
+        torch.testing.assert_close(packed[real], alone[real], rtol=1e-5, atol=1e-5)
+        assert torch.all(packed[~real] == 0)
+
+
 def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
     """The test above can fail: packed rows attending across each other give other log-probs."""
     from trl_justrl.padding_free import packing

@@ -19,6 +19,7 @@ from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK,
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 
+from .activation_memory import checkpointing_setting
 from .geometry import (
     BatchGeometry,
     BatchGeometryError,
@@ -383,9 +384,14 @@ class JustRLConfig(RunConfig):
         default=1.0,  # RECIPE: training rollouts at top-p 1.0
         metadata={"help": "Nucleus sampling for training rollouts."},
     )
-    gradient_checkpointing: bool = field(
+    # parsed by checkpointing_setting: a boolean or "auto" (a plain `bool | str` would parse as a bool)
+    gradient_checkpointing: checkpointing_setting = field(
         default=True,  # RECIPE: gradient checkpointing on
-        metadata={"help": "Recompute activations in the backward pass to save memory."},
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory: true, false, or auto (recompute "
+            "only when a micro-batch's estimated training memory without it exceeds 85% of the device's; the "
+            "trainer logs the estimate and its choice; activation_memory.py)."
+        },
     )
     num_train_epochs: float = field(
         default=1.0,  # RECIPE: one pass over DAPO-Math-17k
@@ -400,6 +406,7 @@ class JustRLConfig(RunConfig):
     )
 
     def __post_init__(self):
+        self.gradient_checkpointing = checkpointing_setting(self.gradient_checkpointing)
         self._map_dual_clip()
         self._check_packing()
         super().__post_init__()

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoProcessor, PreTrainedModel
+from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from trl import GRPOTrainer
 
+from .activation_memory import AUTO, resolve_auto_checkpointing
 from .checkpoints import failed_save, write_marker
 from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
@@ -162,6 +163,13 @@ class GRPORunTrainer(GRPOTrainer):
             processing_class = AutoProcessor.from_pretrained(
                 source, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
             )
+
+        if args.gradient_checkpointing == AUTO:  # before TRL and transformers read it
+            if isinstance(model, PreTrainedModel):
+                resolve_auto_checkpointing(args, model.config, model.num_parameters())
+            else:
+                resolve_auto_checkpointing(args, AutoConfig.from_pretrained(
+                    model, trust_remote_code=args.trust_remote_code))
 
         # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
         self.prompt_filter = PromptLengthFilter(

@@ -55,9 +55,11 @@ def row_extents(attention_mask: torch.Tensor, logits_to_keep: int) -> list[tuple
     starts = mask.int().argmax(dim=1)
     ends = width - mask.flip(1).int().argmax(dim=1)
     first_completion = width - logits_to_keep
-    if bool(((counts == 0) | (counts != ends - starts) | (starts >= first_completion)).any()):
+    counts, starts, ends = torch.stack([counts, starts, ends]).tolist()  # one wait on the device, not three
+    if any(n == 0 or n != end - start or start >= first_completion for n, start, end in zip(counts, starts, ends,
+                                                                                              strict=True)):
         return None
-    return list(zip(starts.tolist(), ends.tolist(), strict=True))
+    return list(zip(starts, ends, strict=True))
 
 
 def row_tokens(attention_mask: torch.Tensor) -> list[int]:
@@ -65,20 +67,45 @@ def row_tokens(attention_mask: torch.Tensor) -> list[int]:
     return attention_mask.bool().sum(dim=1).tolist()
 
 
+# TRL's FusedCausalLMOutput fields with one value per scored position (trl.trainer.utils.add_fused_lm_head)
+_PER_TOKEN_FIELDS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1", "label_mask")
+
+
 class PackedCall:
     """Calls `model` on one packed row: no padding mask, each token at its position in the padded batch, and the
     rows' boundaries for the attention (`cu_seq_lens_*` on the device for flash attention; `packed_row_bounds`, a
-    list, for `justrl_packed_sdpa`, which so never waits on the device to read them)."""
+    list, for `justrl_packed_sdpa`, which so never waits on the device to read them).
+
+    A call through TRL's fused LM head (`fused_lm_head=True` with `labels`) leaves out each row's last token: it
+    predicts nothing in its row and no other token attends to it. The head so scores at most the positions that
+    row-at-a-time forwards score (one fewer per row than the whole pack), and the outputs are put back at the pack's
+    columns, zero at the rows' ends (whose labels TRL masks anyway: the next row's first token is a prompt token)."""
 
     def __init__(self, model: Any, position_ids: torch.Tensor, boundaries: list[int]):
         self.model, self.position_ids, self.boundaries = model, position_ids, boundaries
-        self.cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32, device=position_ids.device)
-        self.max_length = max(b - a for a, b in zip(boundaries[:-1], boundaries[1:], strict=True))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.update(attention_mask=None, position_ids=self.position_ids, cu_seq_lens_q=self.cu_seq_lens,
-                      cu_seq_lens_k=self.cu_seq_lens, max_length_q=self.max_length, max_length_k=self.max_length,
-                      packed_row_bounds=self.boundaries)
+        if args or not kwargs.get("fused_lm_head") or kwargs.get("labels") is None or "shift_labels" in kwargs:
+            return self._call(self.position_ids, self.boundaries, *args, **kwargs)
+        input_ids, labels = kwargs.pop("input_ids"), kwargs.pop("labels")
+        device = input_ids.device
+        keep = torch.cat([torch.arange(a, b - 1, device=device)  # every position but each row's last
+                          for a, b in zip(self.boundaries[:-1], self.boundaries[1:], strict=True)])
+        shortened = [bound - row for row, bound in enumerate(self.boundaries)]
+        outputs = self._call(self.position_ids[:, keep], shortened, input_ids=input_ids[:, keep],
+                             shift_labels=labels[:, keep + 1], **kwargs)
+        width = input_ids.size(1) - 1  # what TRL's shifted call returns: position i predicts token i + 1
+        for name in _PER_TOKEN_FIELDS:
+            values = getattr(outputs, name, None)
+            if values is not None:
+                setattr(outputs, name, values.new_zeros(values.size(0), width).index_copy(1, keep, values))
+        return outputs
+
+    def _call(self, position_ids: torch.Tensor, boundaries: list[int], *args: Any, **kwargs: Any) -> Any:
+        lengths = torch.tensor(boundaries, dtype=torch.int32, device=position_ids.device)
+        longest = max(b - a for a, b in zip(boundaries[:-1], boundaries[1:], strict=True))
+        kwargs.update(attention_mask=None, position_ids=position_ids, cu_seq_lens_q=lengths, cu_seq_lens_k=lengths,
+                      max_length_q=longest, max_length_k=longest, packed_row_bounds=boundaries)
         token = _IN_PACKED_CALL.set(True)
         try:
             return self.model(*args, **kwargs)

@@ -1,0 +1,105 @@
+"""activation_memory: the estimate against the tensors autograd really keeps, and `gradient_checkpointing: auto`."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from trl_justrl import activation_memory as am
+
+
+def saved_bytes(config, tokens: int, dtype: torch.dtype, checkpointing: bool) -> int:
+    """Bytes of the distinct storages autograd saves in one training forward (weights excluded)."""
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(dtype).train()
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def keep(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, config.vocab_size, (1, tokens))
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+        model.model(input_ids=ids, use_cache=False)
+    return sum(storages.values())
+
+
+SHAPES = [
+    Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=256),
+    Qwen2Config(hidden_size=96, intermediate_size=384, num_hidden_layers=3, num_attention_heads=6,
+                num_key_value_heads=2, vocab_size=256),
+    LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=4, vocab_size=256),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("config", SHAPES, ids=["qwen2-64", "qwen2-96", "llama-128"])
+def test_estimate_matches_what_autograd_keeps(config, dtype):
+    tokens, size = 192, torch.finfo(dtype).bits // 8
+    estimate = am.estimate_memory(config, tokens, dtype_bytes=size)
+    full = saved_bytes(config, tokens, dtype, checkpointing=False)
+    assert 0.85 * estimate.activations_full <= full <= 1.05 * estimate.activations_full
+    # with recomputation the forward keeps the layers' inputs; the backward adds one layer's full set at a time
+    kept = saved_bytes(config, tokens, dtype, checkpointing=True)
+    layer = tokens * am.layer_bytes_per_token(config, size)
+    assert 0.8 * (estimate.activations_recompute - layer) <= kept <= 1.05 * (estimate.activations_recompute - layer)
+    assert estimate.activations_recompute < estimate.activations_full
+
+
+def test_the_paper_geometry_needs_recomputation_on_an_h100_only_when_packed():
+    qwen2_15b = Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                            num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    packed = am.estimate_memory(qwen2_15b, 32768, dtype_bytes=2)
+    row = am.estimate_memory(qwen2_15b, 16384, dtype_bytes=2)
+    h100 = 80 * 10**9
+    assert 1.4e9 < packed.model_states / 8 < 1.7e9  # 1.5B parameters, 8 bytes each in bf16
+    assert am.choose_checkpointing(packed, h100) is True and am.choose_checkpointing(row, h100) is False
+    assert am.choose_checkpointing(packed, 141 * 10**9) is False
+
+
+def test_setting_parses_booleans_and_auto():
+    assert am.checkpointing_setting("auto") == "auto" and am.checkpointing_setting("False") is False
+    assert am.checkpointing_setting(True) is True and am.checkpointing_setting("1") is True
+    with pytest.raises(ValueError, match="true, false or auto"):
+        am.checkpointing_setting("sometimes")
+
+
+def test_recipe_and_command_line_take_auto(tmp_path):
+    from trl_justrl.train import parse_args
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"gradient_checkpointing: auto\nuse_cpu: true\nbf16: false\noutput_dir: {tmp_path / 'out'}\n")
+    _, config, _ = parse_args(["--config", str(recipe)])
+    assert config.gradient_checkpointing == "auto"
+    _, config, _ = parse_args(["--config", str(recipe), "--gradient_checkpointing", "false"])
+    assert config.gradient_checkpointing is False and config.activation_checkpointing is False
+
+
+@pytest.mark.parametrize("memory, expected", [(10**12, False), (10**6, True)])
+def test_trainer_resolves_auto_before_the_model_is_prepared(tiny_model_path, tmp_path, monkeypatch, caplog, memory,
+                                                            expected):
+    from conftest import tiny_config
+
+    from trl_justrl import JustRLTrainer
+    from trl_justrl.data import load_training_data
+
+    monkeypatch.setattr(am, "device_memory", lambda device: memory)
+    args = tiny_config(tmp_path / "out", gradient_checkpointing="auto")
+    assert args.gradient_checkpointing == "auto"
+    with caplog.at_level(logging.INFO, logger="trl_justrl.activation_memory"):
+        trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,
+                                train_dataset=load_training_data("synthetic", synthetic_size=16))
+    assert trainer.args.gradient_checkpointing is expected and trainer.args.activation_checkpointing is expected
+    trainer.train()  # transformers turns recomputation on here, from the resolved setting
+    assert trainer.model.is_activation_checkpointing is expected
+    assert f"gradient_checkpointing: auto -> {str(expected).lower()}" in caplog.text
