@@ -235,7 +235,7 @@ def largest_forward_tokens(kind: str, rollouts: dict, generations: int, max_toke
 def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Namespace, preset: dict) -> dict:
     from datasets import Dataset
 
-    from trl_justrl.activation_memory import AUTO, estimate_memory, resolve_auto_checkpointing
+    from trl_justrl.activation_memory import AUTO, estimate_memory, precision_bytes, resolve_auto_checkpointing
 
     updates, generations = 4, args.generations
     per_update = args.prompts // updates * generations
@@ -262,9 +262,8 @@ def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Na
     model_config = AutoConfig.from_pretrained(model_dir)
     if config.gradient_checkpointing == AUTO:  # JustRLTrainer resolves it itself; stock GRPOConfig knows no "auto"
         resolve_auto_checkpointing(config, model_config)
-    dtype_bytes = 2 if preset["dtype"] == "bfloat16" else 4
     estimate = estimate_memory(model_config, largest_forward_tokens(kind, rollouts, generations, args.max_tokens),
-                               dtype_bytes=dtype_bytes)
+                               *precision_bytes(config, model_config))
     prompts = [f"problem {i}" for i in range(args.prompts)]
     dataset = Dataset.from_list([{"prompt": p} for p in prompts] * (args.steps + 1))
     timer = StepTimer(updates, torch.cuda.synchronize if args.device == "cuda" else (lambda: None))

@@ -56,15 +56,34 @@ def test_estimate_matches_what_autograd_keeps(config, dtype):
     assert estimate.activations_recompute < estimate.activations_full
 
 
-def test_the_paper_geometry_needs_recomputation_on_an_h100_only_when_packed():
-    qwen2_15b = Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                            num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
-    packed = am.estimate_memory(qwen2_15b, 32768, dtype_bytes=2)
-    row = am.estimate_memory(qwen2_15b, 16384, dtype_bytes=2)
-    h100 = 80 * 10**9
-    assert 1.4e9 < packed.model_states / 8 < 1.7e9  # 1.5B parameters, 8 bytes each in bf16
-    assert am.choose_checkpointing(packed, h100) is True and am.choose_checkpointing(row, h100) is False
-    assert am.choose_checkpointing(packed, 141 * 10**9) is False
+QWEN2_15B = Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                        num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+
+
+def test_the_paper_geometry_against_the_peaks_measured_on_an_h200():
+    # float32 weights (TRL's default), bf16 autocast: 1.54B parameters x 16 bytes of states
+    packed = am.estimate_memory(QWEN2_15B, 32768, dtype_bytes=2, weight_bytes=4)
+    row = am.estimate_memory(QWEN2_15B, 15760, dtype_bytes=2, weight_bytes=4)
+    assert 1.5e9 < packed.model_states / 16 < 1.6e9
+    # issue 24's H200 runs, with recomputation: 32.5 GiB (rows of up to 15,760 tokens), 32.3 GiB (packs of 32,768)
+    gib = 2**30
+    assert 0.85 * 32.5 < row.peak(True) / gib < 1.1 * 32.5 and 0.85 * 32.3 < packed.peak(True) / gib < 1.1 * 32.3
+    # without it: a row fits an H200 (141 GB) but not an H100 (80 GB); a 32K pack fits neither
+    h100, h200 = 80 * 10**9, 141 * 10**9
+    assert am.choose_checkpointing(row, h100) is True and am.choose_checkpointing(row, h200) is False
+    assert am.choose_checkpointing(packed, h200) is True
+
+
+def test_precision_follows_how_trl_loads_the_weights():
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(model_init_kwargs=None, bf16=True, fp16=False)
+    assert am.precision_bytes(run, QWEN2_15B) == (2, 4)  # TRL loads float32 by default; autocast computes in bf16
+    run.model_init_kwargs = {"dtype": "bfloat16"}
+    assert am.precision_bytes(run, QWEN2_15B) == (2, 2)
+    run.model_init_kwargs, run.bf16 = {"dtype": "auto"}, False
+    assert am.precision_bytes(run, Qwen2Config(dtype="bfloat16")) == (2, 2)
+    assert am.precision_bytes(run, Qwen2Config(dtype="float32")) == (4, 4)
 
 
 def test_setting_parses_booleans_and_auto():

@@ -1,11 +1,13 @@
 """Training memory of one micro-batch, estimated from the model config, and `gradient_checkpointing: auto`.
 
-The estimate counts what autograd keeps between a decoder's forward and backward (Llama / Qwen2 / Mistral layers,
-SDPA or flash attention, so no (tokens x tokens) matrix), fitted on the tensors autograd saves (tests count them
-with `torch.autograd.graph.saved_tensors_hooks`): per token and layer 6 hidden-size tensors in the compute dtype and
-2 in float32 (RMSNorm upcasts), keys and values, 4 intermediate-size tensors (gate, up, activation, product); under
-gradient checkpointing only each layer's input, plus one layer's full set while it is recomputed. Weights, gradients
-and the two AdamW moments are held in the weights' dtype (torch's AdamW keeps its state in the parameter's dtype).
+Activations: what autograd keeps between a decoder's forward and backward (Llama / Qwen2 / Mistral layers, SDPA or
+flash attention, so no (tokens x tokens) matrix), fitted on the tensors autograd saves (tests count them with
+`torch.autograd.graph.saved_tensors_hooks`): per token and layer 6 hidden-size tensors in the compute dtype and 2 in
+float32 (RMSNorm upcasts), keys and values, 4 intermediate-size tensors (gate, up, activation, product); under
+gradient checkpointing only each layer's input, plus one layer's full set while it is recomputed. Model states:
+weights, gradients and AdamW's two moments in the weights' dtype (TRL loads float32 unless `model_init_kwargs.dtype`
+says otherwise), autocast's half-precision copy of the weights during the backward, and one weight-sized temporary
+in the optimizer step (torch's foreach AdamW). The peak is the larger of the backward's and the step's.
 """
 
 from __future__ import annotations
@@ -40,17 +42,20 @@ def checkpointing_setting(value: str | bool) -> bool | str:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes one device holds at the peak of a micro-batch's backward (see the module docstring)."""
+    """Bytes one device holds at the peak of a training micro-step (see the module docstring)."""
 
     tokens: int
     model_states: int  # weights, gradients, AdamW's two moments
+    weight_copies: int  # autocast's half-precision weights, held through the backward (0 without autocast)
+    optimizer_temporary: int  # the optimizer step's weight-sized temporary
     activations_recompute: int  # with gradient checkpointing
     activations_full: int  # without
     head_workspace: int  # the fused LM head's float32 tiles and their gradients
 
     def peak(self, checkpointing: bool) -> int:
         activations = self.activations_recompute if checkpointing else self.activations_full
-        return self.model_states + activations + self.head_workspace
+        backward = self.model_states + self.weight_copies + activations + self.head_workspace
+        return max(backward, self.model_states + self.optimizer_temporary)
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self) | {"peak_with_checkpointing": self.peak(True), "peak_without": self.peak(False)}
@@ -92,8 +97,12 @@ def estimate_memory(config: Any, tokens: int, dtype_bytes: int = 2, weight_bytes
     full = tokens * (layers * per_layer + outside)
     recompute = tokens * (layers * hidden * dtype_bytes + per_layer + outside)
     head = 2 * min(tokens, _HEAD_TOKENS) * min(text.vocab_size, _HEAD_VOCAB) * 4
-    return MemoryEstimate(tokens=tokens, model_states=4 * parameters * weight_bytes // shards,
-                          activations_recompute=recompute, activations_full=full, head_workspace=head)
+    return MemoryEstimate(
+        tokens=tokens, model_states=4 * parameters * weight_bytes // shards,
+        weight_copies=parameters * dtype_bytes if weight_bytes > dtype_bytes else 0,
+        optimizer_temporary=parameters * weight_bytes // shards, activations_recompute=recompute,
+        activations_full=full, head_workspace=head,
+    )
 
 
 def device_memory(device: torch.device) -> int:
@@ -118,14 +127,25 @@ def micro_batch_tokens(args: Any) -> int:
     return args.per_device_train_batch_size * context
 
 
+_HALF = ("bfloat16", "float16", torch.bfloat16, torch.float16)
+
+
+def precision_bytes(args: Any, model_config: Any) -> tuple[int, int]:
+    """(activation bytes, weight bytes) per value of a run: weights as TRL loads them (`model_init_kwargs.dtype`,
+    float32 by default, "auto" = the checkpoint's), activations in half precision under bf16 / fp16 autocast."""
+    dtype = (getattr(args, "model_init_kwargs", None) or {}).get("dtype", "float32")
+    if dtype == "auto":
+        dtype = str(getattr(model_config, "dtype", None) or "float32").removeprefix("torch.")
+    weight_bytes = 2 if dtype in _HALF else 4
+    return (2 if args.bf16 or args.fp16 or weight_bytes == 2 else 4), weight_bytes
+
+
 def resolve_auto_checkpointing(args: Any, model_config: Any, parameters: int | None = None) -> bool:
     """Replace `gradient_checkpointing: auto` in `args` by the choice for this model and device (logged); return
-    it. The dtype is bf16's when `args.bf16` or `args.fp16`, else the weights' (`model_init_kwargs.dtype`)."""
-    dtype = (getattr(args, "model_init_kwargs", None) or {}).get("dtype")
-    half = args.bf16 or args.fp16 or dtype in ("bfloat16", "float16", torch.bfloat16, torch.float16)
-    weight_bytes = 2 if dtype in ("bfloat16", "float16", torch.bfloat16, torch.float16) else 4
+    it. Model states count as split over the processes under FSDP, whole under DDP."""
+    dtype_bytes, weight_bytes = precision_bytes(args, model_config)
     shards = args.world_size if getattr(args, "fsdp", None) else 1
-    estimate = estimate_memory(model_config, micro_batch_tokens(args), 2 if half else 4, weight_bytes, parameters,
+    estimate = estimate_memory(model_config, micro_batch_tokens(args), dtype_bytes, weight_bytes, parameters,
                                shards)
     available = device_memory(args.device)
     choice = choose_checkpointing(estimate, available)
