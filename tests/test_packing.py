@@ -110,6 +110,49 @@ def test_packed_lm_head_scores_no_more_positions_than_rows_one_at_a_time(trainer
         assert torch.all(packed[~real] == 0)
 
 
+def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatch):
+    """On CUDA in half precision a pack's attention is one call of torch's variable-length kernel per layer. Here a
+    stand-in with its signature and (tokens, heads, dim) layout runs it on CPU (causal SDPA per row), so the call's
+    arguments and layouts are checked; the GPU check runs the kernel itself."""
+    import torch.nn.functional as F
+
+    from trl_justrl.padding_free import packing
+
+    if packing._VARLEN is not None:  # this torch's kernel takes the arguments the stand-in takes
+        import inspect
+
+        assert {"scale", "window_size", "enable_gqa"} <= set(inspect.signature(packing._VARLEN).parameters)
+    calls = []
+
+    def stand_in(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, window_size=(-1, -1), enable_gqa=False):
+        bounds = cu_q.tolist()
+        assert q.dim() == 3 and window_size == (-1, 0) and cu_q is cu_k and cu_q.dtype == torch.int32
+        assert max_q == max_k == max(b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True))
+        calls.append(bounds)
+        rows = [F.scaled_dot_product_attention(q[a:b].transpose(0, 1), k[a:b].transpose(0, 1),
+                                               v[a:b].transpose(0, 1), is_causal=True, scale=scale,
+                                               enable_gqa=enable_gqa).transpose(0, 1)
+                for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return torch.cat(rows)
+
+    monkeypatch.setattr(packing, "_varlen_for", lambda query: stand_in)
+    batch = padded_batch(rows=7, seed=5)
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    args = (trainer.model, ids, mask, COMPLETION_WIDTH, None, True, False)
+    trainer.args.max_tokens_per_microbatch = 10_000
+    try:
+        with torch.no_grad():
+            packed = trainer._get_per_token_logps_and_entropies(*args)
+            padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)
+    finally:
+        trainer.args.max_tokens_per_microbatch = 40
+    assert len(calls) == trainer.model.config.num_hidden_layers and len(calls[0]) == 8  # one pack of 7 rows
+    real = batch["completion_mask"].bool()
+    torch.testing.assert_close(packed[0][real], padded[0][real], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed[1][real], padded[1][real], rtol=1e-5, atol=1e-5)
+
+
 def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
     """The test above can fail: packed rows attending across each other give other log-probs."""
     from trl_justrl.padding_free import packing

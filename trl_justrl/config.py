@@ -389,7 +389,7 @@ class JustRLConfig(RunConfig):
         default=True,  # RECIPE: gradient checkpointing on
         metadata={
             "help": "Recompute activations in the backward pass to save memory: true, false, or auto (recompute "
-            "only when a micro-batch's estimated training memory without it exceeds 85% of the device's; the "
+            "only when a micro-batch's estimated training memory without it exceeds 85 percent of the device's; the "
             "trainer logs the estimate and its choice; activation_memory.py)."
         },
     )

@@ -2,14 +2,16 @@
 
 Each row attends only to itself and keeps the positions it had in TRL's padded batch, so log-probs, loss and
 gradients are those of one row at a time (up to float summation order; verl's packing-dependent loss weighting is
-not copied). Per-row attention: flash attention's own variable-length path, or, for SDPA, `justrl_packed_sdpa`
-(SDPA once per row of a packed call, plain SDPA for every other call, generation included).
+not copied). Per-row attention: flash attention's own variable-length path, or, for SDPA, `justrl_packed_sdpa` (in
+a packed call, torch's variable-length flash kernel on CUDA in half precision, SDPA once per row elsewhere; plain
+SDPA for every other call, generation included).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -168,16 +170,47 @@ def forward_packed(
     )
 
 
+def _varlen_kernel() -> Callable | None:
+    """torch's variable-length flash attention (`torch.nn.attention.varlen.varlen_attn`), where this torch has it
+    with the arguments used here; None otherwise."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn if {"scale", "window_size", "enable_gqa"} <= set(inspect.signature(varlen_attn).parameters) \
+        else None
+
+
+_VARLEN = _varlen_kernel()
+
+
+def _varlen_for(query: torch.Tensor) -> Callable | None:
+    """The variable-length kernel where it takes `query` (CUDA, bf16 / fp16, heads of at most 256), else None."""
+    if _VARLEN is None or query.device.type != "cuda" or query.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    return _VARLEN if query.size(-1) <= 256 else None
+
+
 def _packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """SDPA, once per row of a packed forward (rows given by `packed_row_bounds`), causal within each; plain SDPA
-    otherwise. Inputs (1, heads, tokens, dim); output (1, tokens, heads, dim), as transformers' SDPA returns it."""
+    """In a packed forward (rows given by `packed_row_bounds`), causal attention within each row: one call of
+    torch's variable-length kernel for the whole pack where it applies (`_varlen_for`), else SDPA once per row;
+    plain SDPA for every other call. Inputs (1, heads, tokens, dim); output (1, tokens, heads, dim), as
+    transformers' SDPA returns it."""
     bounds = kwargs.pop("packed_row_bounds", None)
     if bounds is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     if kwargs.get("sliding_window") is not None:
         raise ValueError("Packed forwards (max_tokens_per_microbatch) support full attention only, not a sliding "
                          "window; unset max_tokens_per_microbatch for this model.")
+    kernel, lengths = _varlen_for(query), kwargs.get("cu_seq_lens_q")
+    if kernel is not None and lengths is not None and not kwargs.get("dropout"):
+        # (tokens, heads, dim) views of the (1, heads, tokens, dim) projections; the rows' cumulative lengths
+        # (PackedCall's, already on the device) bound the attention; window (-1, 0) is causal
+        output = kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), lengths,
+                        lengths, kwargs["max_length_q"], kwargs["max_length_q"], scale=kwargs.get("scaling"),
+                        window_size=(-1, 0), enable_gqa=key.size(1) != query.size(1))
+        return output.unsqueeze(0), None
     outputs = [
         sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
                                dropout=kwargs.get("dropout", 0.0), scaling=kwargs.get("scaling"), is_causal=True)[0]
