@@ -54,12 +54,21 @@ def length_parity(completions, **kwargs):
 
 
 class Check:
-    """The phases' results, written to `summary.json` after each phase (atomically: a reader never sees half)."""
+    """The phases' results, written to `summary.json` after each phase (atomically: a reader never sees half).
+    A SIGTERM or SIGINT to the check stops the phase's process group too (it runs in its own session)."""
 
     def __init__(self, out: Path, deadline: float, command: list[str]):
         self.out, self.deadline = out, deadline
         self.summary: dict = {"command": " ".join(command), "phases": [], "updates": {}}
         self.started = time.monotonic()
+        self._child: subprocess.Popen | None = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+
+    def _stop(self, signum: int, frame) -> None:
+        if self._child is not None and self._child.poll() is None:
+            os.killpg(self._child.pid, signal.SIGKILL)
+        raise SystemExit(128 + signum)
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -84,14 +93,16 @@ class Check:
         env = os.environ | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
                             "TRL_EXPERIMENTAL_SILENCE": "1"}
         with log.open("w") as stream:
-            process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                       start_new_session=True)
+            process = self._child = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, cwd=ROOT,
+                                                     env=env, start_new_session=True)
             try:
                 code = process.wait(timeout=self.left())
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 return "cut off at the time limit", time.monotonic() - start
+            finally:
+                self._child = None
         return ("ok" if code == 0 else f"failed (exit {code})"), time.monotonic() - start
 
 
@@ -112,9 +123,14 @@ def environment(device: str) -> dict:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda, but torch sees no GPU")
+        from trl_justrl.padding_free import packing
+
         props = torch.cuda.get_device_properties(0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):  # as training runs: float32 queries under autocast
+            varlen = packing._varlen_dtype(torch.zeros(1, 2, 4, 64, device="cuda"))
         info |= {"gpu": props.name, "gpu_memory_gib": round(props.total_memory / 2**30, 1),
-                 "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported()}
+                 "cuda": torch.version.cuda, "bf16": torch.cuda.is_bf16_supported(),
+                 "packed_attention": f"variable-length kernel in {varlen}" if varlen else "SDPA per row"}
     return info
 
 
@@ -182,13 +198,19 @@ def policy_update_module():
 
 
 def updates(check: Check, args: argparse.Namespace) -> None:
+    import torch
+
     policy_update = policy_update_module()
-    preset = dict(policy_update.PRESETS[args.preset])
-    for item in args.set:
-        key, _, value = item.partition("=")
-        preset[key] = type(preset[key])(value) if not isinstance(preset[key], bool) else value == "true"
+    preset = preset_values(policy_update, args.preset, args.set)
     start = time.monotonic()
-    model_dir = policy_update.build_model(preset, args.workdir)
+    try:
+        model_dir = policy_update.build_model(preset, args.workdir)
+    except Exception as error:  # recorded; the trainers cannot run without it
+        check.record("model", f"failed: {type(error).__name__}: {error}", time.monotonic() - start)
+        return
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the trainers run in their own processes
     check.record("model", "ok", time.monotonic() - start, folder=str(model_dir), preset=preset)
     for kind in TRAINERS:
         report_path = args.workdir / f"update_{kind}.json"
@@ -221,14 +243,23 @@ def updates(check: Check, args: argparse.Namespace) -> None:
     check.write()
 
 
+def preset_values(policy_update, preset: str, items: list[str]) -> dict:
+    """policy_update.py's preset with `--set KEY=VALUE` applied; ValueError naming a key it does not have."""
+    values = dict(policy_update.PRESETS[preset])
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in values:
+            raise ValueError(f"--set {key}: not a preset key ({', '.join(values)})")
+        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
+    return values
+
+
 def compare(summary: dict) -> None:
     """Speed-ups over stock and the largest per-update loss difference, from the trainers that finished."""
     results = summary["updates"]
-    if "stock" not in results:
-        return
     comparison = {}
     for kind in ("justrl", "justrl_packed"):
-        if kind in results:
+        if kind in results and "stock" in results:
             comparison[f"speedup_{kind}"] = results["stock"]["seconds_per_step"] / results[kind]["seconds_per_step"]
             comparison[f"max_loss_difference_{kind}"] = max(
                 (abs(a - b) for a, b in zip(results["stock"]["losses"], results[kind]["losses"], strict=False)),
@@ -280,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a misspelt option fails here, before any model is built
         policy_update.check_config_overrides(policy_update.parse_config_overrides(args.set_config),
                                              [policy_update.trainer_classes(kind)[0] for kind in TRAINERS])
+        preset_values(policy_update, args.preset, args.set)
     except ValueError as error:
         parser.error(str(error))
 

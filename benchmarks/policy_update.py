@@ -156,6 +156,8 @@ class OneUpdateProfile(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._profiler is not None and not self.top:
+            if self.device == "cuda":
+                torch.cuda.synchronize()  # the update's last kernels stay in its own window
             self._profiler.step()  # the schedule calls _write once the active update ends
             if state.global_step >= self.update:
                 self._profiler.stop()
@@ -260,7 +262,7 @@ def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Na
     init_kwargs = overrides.pop("model_init_kwargs", {})
     config = config_class(**(common | specific | overrides | {"model_init_kwargs": init_kwargs or None}))
     model_config = AutoConfig.from_pretrained(model_dir)
-    if config.gradient_checkpointing == AUTO:  # JustRLTrainer resolves it itself; stock GRPOConfig knows no "auto"
+    if config.gradient_checkpointing == AUTO:  # resolved here for every trainer: stock GRPOTrainer knows no "auto"
         resolve_auto_checkpointing(config, model_config)
     estimate = estimate_memory(model_config, largest_forward_tokens(kind, rollouts, generations, args.max_tokens),
                                *precision_bytes(config, model_config))

@@ -102,6 +102,10 @@ def test_recipe_and_command_line_take_auto(tmp_path):
     assert config.gradient_checkpointing == "auto"
     _, config, _ = parse_args(["--config", str(recipe), "--gradient_checkpointing", "false"])
     assert config.gradient_checkpointing is False and config.activation_checkpointing is False
+    _, config, _ = parse_args(["--config", str(recipe), "--no_gradient_checkpointing"])
+    assert config.gradient_checkpointing is False
+    _, config, _ = parse_args(["--config", str(recipe), "--gradient_checkpointing"])
+    assert config.gradient_checkpointing is True
 
 
 @pytest.mark.parametrize("memory, expected", [(10**12, False), (10**6, True)])
@@ -122,3 +126,28 @@ def test_trainer_resolves_auto_before_the_model_is_prepared(tiny_model_path, tmp
     trainer.train()  # transformers turns recomputation on here, from the resolved setting
     assert trainer.model.is_activation_checkpointing is expected
     assert f"gradient_checkpointing: auto -> {str(expected).lower()}" in caplog.text
+
+
+def test_a_loaded_model_counts_its_own_dtype_and_colocated_vllm_takes_its_share(tiny_model_path, tmp_path,
+                                                                                  monkeypatch):
+    from conftest import tiny_config
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path, dtype=torch.bfloat16)
+    parameters = sum(p.numel() for p in model.parameters())
+    args = tiny_config(tmp_path / "out", gradient_checkpointing="auto")
+    tokens = am.micro_batch_tokens(args)
+    half = am.estimate_memory(model.config, tokens, 2, 2, parameters).peak(False)  # bf16 weights and activations
+    full = am.estimate_memory(model.config, tokens, 4, 4, parameters).peak(False)  # float32
+    assert full > half
+    device = (half + full) / 2 / am.HEADROOM  # room for the first only
+    monkeypatch.setattr(am, "device_memory", lambda device_: int(device))
+    assert am.resolve_auto_checkpointing(args, model.config, parameters, torch.bfloat16) is False
+    assert args.gradient_checkpointing is False
+    # counted as float32 weights (TRL's default) the same model no longer fits
+    args.gradient_checkpointing = "auto"
+    assert am.resolve_auto_checkpointing(args, model.config, parameters) is True
+    # vLLM on the same device keeps 30% of it
+    args.gradient_checkpointing, args.use_vllm, args.vllm_mode = "auto", True, "colocate"
+    args.vllm_gpu_memory_utilization = 0.3
+    monkeypatch.setattr(am, "device_memory", lambda device_: int(half / am.HEADROOM * 1.2))
+    assert am.resolve_auto_checkpointing(args, model.config, parameters, torch.bfloat16) is True

@@ -135,7 +135,7 @@ def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatc
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return torch.cat(rows)
 
-    monkeypatch.setattr(packing, "_varlen_for", lambda query: stand_in)
+    monkeypatch.setattr(packing, "_varlen_for", lambda query: (stand_in, query.dtype))
     batch = padded_batch(rows=7, seed=5)
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)

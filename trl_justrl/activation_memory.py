@@ -130,24 +130,30 @@ def micro_batch_tokens(args: Any) -> int:
 _HALF = ("bfloat16", "float16", torch.bfloat16, torch.float16)
 
 
-def precision_bytes(args: Any, model_config: Any) -> tuple[int, int]:
-    """(activation bytes, weight bytes) per value of a run: weights as TRL loads them (`model_init_kwargs.dtype`,
-    float32 by default, "auto" = the checkpoint's), activations in half precision under bf16 / fp16 autocast."""
-    dtype = (getattr(args, "model_init_kwargs", None) or {}).get("dtype", "float32")
+def precision_bytes(args: Any, model_config: Any, weight_dtype: torch.dtype | None = None) -> tuple[int, int]:
+    """(activation bytes, weight bytes) per value of a run: weights in `weight_dtype` (a loaded model's), else as
+    TRL loads them (`model_init_kwargs.dtype`, float32 by default, "auto" = the checkpoint's); activations in half
+    precision under bf16 / fp16 autocast."""
+    dtype = weight_dtype or (getattr(args, "model_init_kwargs", None) or {}).get("dtype", "float32")
     if dtype == "auto":
         dtype = str(getattr(model_config, "dtype", None) or "float32").removeprefix("torch.")
     weight_bytes = 2 if dtype in _HALF else 4
     return (2 if args.bf16 or args.fp16 or weight_bytes == 2 else 4), weight_bytes
 
 
-def resolve_auto_checkpointing(args: Any, model_config: Any, parameters: int | None = None) -> bool:
+def resolve_auto_checkpointing(args: Any, model_config: Any, parameters: int | None = None,
+                               weight_dtype: torch.dtype | None = None) -> bool:
     """Replace `gradient_checkpointing: auto` in `args` by the choice for this model and device (logged); return
-    it. Model states count as split over the processes under FSDP, whole under DDP."""
-    dtype_bytes, weight_bytes = precision_bytes(args, model_config)
+    it. `parameters` and `weight_dtype`: a loaded model's (else counted from the config, dtype as TRL loads it).
+    Model states count as split over the processes under FSDP, whole under DDP; with vLLM colocated, the device
+    memory it reserves (`vllm_gpu_memory_utilization`) is not available to training."""
+    dtype_bytes, weight_bytes = precision_bytes(args, model_config, weight_dtype)
     shards = args.world_size if getattr(args, "fsdp", None) else 1
     estimate = estimate_memory(model_config, micro_batch_tokens(args), dtype_bytes, weight_bytes, parameters,
                                shards)
     available = device_memory(args.device)
+    if getattr(args, "use_vllm", False) and getattr(args, "vllm_mode", None) == "colocate":
+        available = int(available * (1 - args.vllm_gpu_memory_utilization))
     choice = choose_checkpointing(estimate, available)
     gib = 2**30
     logger.info(

@@ -390,7 +390,10 @@ class JustRLConfig(RunConfig):
         metadata={
             "help": "Recompute activations in the backward pass to save memory: true, false, or auto (recompute "
             "only when a micro-batch's estimated training memory without it exceeds 85 percent of the device's; the "
-            "trainer logs the estimate and its choice; activation_memory.py)."
+            "trainer logs the estimate and its choice; activation_memory.py). A bare --gradient_checkpointing is "
+            "true; --no_gradient_checkpointing is false.",
+            "nargs": "?",
+            "const": True,
         },
     )
     num_train_epochs: float = field(

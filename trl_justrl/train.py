@@ -164,6 +164,9 @@ def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScri
     also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
     ignores those, and any other unknown key is an error naming it."""
     refuse_secrets(argv)
+    # gradient_checkpointing also takes "auto", so HfArgumentParser no longer makes its boolean --no_ flag
+    argv = [part for arg in argv for part in (
+        ["--gradient_checkpointing", "false"] if arg == "--no_gradient_checkpointing" else [arg])]
     argv = with_recipe_file(argv)
     refuse_secrets(recipe=recipe_values(argv), where="the recipe")
     parser = make_parser(argv, prog)

@@ -165,11 +165,12 @@ class GRPORunTrainer(GRPOTrainer):
             )
 
         if args.gradient_checkpointing == AUTO:  # before TRL and transformers read it
-            if isinstance(model, PreTrainedModel):
-                resolve_auto_checkpointing(args, model.config, model.num_parameters())
-            else:
+            if isinstance(model, str):
                 resolve_auto_checkpointing(args, AutoConfig.from_pretrained(
                     model, trust_remote_code=args.trust_remote_code))
+            else:  # a loaded model (a PEFT one too): its own size and dtype
+                weights = list(model.parameters())
+                resolve_auto_checkpointing(args, model.config, sum(p.numel() for p in weights), weights[0].dtype)
 
         # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
         self.prompt_filter = PromptLengthFilter(

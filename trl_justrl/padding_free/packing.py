@@ -10,6 +10,7 @@ SDPA for every other call, generation included).
 from __future__ import annotations
 
 import contextvars
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,13 +82,16 @@ class PackedCall:
     A call through TRL's fused LM head (`fused_lm_head=True` with `labels`) leaves out each row's last token: it
     predicts nothing in its row and no other token attends to it. The head so scores at most the positions that
     row-at-a-time forwards score (one fewer per row than the whole pack), and the outputs are put back at the pack's
-    columns, zero at the rows' ends (whose labels TRL masks anyway: the next row's first token is a prompt token)."""
+    columns, zero at the rows' ends (whose labels TRL masks anyway: the next row's first token is a prompt token).
+    Not for MoE calls with router logits (their load-balancing loss would see fewer tokens) or one-token rows."""
 
     def __init__(self, model: Any, position_ids: torch.Tensor, boundaries: list[int]):
         self.model, self.position_ids, self.boundaries = model, position_ids, boundaries
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if args or not kwargs.get("fused_lm_head") or kwargs.get("labels") is None or "shift_labels" in kwargs:
+        if (args or not kwargs.get("fused_lm_head") or kwargs.get("labels") is None or "shift_labels" in kwargs
+                or kwargs.get("output_router_logits")  # an MoE load-balancing loss counts every token given
+                or any(b - a < 2 for a, b in zip(self.boundaries[:-1], self.boundaries[1:], strict=True))):
             return self._call(self.position_ids, self.boundaries, *args, **kwargs)
         input_ids, labels = kwargs.pop("input_ids"), kwargs.pop("labels")
         device = input_ids.device
@@ -184,11 +188,27 @@ def _varlen_kernel() -> Callable | None:
 _VARLEN = _varlen_kernel()
 
 
-def _varlen_for(query: torch.Tensor) -> Callable | None:
-    """The variable-length kernel where it takes `query` (CUDA, bf16 / fp16, heads of at most 256), else None."""
-    if _VARLEN is None or query.device.type != "cuda" or query.dtype not in (torch.bfloat16, torch.float16):
+@functools.cache
+def _flash_capable(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 0)  # flash attention: Ampere or later
+
+
+def _varlen_dtype(query: torch.Tensor) -> torch.dtype | None:
+    """The half-precision dtype the variable-length kernel runs `query` in, or None where it does not apply (not
+    CUDA, a GPU before Ampere, float32 without autocast, heads over 256). Under autocast the dtype is autocast's,
+    as it is for SDPA: the rotary tables leave queries and keys in float32 there."""
+    if _VARLEN is None or query.device.type != "cuda" or query.size(-1) > 256:
         return None
-    return _VARLEN if query.size(-1) <= 256 else None
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else query.dtype
+    if dtype not in (torch.bfloat16, torch.float16) or not _flash_capable(query.device.index or 0):
+        return None
+    return dtype
+
+
+def _varlen_for(query: torch.Tensor) -> tuple[Callable, torch.dtype] | None:
+    """The variable-length kernel and the dtype it takes `query` in, where it applies (`_varlen_dtype`)."""
+    dtype = _varlen_dtype(query)
+    return None if dtype is None else (_VARLEN, dtype)
 
 
 def _packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -203,13 +223,14 @@ def _packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, 
     if kwargs.get("sliding_window") is not None:
         raise ValueError("Packed forwards (max_tokens_per_microbatch) support full attention only, not a sliding "
                          "window; unset max_tokens_per_microbatch for this model.")
-    kernel, lengths = _varlen_for(query), kwargs.get("cu_seq_lens_q")
-    if kernel is not None and lengths is not None and not kwargs.get("dropout"):
+    varlen, lengths = _varlen_for(query), kwargs.get("cu_seq_lens_q")
+    if varlen is not None and lengths is not None and not kwargs.get("dropout"):
+        kernel, dtype = varlen
         # (tokens, heads, dim) views of the (1, heads, tokens, dim) projections; the rows' cumulative lengths
         # (PackedCall's, already on the device) bound the attention; window (-1, 0) is causal
-        output = kernel(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), lengths,
-                        lengths, kwargs["max_length_q"], kwargs["max_length_q"], scale=kwargs.get("scaling"),
-                        window_size=(-1, 0), enable_gqa=key.size(1) != query.size(1))
+        q, k, v = (x[0].transpose(0, 1).to(dtype) for x in (query, key, value))
+        output = kernel(q, k, v, lengths, lengths, kwargs["max_length_q"], kwargs["max_length_q"],
+                        scale=kwargs.get("scaling"), window_size=(-1, 0), enable_gqa=key.size(1) != query.size(1))
         return output.unsqueeze(0), None
     outputs = [
         sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
