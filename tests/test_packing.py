@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -52,19 +53,35 @@ def test_row_extents_refuses_rows_it_cannot_pack():
     assert row_extents(torch.tensor([[0, 0, 0, 1, 1, 0]]), logits_to_keep=3) is None  # no prompt token
 
 
+def forward_args(trainer, batch: dict, batch_size: int | None = None, entropy: bool = True) -> tuple:
+    """The arguments of `_get_per_token_logps_and_entropies` for a padded batch (prompt + completion columns)."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    return trainer.model, ids, mask, COMPLETION_WIDTH, batch_size, entropy, False
+
+
+@contextlib.contextmanager
+def packing_budget(trainer, budget: int | None):
+    """The trainer's `max_tokens_per_microbatch` set to `budget` inside the block (40 again after it)."""
+    trainer.args.max_tokens_per_microbatch = budget
+    try:
+        yield
+    finally:
+        trainer.args.max_tokens_per_microbatch = 40
+
+
+def packed_and_padded(trainer, batch: dict, budget: int) -> tuple[tuple, tuple]:
+    """Log-probs and entropies of `batch` through the trainer's packed forwards and through TRL's padded one."""
+    args = forward_args(trainer, batch)
+    with packing_budget(trainer, budget), torch.no_grad():
+        return (trainer._get_per_token_logps_and_entropies(*args),
+                GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args))
+
+
 @pytest.mark.parametrize("budget", [1, 40, 10_000])
 def test_packed_forward_equals_trls_padded_forward(trainer, budget):
     batch = padded_batch(rows=7, seed=budget)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    args = (trainer.model, ids, mask, COMPLETION_WIDTH, None, True, False)
-    trainer.args.max_tokens_per_microbatch = budget
-    try:
-        with torch.no_grad():
-            packed = trainer._get_per_token_logps_and_entropies(*args)
-            padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)
-    finally:
-        trainer.args.max_tokens_per_microbatch = 40
+    packed, padded = packed_and_padded(trainer, batch, budget)
     real = batch["completion_mask"].bool()
     torch.testing.assert_close(packed[0][real], padded[0][real], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(packed[1][real], padded[1][real], rtol=1e-5, atol=1e-5)
@@ -87,21 +104,15 @@ def test_packed_lm_head_scores_no_more_positions_than_rows_one_at_a_time(trainer
     monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
     monkeypatch.setattr(trl_utils, "_use_triton", lambda device: compact)  # the choice only; kernels stay torch's
     batch = padded_batch(rows=7, seed=3)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    args = (trainer.model, ids, mask, COMPLETION_WIDTH, 1, True, False)  # batch_size 1: one row per forward
+    args = forward_args(trainer, batch, batch_size=1)  # batch_size 1: one row per forward
     results, counts = {}, {}
     for name, budget in (("rows", None), ("packed", 10_000)):
-        trainer.args.max_tokens_per_microbatch = budget
         scored.clear()
-        try:
-            with torch.no_grad():
-                results[name] = trainer._get_per_token_logps_and_entropies(*args)
-        finally:
-            trainer.args.max_tokens_per_microbatch = 40
+        with packing_budget(trainer, budget), torch.no_grad():
+            results[name] = trainer._get_per_token_logps_and_entropies(*args)
         counts[name] = sum(scored)
     real = batch["completion_mask"].bool()
-    rows_tokens = int(mask.sum())
+    rows_tokens = int(args[2].sum())
     # the pack: its labelled positions, or every token but each row's last (a whole-pack head would score 6 more)
     assert len(scored) == 1 and counts["packed"] == (int(real.sum()) if compact else rows_tokens - 7)
     assert counts["packed"] <= counts["rows"]
@@ -137,16 +148,7 @@ def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatc
 
     monkeypatch.setattr(packing, "_varlen_for", lambda query: (stand_in, query.dtype))
     batch = padded_batch(rows=7, seed=5)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    args = (trainer.model, ids, mask, COMPLETION_WIDTH, None, True, False)
-    trainer.args.max_tokens_per_microbatch = 10_000
-    try:
-        with torch.no_grad():
-            packed = trainer._get_per_token_logps_and_entropies(*args)
-            padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)
-    finally:
-        trainer.args.max_tokens_per_microbatch = 40
+    packed, padded = packed_and_padded(trainer, batch, 10_000)
     assert len(calls) == trainer.model.config.num_hidden_layers and len(calls[0]) == 8  # one pack of 7 rows
     real = batch["completion_mask"].bool()
     torch.testing.assert_close(packed[0][real], padded[0][real], rtol=1e-5, atol=1e-5)
@@ -163,17 +165,11 @@ def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
                                               dropout=kwargs.get("dropout", 0.0), scaling=kwargs.get("scaling"))
 
     batch = padded_batch(rows=4, seed=3)
-    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
-    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
-    args = (trainer.model, ids, mask, COMPLETION_WIDTH, None, False, False)
-    trainer.args.max_tokens_per_microbatch = 10_000
-    try:
-        with torch.no_grad():
-            padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)[0]
-            monkeypatch.setitem(packing.AttentionInterface._global_mapping, PACKED_SDPA, one_sequence)
-            crossed = trainer._get_per_token_logps_and_entropies(*args)[0]
-    finally:
-        trainer.args.max_tokens_per_microbatch = 40
+    args = forward_args(trainer, batch, entropy=False)
+    with packing_budget(trainer, 10_000), torch.no_grad():
+        padded = GRPOTrainer._get_per_token_logps_and_entropies(trainer, *args)[0]
+        monkeypatch.setitem(packing.AttentionInterface._global_mapping, PACKED_SDPA, one_sequence)
+        crossed = trainer._get_per_token_logps_and_entropies(*args)[0]
     real = batch["completion_mask"].bool()
     assert (crossed[real] - padded[real]).abs().max() > 1e-3
 
