@@ -201,7 +201,7 @@ def updates(check: Check, args: argparse.Namespace) -> None:
     import torch
 
     policy_update = policy_update_module()
-    preset = preset_values(policy_update, args.preset, args.set)
+    preset = policy_update.preset_values(args.preset, args.set)
     start = time.monotonic()
     try:
         model_dir = policy_update.build_model(preset, args.workdir)
@@ -241,17 +241,6 @@ def updates(check: Check, args: argparse.Namespace) -> None:
         check.record(f"update:{kind}", status, seconds, **details)
     compare(check.summary)
     check.write()
-
-
-def preset_values(policy_update, preset: str, items: list[str]) -> dict:
-    """policy_update.py's preset with `--set KEY=VALUE` applied; ValueError naming a key it does not have."""
-    values = dict(policy_update.PRESETS[preset])
-    for item in items:
-        key, _, value = item.partition("=")
-        if key not in values:
-            raise ValueError(f"--set {key}: not a preset key ({', '.join(values)})")
-        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
-    return values
 
 
 def compare(summary: dict) -> None:
@@ -311,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a misspelt option fails here, before any model is built
         policy_update.check_config_overrides(policy_update.parse_config_overrides(args.set_config),
                                              [policy_update.trainer_classes(kind)[0] for kind in TRAINERS])
-        preset_values(policy_update, args.preset, args.set)
+        policy_update.preset_values(args.preset, args.set)
     except ValueError as error:
         parser.error(str(error))
 

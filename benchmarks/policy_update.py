@@ -177,6 +177,17 @@ class OneUpdateProfile(TrainerCallback):
         self.path.write_text("\n\n".join(sections))
 
 
+def preset_values(preset: str, items: list[str]) -> dict:
+    """PRESETS[preset] with `--set KEY=VALUE` items applied; ValueError naming a key the preset does not have."""
+    values = dict(PRESETS[preset])
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in values:
+            raise ValueError(f"--set {key}: not a preset key ({', '.join(values)})")
+        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
+    return values
+
+
 def parse_config_overrides(items: list[str]) -> dict[str, object]:
     """`KEY=VALUE` strings as config values: YAML scalars (true, 3, 1e-6, sdpa); `attn_implementation` and
     `model_init_kwargs.KEY` go into `model_init_kwargs`, another `FIELD.KEY` into that dict field."""
@@ -389,12 +400,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="a folder with the SmolLM2 tokenizer files (default: the embedded model's)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    preset = dict(PRESETS[args.preset])
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in preset:
-            parser.error(f"--set {key}: not a preset key ({', '.join(preset)})")
-        preset[key] = type(preset[key])(value) if not isinstance(preset[key], bool) else value == "true"
+    try:
+        preset = preset_values(args.preset, args.set)
+    except ValueError as error:
+        parser.error(str(error))
     args.device = args.device or ("cuda" if args.preset == "qwen2-1.5b" else "cpu")
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")

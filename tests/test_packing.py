@@ -146,7 +146,8 @@ def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatc
                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
         return torch.cat(rows)
 
-    monkeypatch.setattr(packing, "_varlen_for", lambda query: (stand_in, query.dtype))
+    monkeypatch.setattr(packing, "_VARLEN", stand_in)
+    monkeypatch.setattr(packing, "_varlen_dtype", lambda query: query.dtype)
     batch = padded_batch(rows=7, seed=5)
     packed, padded = packed_and_padded(trainer, batch, 10_000)
     assert len(calls) == trainer.model.config.num_hidden_layers and len(calls[0]) == 8  # one pack of 7 rows

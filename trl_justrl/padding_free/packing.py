@@ -205,16 +205,10 @@ def _varlen_dtype(query: torch.Tensor) -> torch.dtype | None:
     return dtype
 
 
-def _varlen_for(query: torch.Tensor) -> tuple[Callable, torch.dtype] | None:
-    """The variable-length kernel and the dtype it takes `query` in, where it applies (`_varlen_dtype`)."""
-    dtype = _varlen_dtype(query)
-    return None if dtype is None else (_VARLEN, dtype)
-
-
 def _packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                            attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """In a packed forward (rows given by `packed_row_bounds`), causal attention within each row: one call of
-    torch's variable-length kernel for the whole pack where it applies (`_varlen_for`), else SDPA once per row;
+    torch's variable-length kernel for the whole pack where it applies (`_varlen_dtype`), else SDPA once per row;
     plain SDPA for every other call. Inputs (1, heads, tokens, dim); output (1, tokens, heads, dim), as
     transformers' SDPA returns it."""
     bounds = kwargs.pop("packed_row_bounds", None)
@@ -223,13 +217,12 @@ def _packed_sdpa_attention(module: Any, query: torch.Tensor, key: torch.Tensor, 
     if kwargs.get("sliding_window") is not None:
         raise ValueError("Packed forwards (max_tokens_per_microbatch) support full attention only, not a sliding "
                          "window; unset max_tokens_per_microbatch for this model.")
-    varlen, lengths = _varlen_for(query), kwargs.get("cu_seq_lens_q")
-    if varlen is not None and lengths is not None and not kwargs.get("dropout"):
-        kernel, dtype = varlen
+    dtype, lengths = _varlen_dtype(query), kwargs.get("cu_seq_lens_q")
+    if dtype is not None and lengths is not None and not kwargs.get("dropout"):
         # (tokens, heads, dim) views of the (1, heads, tokens, dim) projections; the rows' cumulative lengths
         # (PackedCall's, already on the device) bound the attention; window (-1, 0) is causal
         q, k, v = (x[0].transpose(0, 1).to(dtype) for x in (query, key, value))
-        output = kernel(q, k, v, lengths, lengths, kwargs["max_length_q"], kwargs["max_length_q"],
+        output = _VARLEN(q, k, v, lengths, lengths, kwargs["max_length_q"], kwargs["max_length_q"],
                         scale=kwargs.get("scaling"), window_size=(-1, 0), enable_gqa=key.size(1) != query.size(1))
         return output.unsqueeze(0), None
     outputs = [
