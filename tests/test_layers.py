@@ -119,8 +119,9 @@ def test_imports_point_down_the_layers():
               if not _within(e[1], "trl_justrl.benchmarks", "trl_justrl.grading", "trl_justrl.prompts")]
     # run reporting reads logs and settings: never the training core
     wrong += [e for e in _edges(graph, "trl_justrl.reporting") if not _within(e[1], "trl_justrl.reporting")]
-    # the vLLM server checks the trainer runs import nothing of the project
-    wrong += _edges(graph, "trl_justrl.cluster.vllm_server")
+    # the generation server's checks, transports and worker extension import nothing else of the project (the
+    # extension runs inside the vLLM server's own environment)
+    wrong += [e for e in _edges(graph, "trl_justrl.generation") if not _within(e[1], "trl_justrl.generation")]
     # nothing outside the evaluation imports it (it builds on the rest)
     wrong += [(a, b) for a, targets in graph.items() for b in targets
               if _within(b, "trl_justrl.evaluation") and not _within(a, "trl_justrl.evaluation")]

@@ -7,6 +7,7 @@ import os
 import secrets
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,8 @@ def test_server_command_is_the_one_trl_expects():
     assert serve.role == "vllm" and serve.env["VLLM_SERVER_DEV_MODE"] == "1"
     assert "vllm serve deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in line
     for part in ("--max-model-len 32768", "--tensor-parallel-size 2", "--data-parallel-size 1", "--port 8000",
-                 "--gpu-memory-utilization 0.9", "--weight-transfer-config", "--host 0.0.0.0"):
+                 "--gpu-memory-utilization 0.9", "--weight-transfer-config", "--host 0.0.0.0",
+                 "--worker-extension-cls trl_justrl.generation.vllm_extension.WeightFolderExtension"):
         assert part in line
 
 
@@ -244,17 +246,40 @@ def test_slurm_uses_the_job_nodelist(tmp_path, capsys):
 
 
 def test_vllm_serve_launcher_dry_run():
-    result = _run_script("launch/vllm_serve.sh", {}, "--dry-run", "--tensor-parallel-size", "2", "--port", "8123")
+    result = _run_script("launch/vllm_serve.sh", {}, "--dry-run", "--device", "cuda", "--tensor-parallel-size", "2",
+                         "--port", "8123")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("VLLM_SERVER_DEV_MODE=1 vllm serve deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
-    assert "--port 8123" in result.stdout and "--max-model-len 32768" in result.stdout
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("VLLM_SERVER_DEV_MODE=1 ")
+    assert "-m vllm.entrypoints.openai.api_server --model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" in line
+    for part in ("--port 8123", "--max-model-len 32768", "--tensor-parallel-size 2", "--weight-transfer-config",
+                 "--worker-extension-cls trl_justrl.generation.vllm_extension.WeightFolderExtension"):
+        assert part in line
+    assert "--enforce-eager" not in line and "VLLM_CPU_KVCACHE_SPACE" not in line
     assert serve_main(["--dry-run", "--gpu-memory-utilization", "1.5"]) == 2
 
 
+def test_a_cpu_server_is_eager_sized_for_the_recipe_and_finds_the_extension(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_JUSTRL_CACHE", str(tmp_path))
+    assert serve_main(["--config", "demo_cpu", "--device", "cpu", "--dry-run", "--vllm-python", "/opt/vllm/python",
+                       "--port", "8124"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "/opt/vllm/python -m vllm.entrypoints.openai.api_server --model " in line
+    for part in ("--enforce-eager", "--dtype float32", "--max-model-len 1056", "VLLM_CPU_KVCACHE_SPACE=",
+                 "VLLM_CPU_OMP_THREADS_BIND=0-", "--worker-extension-cls"):
+        assert part in line
+    assert "--weight-transfer-config" not in line  # NCCL needs CUDA
+    # the other environment finds the worker extension through a folder holding only this package
+    path = Path(line.split("PYTHONPATH=")[1].split()[0])
+    assert [p.name for p in path.iterdir()] == ["trl_justrl"] and (path / "trl_justrl" / "generation").is_dir()
+    assert serve_main(["--recipe", "demo_cpu", "--device", "cpu", "--dry-run"]) == 0  # the old spelling
+    assert "--recipe is now --config" in capsys.readouterr().err
+
+
 def test_vllm_serve_refuses_to_start_without_vllm(capsys, monkeypatch):
-    monkeypatch.setattr("shutil.which", lambda name, *a, **k: None)
-    assert serve_main(["--tensor-parallel-size", "1"]) == 2
-    assert "vLLM is not installed" in capsys.readouterr().err
+    monkeypatch.setattr("trl_justrl.cluster.serve.has_vllm", lambda python: False)
+    assert serve_main(["--config", "demo_cpu", "--vllm-python", sys.executable]) == 2
+    assert "vLLM is not installed for" in capsys.readouterr().err
 
 
 def test_grpo_recipe_without_a_prompt_cap_is_a_clear_error(tmp_path):

@@ -18,6 +18,7 @@ from accelerate.utils import parse_flag_from_env
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
 from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
+from trl.import_utils import is_vllm_available
 
 from .activation_memory import checkpointing_setting
 from .geometry import (
@@ -46,6 +47,8 @@ OBJECTIVE_INVARIANTS: dict[str, object] = {
 }
 # TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
 
+
+WEIGHT_TRANSPORTS = ("auto", "nccl", "disk")  # how updated weights reach a vLLM server (generation/client.py)
 
 # report_to integrations whose pip package has another name (the others install under their own name)
 PIP_PACKAGES = {"comet_ml": "comet-ml"}
@@ -143,6 +146,28 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
         },
     )
 
+    vllm_weight_transport: str = field(
+        default="auto",
+        metadata={
+            "help": "How updated weights reach the vLLM server (server mode): nccl, TRL's own NCCL weight transfer "
+            "(CUDA on trainer and server, vLLM installed beside the trainer); disk, the project's versioned weight "
+            "folders (vllm_weight_dir, which the server must see too) loaded by its worker extension (any device, "
+            "no common NCCL fabric, no vLLM in the trainer's environment; start the server with `trl-justrl serve`); "
+            "auto: nccl when training on CUDA with vLLM importable, else disk.",
+            "choices": list(WEIGHT_TRANSPORTS),
+        },
+    )
+    vllm_weight_dir: str | None = field(
+        default=None,
+        metadata={"help": "Folder of the disk weight transport, seen by trainer and server alike (a shared file "
+                  "system across nodes). Null: <output_dir>/vllm_weights."},
+    )
+    vllm_server_liveness_timeout: float = field(
+        default=30.0,  # project's choice: /health answers in milliseconds even while the server generates
+        metadata={"help": "Seconds the vLLM server may go without answering /health while the trainer waits for it "
+                  "(disk transport) before the run stops with an error naming it (a dead or hung server)."},
+    )
+
     def __post_init__(self):
         world_size = _world_size_from_env()
         geometry = self._map_recipe_batch(world_size)
@@ -156,6 +181,7 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
             )
         self.batch_geometry: BatchGeometry | None = geometry
         self._check_run_settings()
+        self._resolve_weight_transport()
         self.check_health_settings()
         self.check_reward_settings()
         self.check_validation_settings()
@@ -182,6 +208,35 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
                 + ", ".join(f"pip install {PIP_PACKAGES.get(name, name)}" for name in missing)
                 + " (or the project extra of that name, e.g. pip install -e '.[wandb]'), or drop it from report_to."
             )
+
+    def _resolve_weight_transport(self) -> None:
+        """`auto` becomes nccl (TRL's path) on CUDA with vLLM importable, else disk; nccl without vLLM or CUDA is
+        refused here, before any model loads."""
+        if self.vllm_weight_transport not in WEIGHT_TRANSPORTS:
+            raise ValueError(f"vllm_weight_transport = {self.vllm_weight_transport!r}: one of {WEIGHT_TRANSPORTS}.")
+        if self.vllm_server_liveness_timeout <= 0:
+            raise ValueError(f"vllm_server_liveness_timeout = {self.vllm_server_liveness_timeout}: positive seconds.")
+        if self.use_vllm and self.vllm_mode == "colocate" and not is_vllm_available():
+            raise ValueError("use_vllm with vllm_mode colocate runs vLLM's engine inside the trainer, which needs vLLM "
+                             "installed here (pip install -e '.[vllm]', GPU machines); or generate on a server "
+                             "(vllm_mode: server, `trl-justrl serve`), or unset use_vllm.")
+        on_cuda = self.device.type == "cuda"
+        if self.vllm_weight_transport == "auto":
+            self.vllm_weight_transport = "nccl" if on_cuda and is_vllm_available() else "disk"
+        if not (self.use_vllm and self.vllm_mode == "server") or self.vllm_weight_transport == "disk":
+            return
+        if not is_vllm_available():
+            raise ValueError("vllm_weight_transport = nccl needs vLLM importable beside the trainer (TRL's client "
+                             "opens the NCCL group through it): pip install -e '.[vllm]', or use "
+                             "vllm_weight_transport: disk (no vLLM needed here).")
+        if not on_cuda:
+            raise ValueError(f"vllm_weight_transport = nccl needs CUDA (TRL's weight sync runs on NCCL); this run "
+                             f"trains on {self.device.type}. Use vllm_weight_transport: disk.")
+
+    @property
+    def weight_dir(self) -> str:
+        """The disk transport's folder (vllm_weight_dir, default <output_dir>/vllm_weights)."""
+        return self.vllm_weight_dir or os.path.join(self.output_dir, "vllm_weights")
 
     @property
     def prompt_and_completion_cap(self) -> int:

@@ -31,6 +31,8 @@ from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
 from .credentials import refuse_secrets
 from .data import DEFAULT_DATASET, SYNTHETIC, DataError, load_training_data, looks_local
+from .generation.client import VLLMServerLost
+from .generation.server_checks import VLLMServerUnavailable
 from .preemption import EXIT_REQUEUE
 from .recipes import find_recipe
 from .reporting.console import install_compact_console
@@ -395,6 +397,12 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
         print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
         sys.exit(EXIT_REQUEUE)
     except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except VLLMServerLost as err:  # the generation server died or hung mid-run: the last whole checkpoint stays
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    except VLLMServerUnavailable as err:  # found before the model loads: a server that is down or set up wrong
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except CheckpointWriteError as err:  # found while training: the run failed, not its settings

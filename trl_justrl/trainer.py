@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from trl import GRPOTrainer
 
 from .activation_memory import AUTO, resolve_auto_checkpointing
 from .checkpoints import failed_save, write_marker
-from .cluster.vllm_server import SyncWatchdog, check_vllm_server
 from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
 from .data import DataError, PromptLengthFilter, looks_local
 from .forwards import PolicyForwardTap
+from .generation.client import ServedGeneration, served_generation
+from .generation.server_checks import SyncWatchdog, check_vllm_server
 from .loss import dual_clip_mask
 from .models import resolve_model
 from .padding_free import PaddingFreeUpdates
@@ -34,6 +36,7 @@ from .preemption import GracefulStop
 from .reporting.budget import DiskBudget, TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
+from .reporting.summary import VLLM_PREFIX
 from .resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .rewards import resolve_reward
 from .validation import ValidationCallback
@@ -154,6 +157,7 @@ class GRPORunTrainer(GRPOTrainer):
                 args.vllm_server_timeout,
                 required_context=args.vllm_context_needed,
                 base_url=args.vllm_server_base_url,
+                transport=args.vllm_weight_transport,
             )
         self.base_model_name = model if isinstance(model, str) else model.config._name_or_path  # for the model card
         if isinstance(model, str):
@@ -189,24 +193,27 @@ class GRPORunTrainer(GRPOTrainer):
                 eval_dataset = {name: eval_filter.apply(ds, f"evaluation ({name})")
                                 for name, ds in eval_dataset.items()}
 
-        super().__init__(
-            model=model,
-            reward_funcs=_resolve_rewards(
-                self.default_rewards if reward_funcs is None else reward_funcs, args, processing_class
-            ),
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        served = args.use_vllm and args.vllm_mode == "server" and args.vllm_weight_transport == "disk"
+        backend = served_generation(args.weight_dir, args.vllm_server_liveness_timeout) if served else nullcontext()
+        with backend:
+            super().__init__(
+                model=model,
+                reward_funcs=_resolve_rewards(
+                    self.default_rewards if reward_funcs is None else reward_funcs, args, processing_class
+                ),
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
+            )
         self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
         self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1: finish the update, save, stop (preemption.py)
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
@@ -346,6 +353,8 @@ class GRPORunTrainer(GRPOTrainer):
             logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
             if (budget := self.token_budget) is not None:
                 logs.update(budget.logs(self.state.global_step))
+            if isinstance(getattr(self, "vllm_generation", None), ServedGeneration):
+                logs.update({VLLM_PREFIX + k: v for k, v in self.vllm_generation.take_timings().items()})
         super().log(logs, start_time)
 
 
@@ -373,7 +382,27 @@ class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
             raise RuntimeError(f"GRPOTrainer.compute_loss made {len(tap.logps)} policy forwards, not one; this trl "
                                "version changed what the dual-clip metric relies on.")
         self._log_dual_clip_fraction(inputs, tap.logps[0])
+        if "sampling_per_token_logps" in inputs and not self.vllm_importance_sampling_correction:
+            self._log_sampling_gap(inputs, tap.logps[0])  # TRL logs it itself when it corrects for it
         return loss
+
+    def _log_sampling_gap(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
+        """TRL's `sampling/sampling_logp_difference/{mean,max}`: |log-prob of the policy that sampled (the trainer's)
+        - log-prob vLLM reported| over the completion tokens. An update's first micro-batch is on-policy (its own
+        forward, detached); later ones carry the old log-probs. Large values mean the server does not hold the
+        trainer's weights, or its numerics differ (bf16)."""
+        old_logps = inputs.get("old_per_token_logps")
+        reference = logps.detach() if old_logps is None else old_logps
+        gap = (reference - inputs["sampling_per_token_logps"]).abs()
+        mask = inputs["completion_mask"].bool() & ~torch.isnan(gap)
+        gap = gap.masked_fill(~mask, 0.0)
+        totals = torch.stack([gap.sum(), mask.sum().float()])
+        totals = self.accelerator.reduce(totals, reduction="sum")
+        largest = self.accelerator.reduce(gap.max().reshape(1), reduction="max")  # masked tokens count 0
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(
+            (totals[0] / totals[1].clamp(min=1.0)).item())
+        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(largest.item())
 
     def _log_dual_clip_fraction(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
         old_logps = inputs.get("old_per_token_logps")  # None when the batch is on-policy (ratio 1)

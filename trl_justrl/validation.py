@@ -31,6 +31,7 @@ from .benchmarks.sampling import (
     TransformersBackend,
     problem_seed,
 )
+from .generation.client import VLLMServerLost
 from .grading.grader import math_verify_timeout
 from .prompts import VALIDATION_STYLE, eval_messages
 
@@ -272,12 +273,15 @@ class ValidationCallback(TrainerCallback):
             try:
                 metrics = dict(self._metric(name, self._score(name, problems, sampler.generate))
                                for name, problems in self.problems.items())
+            except VLLMServerLost as exc:  # the server is gone: every process ends the run
+                error = (True, str(exc))
             except Exception as exc:  # noqa: BLE001 - shared with the other processes, then handled there
-                error = f"{type(exc).__name__}: {exc}"
+                error = (False, f"{type(exc).__name__}: {exc}")
                 logger.debug("validation failed", exc_info=True)
         metrics, error = broadcast_object_list([metrics, error], from_process=0)
         if error is not None:
-            raise ValidationFailed(error)
+            lost, message = error
+            raise VLLMServerLost(message) if lost else ValidationFailed(message)
         return metrics
 
     def _validate_colocated(self) -> dict[str, float]:
@@ -325,6 +329,8 @@ class ValidationCallback(TrainerCallback):
         start = time.perf_counter()
         try:
             metrics = self._validate_all()
+        except VLLMServerLost:  # not a validation problem: the run cannot generate any more
+            raise
         except Exception as exc:
             self.failures += 1
             if self.fail_fast:

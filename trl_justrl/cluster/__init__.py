@@ -1,6 +1,6 @@
 """Cluster operations: the planner (`python -m trl_justrl.cluster.plan`), the launchers behind `launch/*.sh` and
-`launch/slurm/train.slurm`, the `vllm serve` command, and the vLLM server checks the trainer runs.
+`launch/slurm/train.slurm`, and `trl-justrl serve` (the recipe's vLLM server on this machine).
 
-`vllm_server` imports nothing of the project (the trainer uses it); `plan`, `launcher` and `serve` build on the
-training core's `JustRLConfig` defaults and batch geometry.
+They build on the training core: `JustRLConfig`'s defaults and batch geometry, and the recipe reader of
+`trl_justrl.train`.
 """

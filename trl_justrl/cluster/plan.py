@@ -50,6 +50,7 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # TRL's `trl vllm-serve` default
 # vLLM's tensor parallel size must divide the attention heads: both paper models (Qwen2 1.5B) have 12, so 1, 2 or 4.
 # The default serving size is therefore at most 4 GPUs; TRL 1.16 serves dense models without data parallelism.
 DEFAULT_MAX_VLLM_GPUS = 4
+VLLM_EXTENSION = "trl_justrl.generation.vllm_extension.WeightFolderExtension"  # loads the `disk` transport's folders
 VLLM_SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}  # TRL's weight-transfer endpoints live behind vLLM's dev mode
 # Recipe keys only the planner and launchers read (training accepts and ignores them): GPUs of node 0 serving vLLM.
 LAYOUT_KEYS = ("vllm_gpus",)
@@ -540,11 +541,16 @@ def vllm_serve_argv(
     port: int = DEFAULT_VLLM_PORT,
     gpu_memory_utilization: float = DEFAULT_GPU_MEMORY_UTILIZATION,
     host: str = "0.0.0.0",
+    dtype: str = "auto",
+    enforce_eager: bool = False,
+    nccl: bool = True,
 ) -> list[str]:
-    """`vllm serve` the way TRL 1.16 expects, built by `trl vllm-serve`'s own `build_command`.
+    """`vllm serve` the way TRL 1.16 expects, built by `trl vllm-serve`'s own `build_command`, plus the project's
+    worker extension (the `disk` weight transport loads through it).
 
-    That adds the NCCL weight-transfer engine (`--weight-transfer-config`), processed logprobs and unlimited logprobs;
-    the server also needs `VLLM_SERVER_DEV_MODE=1` in its environment (see `VLLM_SERVER_ENV`).
+    TRL adds the NCCL weight-transfer engine (`--weight-transfer-config`; dropped with `nccl=False`, for a CPU server),
+    processed logprobs and unlimited logprobs; the server also needs `VLLM_SERVER_DEV_MODE=1` in its environment (see
+    `VLLM_SERVER_ENV`).
     """
     from trl.scripts.vllm_serve import ScriptArguments, build_command
 
@@ -556,10 +562,16 @@ def vllm_serve_argv(
         data_parallel_size=data_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
+        dtype=dtype,
+        enforce_eager=enforce_eager,
         enable_prefix_caching=True,  # the 8 rollouts of a prompt share its prefix
     )
     command = build_command(args)
-    return ["vllm", *command[command.index("serve") :]]
+    command = ["vllm", *command[command.index("serve") :], "--worker-extension-cls", VLLM_EXTENSION]
+    if not nccl:
+        at = command.index("--weight-transfer-config")
+        del command[at : at + 2]
+    return command
 
 
 def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command]:

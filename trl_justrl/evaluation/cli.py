@@ -10,9 +10,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ..benchmarks.registry import BenchmarkError, get_benchmark, load_problems
 from ..benchmarks.sampling import SamplingSettings
+from ..generation.server_checks import VLLMServerUnavailable
 from ..models import resolve_model
 from ..preemption import forwarding_signals
 from ..run_folder import FolderLock, FolderLocked
@@ -43,7 +46,15 @@ def build_parser(prog: str = "python -m trl_justrl.evaluation") -> argparse.Argu
     p.add_argument("--n", type=int, help="Samples per problem for every benchmark (default: the protocol's: JustRL "
                    "4 or 32 per benchmark, Open-RS 1).")
     p.add_argument("--limit", type=int, help="Only the first K problems of each benchmark (smoke runs).")
-    p.add_argument("--backend", choices=["vllm", "transformers"], default="vllm")
+    p.add_argument("--backend", choices=["vllm", "vllm-server", "transformers"], default="vllm",
+                   help="vllm: vLLM's engine in this process (GPUs); vllm-server: a running vLLM server at "
+                   "--server-url (e.g. `trl-justrl serve --model CKPT --max-model-len 32768`, on any machine); "
+                   "transformers: "
+                   "`generate` (CPU, small models).")
+    p.add_argument("--server-url", default="http://127.0.0.1:8000", help="The vLLM server of --backend vllm-server.")
+    p.add_argument("--server-timeout", type=float, default=240.0,
+                   help="Seconds to wait for that server to answer /health (then it must keep answering: a server "
+                   "that stops for 30 s ends the evaluation, its finished problems kept).")
     p.add_argument("--max-new-tokens", type=int, default=None, help="Default: the protocol's.")
     p.add_argument("--temperature", type=float, default=None, help="Default: the protocol's.")
     p.add_argument("--top-p", type=float, default=None, help="Default: the protocol's.")
@@ -61,6 +72,23 @@ def build_parser(prog: str = "python -m trl_justrl.evaluation") -> argparse.Argu
                    help="Engine replicas, each on --tensor-parallel-size GPUs with a share of the problems.")
     p.add_argument("--shard", help=argparse.SUPPRESS)  # "rank/size", set for the data-parallel workers
     return p
+
+
+def server_backend(model: str, url: str, timeout_s: float) -> Any:
+    """Sampling on a running vLLM server over HTTP, as in-training validation does on the trainer's server
+    (validation.ServerSampler: one request per problem with its n samples and seed). The server must serve `model`:
+    its tokenizer renders the prompts here."""
+    from transformers import AutoTokenizer
+
+    from ..generation.client import ServerClient
+    from ..validation import ServerSampler
+
+    client = ServerClient(url, connection_timeout=timeout_s)
+    served = client.model
+    if Path(served).resolve() != Path(model).resolve() and served != model:
+        raise ValueError(f"The vLLM server at {url} serves {served!r}, not the model to evaluate ({model!r}). Start "
+                         f"it with `trl-justrl serve --model {model}`.")
+    return ServerSampler(client, AutoTokenizer.from_pretrained(model))
 
 
 def launch_workers(argv: list[str], args: argparse.Namespace) -> int:
@@ -128,6 +156,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
 
     def backend():
         model = resolve_model(args.model)  # the embedded model's name -> its cached checkpoint folder
+        if args.backend == "vllm-server":
+            return server_backend(model, args.server_url, args.server_timeout)
         if args.backend == "vllm":
             from trl_justrl.benchmarks.sampling import VLLMBackend
 
@@ -148,7 +178,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
             if code != 0:
                 return code
         report = run_evaluation(opts, backend)
-    except (BenchmarkError, FileNotFoundError, ImportError, ValueError, FolderLocked) as exc:
+    except (BenchmarkError, FileNotFoundError, ImportError, ValueError, FolderLocked, VLLMServerUnavailable) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -15,6 +15,9 @@ from .plot import plot_dynamics
 
 logger = logging.getLogger(__name__)
 
+VLLM_PREFIX = "vllm/"  # the trainer's log of a vLLM server run (disk transport): seconds generating and syncing
+GENERATION_S, SYNC_S, SYNC_BYTES = (VLLM_PREFIX + k for k in ("generation_seconds", "weight_sync_seconds",
+                                                               "weight_sync_bytes"))
 
 
 @dataclass
@@ -34,6 +37,10 @@ class RunSummary:
     paper_estimate_tokens: int | None = None
     health_alerts: list[tuple[int, str]] = field(default_factory=list)  # (optimizer step, signature)
     dynamics_plot: str | None = None
+    # with generation on a vLLM server: seconds generating, syncing weights, and in the rest of the steps (updates)
+    time_split: dict[str, float] | None = None
+    weight_syncs: int = 0
+    weight_sync_bytes: int | None = None
 
     @property
     def reward_rose(self) -> bool | None:
@@ -43,6 +50,17 @@ class RunSummary:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def _total_step_time(history: list[dict]) -> float:
+    """Seconds in training steps (generation, sync and update included): TRL logs `step_time` as the mean over the
+    optimizer steps since its previous log entry."""
+    total, previous = 0.0, 0
+    for entry in history:
+        if "step_time" in entry:
+            total += entry["step_time"] * (entry["step"] - previous)
+            previous = entry["step"]
+    return total
 
 
 def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary:
@@ -58,6 +76,13 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     budget = next((h for h in reversed(history) if TOKENS_GENERATED in h), {})
     alerts = [(int(h.get("step", 0)), key[len(HEALTH_PREFIX):]) for h in history for key in h
               if key.startswith(HEALTH_PREFIX)]
+    syncs = [h for h in history if h.get(SYNC_S)]
+    split = None
+    if any(GENERATION_S in h for h in history):
+        generation = sum(h.get(GENERATION_S, 0.0) for h in history)
+        sync = sum(h.get(SYNC_S, 0.0) for h in history)
+        steps = _total_step_time(history)
+        split = {"generation": generation, "weight_sync": sync, "update": max(steps - generation - sync, 0.0)}
     plot = None
     if draw_plot:
         try:
@@ -78,6 +103,9 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
         paper_estimate_tokens=budget.get(PAPER_ESTIMATE),
         health_alerts=alerts,
         dynamics_plot=plot,
+        time_split=split,
+        weight_syncs=len(syncs),
+        weight_sync_bytes=syncs[-1].get(SYNC_BYTES) if syncs else None,
     )
 
 
@@ -88,6 +116,16 @@ def _tokens(value: int | None) -> str:
 def _mixed(values: dict[str, float | None]) -> float | None:
     zero_std = values.get(FRAC_ZERO_STD)
     return None if zero_std is None else 1.0 - zero_std
+
+
+def _time_split(summary: RunSummary) -> list[str]:
+    """One line: where a vLLM-served run's step time went (none without a server)."""
+    split = summary.time_split
+    if split is None:
+        return []
+    size = f" of {summary.weight_sync_bytes / 1e6:.0f} MB" if summary.weight_sync_bytes else ""
+    return [f"  time split (vLLM)      generation {split['generation']:.0f} s, weight syncs "
+            f"{split['weight_sync']:.0f} s ({summary.weight_syncs}{size}), policy updates {split['update']:.0f} s"]
 
 
 def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str:
@@ -114,6 +152,7 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
         f"  tokens                 generated {_tokens(summary.tokens_generated)}, trained "
         f"{_tokens(summary.tokens_trained)}   (paper-style estimate for this run: "
         f"{_tokens(summary.paper_estimate_tokens)})",
+        *_time_split(summary),
         f"  health alerts          {alerts}",
         f"  outputs                {summary.output_dir} (model, trainer_state.json with the full log history)",
     ]

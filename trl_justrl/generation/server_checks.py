@@ -1,4 +1,4 @@
-"""Before training: is the vLLM server there and set up for TRL? During training: weight syncs may not hang.
+"""Before training: is the vLLM server there and set up for the run? During training: weight syncs may not hang.
 
 TRL's client waits for the server only after the model loads, without per-request timeouts, and its NCCL weight sync
 blocks forever if the server dies: `check_vllm_server` runs first within one deadline, naming host and port in every
@@ -19,6 +19,8 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
+
+from .vllm_extension import VERSION_METHOD
 
 logger = logging.getLogger(__name__)
 
@@ -50,16 +52,20 @@ class _Deadline:
         return time.monotonic() - self.start
 
 
-def _request(url: str, timeout_s: float) -> tuple[int, bytes]:
-    """GET `url` within `timeout_s` in all (connect, headers, body): a server that trickles bytes cannot stretch it.
-    The request runs in a daemon thread whose connection is closed when the time is up."""
+def _request(url: str, timeout_s: float, body: dict | None = None) -> tuple[int, bytes]:
+    """GET `url` (POST `body` as JSON) within `timeout_s` in all (connect, headers, body): a server that trickles
+    bytes cannot stretch it. The request runs in a daemon thread whose connection is closed when the time is up."""
     parts = urllib.parse.urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=max(0.05, timeout_s))
     result: dict[str, Any] = {}
 
     def fetch() -> None:
         try:
-            connection.request("GET", parts.path + (f"?{parts.query}" if parts.query else ""))
+            target = parts.path + (f"?{parts.query}" if parts.query else "")
+            if body is None:
+                connection.request("GET", target)
+            else:
+                connection.request("POST", target, json.dumps(body), {"Content-Type": "application/json"})
             response = connection.getresponse()
             result["answer"] = (response.status, response.read())
         except Exception as err:  # noqa: BLE001 - handed to the caller
@@ -100,16 +106,17 @@ def wait_for_server(base_url: str, timeout_s: float, poll_s: float = POLL_INTERV
             raise VLLMServerUnavailable(
                 f"The vLLM server at {base_url} did not answer after waiting {deadline.waited:.0f} s "
                 f"(vllm_server_timeout={timeout_s:g}; last error: {last_error}). Start it first, e.g. "
-                "`launch/vllm_serve.sh --recipe <recipe>` on the serving GPUs, or check vllm_server_host / "
+                "`trl-justrl serve --config <recipe>` on the serving machine, or check vllm_server_host / "
                 "vllm_server_port."
             )
         time.sleep(min(poll_s, max(0.0, deadline.left)))
 
 
 def check_vllm_server(host: str, port: int, timeout_s: float, required_context: int | None = None,
-                      base_url: str | None = None) -> dict[str, Any]:
-    """Wait for the server, then check it can take TRL's weight syncs and the run's context length, all within
-    `timeout_s`. Every failure names the server's address. Returns its configuration (vLLM's `/server_info`)."""
+                      base_url: str | None = None, transport: str = "nccl") -> dict[str, Any]:
+    """Wait for the server, then check it can take the run's weight syncs (`transport`: nccl, TRL's NCCL engine;
+    disk, the project's worker extension) and context length, all within `timeout_s`. Every failure names the
+    server's address. Returns its configuration (vLLM's `/server_info`)."""
     url = server_base_url(host, port, base_url)
     where = f"{url} (host {host}, port {port})" if not base_url else url
     deadline = _Deadline(timeout_s)
@@ -140,7 +147,9 @@ def check_vllm_server(host: str, port: int, timeout_s: float, required_context: 
     if not isinstance(config, dict):
         raise VLLMServerUnavailable(
             f"The vLLM server at {where} answered /server_info without a configuration object ({str(info)[:80]}).")
-    if "weight_transfer_config" in config and config["weight_transfer_config"] is None:
+    if transport == "disk":
+        _check_extension(url, where, deadline)
+    elif "weight_transfer_config" in config and config["weight_transfer_config"] is None:
         raise VLLMServerUnavailable(
             f"The vLLM server at {where} has no weight-transfer engine, so training weights could never reach it. "
             """Restart it with --weight-transfer-config '{"backend": "nccl"}' (launch/vllm_serve.sh does)."""
@@ -157,6 +166,23 @@ def check_vllm_server(host: str, port: int, timeout_s: float, required_context: 
             f"Restart it with --max-model-len {required_context}."
         )
     return config
+
+
+def _check_extension(url: str, where: str, deadline: _Deadline) -> None:
+    """The disk transport's server side: the project's worker extension answers `served_weights_version`."""
+    try:
+        status, body = _request(f"{url}/collective_rpc", min(REQUEST_TIMEOUT_S, max(deadline.left, 0.05)),
+                                {"method": VERSION_METHOD})
+    except (OSError, http.client.HTTPException) as err:
+        raise VLLMServerUnavailable(f"The vLLM server at {where} did not answer /collective_rpc: {_describe(err)}") \
+            from err
+    if status != 200:
+        raise VLLMServerUnavailable(
+            f"The vLLM server at {where} cannot load weights from a folder (vllm_weight_transport: disk): "
+            f"/collective_rpc answered HTTP {status} ({body[:200].decode(errors='replace')}). Start it with "
+            "`trl-justrl serve --config <recipe>`, which adds the project's worker extension "
+            "(--worker-extension-cls trl_justrl.generation.vllm_extension.WeightFolderExtension)."
+        )
 
 
 def _die(message: str) -> None:
