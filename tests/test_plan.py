@@ -266,7 +266,7 @@ def test_a_cpu_server_is_eager_sized_for_the_recipe_and_finds_the_extension(caps
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "/opt/vllm/python -m vllm.entrypoints.openai.api_server --model " in line
     for part in ("--enforce-eager", "--dtype float32", "--max-model-len 1056", "VLLM_CPU_KVCACHE_SPACE=",
-                 "VLLM_CPU_OMP_THREADS_BIND=0-", "--worker-extension-cls"):
+                 "VLLM_CPU_OMP_THREADS_BIND=0", "--worker-extension-cls"):
         assert part in line
     assert "--weight-transfer-config" not in line  # NCCL needs CUDA
     # the other environment finds the worker extension through a folder holding only this package

@@ -220,7 +220,7 @@ def demo_trainer(server: Server, output_dir: Path, data_dir: Path, *overrides: s
     script, args, model_args = parse_args([
         "--config", "demo_cpu", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
         "--vllm_server_port", str(server.port), "--output_dir", str(output_dir), "--prompts_per_step", "1",
-        "--prompts_per_update", "1", "--max_steps", "3", "--logging_steps", "1", "--learning_rate", "5e-5",
+        "--prompts_per_update", "1", "--max_steps", "3", "--logging_steps", "1", "--learning_rate", "1e-4",
         "--save_strategy", "steps", "--save_every_rl_steps", "1", "--overwrite_output_dir", "false",
         "--validation_benchmarks", "AIME24", "--validation_data_dir", str(data_dir), "--validation_n", "2",
         "--validation_max_new_tokens", "16", "--validation_every_steps", "3", *overrides])
@@ -234,19 +234,19 @@ class SyncProbe:
 
     def __init__(self, trainer, client: ServerClient, tokenizer):
         self.events: list[str] = []
-        self.checks: list[tuple[int, float, torch.Tensor]] = []
+        self.checks: list[tuple[int, int, torch.Tensor]] = []  # (step, served version, fixed text's log-probs)
         generation = trainer.vllm_generation
         sync, generate = generation.sync_weights, generation.generate
 
-        def probed_sync():
-            sync()
+        def probed_sync(*args, **kwargs):
+            sync(*args, **kwargs)
             self.events.append("sync")
             model = trainer.accelerator.unwrap_model(trainer.model)
             was_training = model.training
             model.eval()
             gap, served = check_server_holds(client, model, tokenizer)
             model.train(was_training)
-            self.checks.append((client.served_weights_version(), gap, served))
+            self.checks.append((trainer.state.global_step, client.served_weights_version(), served))
 
         def probed_generate(*args, **kwargs):
             self.events.append("generate")
@@ -265,22 +265,28 @@ def test_the_demo_recipe_trains_on_a_real_server(demo_server, client, tokenizer,
     # three training steps, each after a sync; the completions came from the server
     assert trainer.state.global_step == 3
     assert probe.events.count("generate") == 3 and probe.events[0] == "sync"
-    assert [e for e in probe.events if e == "sync"] and probe.events.index("generate") > 0
     rollouts = 3 * 8  # 3 steps x 1 prompt x 8 completions
     validation = 2 * 2 * 2  # before training and at step 3: 2 problems x 2 samples
     assert demo_server.requests_served() - served_before >= rollouts + validation
-    # after each sync the server held the trainer's weights (check_server_holds), and they changed every time
-    syncs = probe.checks
-    assert len(syncs) >= 3 and [v for v, _, _ in syncs] == sorted({v for v, _, _ in syncs})
-    for (_, _, earlier), (_, _, later) in zip(syncs, syncs[1:], strict=False):
-        assert (later - earlier).abs().max().item() > 1e-4
-    # the trainer-vs-vLLM gap is logged, and small (a float32 server); validation ran through the server
+    # after each sync (validation's at steps 0 and 3, the rollouts' at 1 and 2) the server held the trainer's weights
+    # (check_server_holds), and they had changed with every update that had a learning signal (a group of equal
+    # rewards has zero advantages: only weight decay moves the weights then)
     history = trainer.state.log_history
+    syncs = probe.checks
+    assert [step for step, _, _ in syncs] == [0, 1, 2, 3]
+    assert [v for _, v, _ in syncs] == sorted({v for _, v, _ in syncs})
+    mixed = {e["step"] for e in history if e.get("frac_reward_zero_std") == 0.0}
+    assert mixed, "no update had a learning signal"
+    for (_, _, earlier), (step, _, later) in zip(syncs, syncs[1:], strict=False):
+        if step in mixed:
+            assert (later - earlier).abs().max().item() > 1e-3
+    # the trainer-vs-vLLM gap is logged, and small (a float32 server); validation ran through the server
     gaps = [e["sampling/sampling_logp_difference/max"] for e in history if "sampling/sampling_logp_difference/max" in e]
     assert len(gaps) == 3 and max(gaps) < 1e-3
     scores = [e for e in history if "eval/AIME24/mean@2" in e]
     assert [e["step"] for e in scores] == [0, 3]
-    assert all(e["vllm/weight_sync_bytes"] > 5e8 for e in history if e.get("vllm/weight_sync_seconds"))
+    synced = [e for e in history if e.get("vllm/weight_syncs")]
+    assert synced and all(e["vllm/weight_sync_bytes"] > 5e8 for e in synced)
     assert len(versions(trainer.args.weight_dir)) == 1  # older versions removed
 
     # a resumed run syncs the checkpoint's weights before its first generation
@@ -288,7 +294,7 @@ def test_the_demo_recipe_trains_on_a_real_server(demo_server, client, tokenizer,
     again = SyncProbe(resumed, client, tokenizer)
     resumed.train(resume_from_checkpoint=str(tmp_path / "run" / "checkpoint-3"))
     assert again.events[:2] == ["sync", "generate"] and resumed.state.global_step == 4
-    assert again.checks[0][0] > syncs[-1][0]  # the folder's numbering goes on
+    assert again.checks[0][:2] == (3, syncs[-1][1] + 1)  # the checkpoint's weights; the folder's numbering goes on
 
 
 def test_the_evaluation_cli_samples_on_the_server(demo_server, smollm2_path, tmp_path):
@@ -306,6 +312,26 @@ def test_the_evaluation_cli_samples_on_the_server(demo_server, smollm2_path, tmp
     assert evaluate(["--model", "smollm2-135m-instruct-other", "--backend", "vllm-server", "--server-url",
                      demo_server.url, "--benchmarks", "AIME24", "--data-dir", str(data),
                      "--output-dir", str(tmp_path / "eval2")]) == 2
+
+
+def test_the_evaluation_cli_generates_with_vllms_engine_in_process(smollm2_path, tmp_path):
+    """`--backend vllm` (vllm.LLM in the evaluation's own process), run from the vLLM environment as on a CPU."""
+    from trl_justrl.cluster.serve import extension_path
+
+    probe = "import importlib.util as u, sys; sys.exit(not (u.find_spec('datasets') and u.find_spec('math_verify')))"
+    if subprocess.run([VLLM_PYTHON, "-c", probe]).returncode:
+        pytest.skip("the vLLM environment lacks the evaluation's datasets / math-verify (make vllm-cpu adds them)")
+    data = make_benchmark(tmp_path / "data")
+    package = Path(__file__).resolve().parents[1] / "trl_justrl"
+    env = os.environ | {"PYTHONPATH": str(extension_path(package)), "VLLM_CPU_KVCACHE_SPACE": "1"}
+    result = subprocess.run(
+        [VLLM_PYTHON, "-m", "trl_justrl.evaluation", "--model", str(smollm2_path), "--backend", "vllm",
+         "--benchmarks", "AIME24", "--data-dir", str(data), "--n", "2", "--max-new-tokens", "16", "--dtype",
+         "float32", "--output-dir", str(tmp_path / "eval")], capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = (tmp_path / "eval" / "AIME24" / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 and all(json.loads(line)["num_tokens"] > 0 for line in lines)
+    assert "AIME24" in (tmp_path / "eval" / "results.md").read_text()
 
 
 # ---- a server that hangs or dies -----------------------------------------------------------------------------------

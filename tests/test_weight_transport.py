@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from trl.import_utils import is_vllm_available
 
 from trl_justrl.generation.client import ServerClient, VLLMServerLost
 from trl_justrl.generation.vllm_extension import WeightFolderExtension, refresh_tied_head
@@ -244,10 +245,11 @@ def test_a_request_left_behind_does_not_keep_the_process_alive():
 # ---- which transport a run uses ----------------------------------------------------------------------------------
 
 
+@pytest.mark.skipif(is_vllm_available() or torch.cuda.is_available(), reason="auto picks nccl beside vLLM and CUDA")
 def test_the_transport_defaults_to_disk_without_cuda_or_vllm(tmp_path, tiny_config):
     args = tiny_config(tmp_path, use_vllm=True, vllm_mode="server")
     assert args.vllm_weight_transport == "disk"
-    assert args.weight_dir == os.path.join(str(tmp_path), "vllm_weights")
+    assert args.weight_dir == os.path.join(str(tmp_path), "_vllm_weights")
     assert tiny_config(tmp_path, vllm_weight_dir="/shared/w").weight_dir == "/shared/w"
     with pytest.raises(ValueError, match="vllm_weight_transport = nccl needs vLLM importable"):
         tiny_config(tmp_path, use_vllm=True, vllm_mode="server", vllm_weight_transport="nccl")

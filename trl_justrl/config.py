@@ -160,7 +160,8 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
     vllm_weight_dir: str | None = field(
         default=None,
         metadata={"help": "Folder of the disk weight transport, seen by trainer and server alike (a shared file "
-                  "system across nodes). Null: <output_dir>/vllm_weights."},
+                  "system across nodes). Null: <output_dir>/_vllm_weights (the Hub push leaves out names starting "
+                  "with an underscore)."},
     )
     vllm_server_liveness_timeout: float = field(
         default=30.0,  # project's choice: /health answers in milliseconds even while the server generates
@@ -235,8 +236,9 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
 
     @property
     def weight_dir(self) -> str:
-        """The disk transport's folder (vllm_weight_dir, default <output_dir>/vllm_weights)."""
-        return self.vllm_weight_dir or os.path.join(self.output_dir, "vllm_weights")
+        """The disk transport's folder (vllm_weight_dir, default <output_dir>/_vllm_weights: transformers' Hub push
+        skips names starting with an underscore, so a copy of the model is not uploaded with every checkpoint)."""
+        return self.vllm_weight_dir or os.path.join(self.output_dir, "_vllm_weights")
 
     @property
     def prompt_and_completion_cap(self) -> int:

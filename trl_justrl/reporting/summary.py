@@ -16,8 +16,9 @@ from .plot import plot_dynamics
 logger = logging.getLogger(__name__)
 
 VLLM_PREFIX = "vllm/"  # the trainer's log of a vLLM server run (disk transport): seconds generating and syncing
-GENERATION_S, SYNC_S, SYNC_BYTES = (VLLM_PREFIX + k for k in ("generation_seconds", "weight_sync_seconds",
-                                                               "weight_sync_bytes"))
+# seconds generating and syncing inside training steps (validation's syncs are logged apart), syncs, the last's size
+GENERATION_S, SYNC_S, SYNCS, SYNC_BYTES = (VLLM_PREFIX + k for k in ("generation_seconds", "weight_sync_seconds",
+                                                                     "weight_syncs", "weight_sync_bytes"))
 
 
 @dataclass
@@ -37,7 +38,8 @@ class RunSummary:
     paper_estimate_tokens: int | None = None
     health_alerts: list[tuple[int, str]] = field(default_factory=list)  # (optimizer step, signature)
     dynamics_plot: str | None = None
-    # with generation on a vLLM server: seconds generating, syncing weights, and in the rest of the steps (updates)
+    # with generation on a vLLM server: seconds generating and syncing weights in the training steps, and the rest of
+    # the steps' time (the policy updates)
     time_split: dict[str, float] | None = None
     weight_syncs: int = 0
     weight_sync_bytes: int | None = None
@@ -76,7 +78,7 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     budget = next((h for h in reversed(history) if TOKENS_GENERATED in h), {})
     alerts = [(int(h.get("step", 0)), key[len(HEALTH_PREFIX):]) for h in history for key in h
               if key.startswith(HEALTH_PREFIX)]
-    syncs = [h for h in history if h.get(SYNC_S)]
+    synced = [h for h in history if h.get(SYNCS)]
     split = None
     if any(GENERATION_S in h for h in history):
         generation = sum(h.get(GENERATION_S, 0.0) for h in history)
@@ -104,8 +106,8 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
         health_alerts=alerts,
         dynamics_plot=plot,
         time_split=split,
-        weight_syncs=len(syncs),
-        weight_sync_bytes=syncs[-1].get(SYNC_BYTES) if syncs else None,
+        weight_syncs=int(sum(h[SYNCS] for h in synced)),
+        weight_sync_bytes=synced[-1].get(SYNC_BYTES) if synced else None,
     )
 
 
@@ -123,9 +125,10 @@ def _time_split(summary: RunSummary) -> list[str]:
     split = summary.time_split
     if split is None:
         return []
-    size = f" of {summary.weight_sync_bytes / 1e6:.0f} MB" if summary.weight_sync_bytes else ""
+    size = f" of {summary.weight_sync_bytes / 1e6:.0f} MB" if summary.weight_sync_bytes else ""  # the last one's
     return [f"  time split (vLLM)      generation {split['generation']:.0f} s, weight syncs "
-            f"{split['weight_sync']:.0f} s ({summary.weight_syncs}{size}), policy updates {split['update']:.0f} s"]
+            f"{split['weight_sync']:.0f} s ({summary.weight_syncs} syncs{size}), policy updates "
+            f"{split['update']:.0f} s"]
 
 
 def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str:
