@@ -189,7 +189,7 @@ class ServerClient(VLLMClient):
 class ServedGeneration(VLLMGeneration):
     """TRL's `VLLMGeneration` in server mode with the `disk` weight transport: the main process talks to the server
     through a `ServerClient`; `sync_weights` writes the next version into `weight_dir` and has the server load it.
-    Records the last sync (`last_sync`: version, seconds, bytes) and the time spent (`take_timings`).
+    Records the last sync (`last_sync`: version, bytes) and the time spent (`take_timings`).
 
     A server lost during `generate` raises on the main process only, while the others wait in TRL's broadcast of the
     completions: the launcher (torchrun, accelerate launch) then ends them when the main process exits."""
@@ -197,7 +197,7 @@ class ServedGeneration(VLLMGeneration):
     def __init__(self, *args: Any, weight_dir: str | Path, liveness_timeout_s: float = 30.0, **kwargs: Any):
         self.weight_dir = Path(weight_dir)
         self.liveness_timeout_s = liveness_timeout_s
-        self.last_sync: dict[str, float] = {}
+        self.last_sync: dict[str, int] = {}
         self.generation_seconds = self.sync_seconds = self.validation_sync_seconds = 0.0
         self.syncs = 0
         super().__init__(*args, **kwargs)
@@ -254,8 +254,7 @@ class ServedGeneration(VLLMGeneration):
         self.vllm_client.reset_prefix_cache()
         remove_older(self.weight_dir, version)
         done = time.perf_counter()
-        self.last_sync = {"version": version, "seconds": done - start, "write_seconds": written - start,
-                          "load_seconds": done - written, "bytes": size}
+        self.last_sync = {"version": version, "bytes": size}
         logger.info("vLLM weight sync: version %d, %.1f MB written in %.2f s, loaded by the server in %.2f s",
                     version, size / 1e6, written - start, done - written)
 
