@@ -2,7 +2,7 @@
 # Launch JustRL on a cluster without SLURM: run this script once on every node.
 #
 #   NNODES=5 NODE_RANK=<0..4> GPUS_PER_NODE=8 MASTER_ADDR=<node 0 address> TRAIN_MASTER_ADDR=<node 1 address> \
-#       launch/multinode.sh [--dry-run] [--recipe R] [--accelerate-config C] [--no-resume] [-- extra train.py args]
+#       launch/multinode.sh [--dry-run] [--config R] [--accelerate-config C] [--no-resume] [-- extra train.py args]
 #
 # Node 0 runs the vLLM server on its first VLLM_GPUS GPUs (default: up to 4; 0 = vLLM colocated in training) at
 # MASTER_ADDR:VLLM_PORT (8000); nodes 1.. train, with training machine rank 0 on node 1 (TRAIN_MASTER_ADDR,

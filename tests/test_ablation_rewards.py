@@ -324,7 +324,7 @@ def test_ablation_defaults_are_off_and_the_recipe_values(tmp_path):
     grpo = make_config(tmp_path, GRPORunConfig)
     assert {k: getattr(grpo, f"cosine_{k}") for k in OPEN_RS_COSINE} == OPEN_RS_COSINE
     assert grpo.cosine_max_len is None
-    from trl_justrl.train import JustRLScriptArguments
+    from trl_justrl.recipe_reader import JustRLScriptArguments
 
     assert JustRLScriptArguments().reward_funcs == ["dapo_strict"]  # no ablation reward unless a recipe names it
 
@@ -390,7 +390,7 @@ ABLATIONS = {
 
 
 def parse_recipe(name):
-    from trl_justrl.train import parse_args
+    from trl_justrl.recipe_reader import parse_args
 
     recipe = Path(__file__).resolve().parents[1] / "launch" / "recipes" / f"{name}.yaml"
     return parse_args(

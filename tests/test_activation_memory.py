@@ -94,7 +94,7 @@ def test_setting_parses_booleans_and_auto():
 
 
 def test_recipe_and_command_line_take_auto(tmp_path):
-    from trl_justrl.train import parse_args
+    from trl_justrl.recipe_reader import parse_args
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"gradient_checkpointing: auto\nuse_cpu: true\nbf16: false\noutput_dir: {tmp_path / 'out'}\n")

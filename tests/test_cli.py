@@ -14,8 +14,8 @@ from test_launch import check_outputs, run, write_recipe
 
 from trl_justrl.cli import COMMANDS, main
 from trl_justrl.evaluation.cli import snake_case_as_kebab
+from trl_justrl.recipe_reader import with_recipe_file
 from trl_justrl.recipes import find_accelerate_config, find_recipe, shipped_accelerate_configs, shipped_recipes
-from trl_justrl.train import with_recipe_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONSOLE_SCRIPT = Path(sys.executable).with_name("trl-justrl")

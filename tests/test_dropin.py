@@ -39,9 +39,12 @@ def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> 
 
 
 def test_signature_is_grpo_trainers():
-    ours = list(inspect.signature(JustRLTrainer.__init__).parameters)
+    """GRPOTrainer's parameters in its order; what the project adds is keyword-only, after them."""
+    ours = inspect.signature(JustRLTrainer.__init__).parameters
     theirs = list(inspect.signature(GRPOTrainer.__init__).parameters)
-    assert ours == theirs
+    assert list(ours)[: len(theirs)] == theirs
+    assert all(ours[name].kind is inspect.Parameter.KEYWORD_ONLY for name in list(ours)[len(theirs):])
+    assert list(ours)[len(theirs):] == ["prompt_filter"]
 
 
 def test_plain_text_prompts_are_measured_as_trl_renders_them_and_train(tmp_path, tiny_model_path, tokenizer,

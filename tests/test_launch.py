@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_justrl.train import parse_args
+from trl_justrl.recipe_reader import parse_args
 
 pytestmark = pytest.mark.slow
 

@@ -114,11 +114,13 @@ def test_imports_point_down_the_layers():
     # math answers and grading are the bottom: they import only themselves
     wrong += [e for e in _edges(graph, "trl_justrl.grading") if not _within(e[1], "trl_justrl.grading")]
     wrong += _edges(graph, "trl_justrl.prompts")
+    wrong += _edges(graph, "trl_justrl.setting_roles")  # the table of settings' roles, read by every layer
     # the benchmarks build on grading and the prompts only
     wrong += [e for e in _edges(graph, "trl_justrl.benchmarks")
               if not _within(e[1], "trl_justrl.benchmarks", "trl_justrl.grading", "trl_justrl.prompts")]
     # run reporting reads logs and settings: never the training core
-    wrong += [e for e in _edges(graph, "trl_justrl.reporting") if not _within(e[1], "trl_justrl.reporting")]
+    wrong += [e for e in _edges(graph, "trl_justrl.reporting")
+              if not _within(e[1], "trl_justrl.reporting", "trl_justrl.setting_roles")]
     # the generation server's checks, transports and worker extension import nothing else of the project (the
     # extension runs inside the vLLM server's own environment)
     wrong += [e for e in _edges(graph, "trl_justrl.generation") if not _within(e[1], "trl_justrl.generation")]

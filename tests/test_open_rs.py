@@ -12,9 +12,10 @@ import torch
 import yaml
 
 from trl_justrl.data import DataError, load_training_data, normalize_row
+from trl_justrl.recipe_reader import make_parser, parse_args, trainer_choice
 from trl_justrl.rewards import cosine_scaled_reward, get_reward_funcs
 from trl_justrl.rewards.open_rs import GOLD_UNPARSED_METRIC, OpenRSAccuracy, OpenRSCosineAsRun
-from trl_justrl.train import TRAINERS, make_parser, parse_args, trainer_choice
+from trl_justrl.trainer import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "launch" / "recipes"
@@ -360,7 +361,7 @@ def test_open_rs_layouts_plan_and_launch(capsys):
         g = plan.geometry
         assert plan.topology.vllm_gpus == 1 and plan.topology.training_processes == 3
         assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.completions_per_update) == (6, 4, 72)
-        assert plan_main(["--nodes", "1", "--gpus-per-node", "4", "--recipe", recipe]) == 0
+        assert plan_main(["--nodes", "1", "--gpus-per-node", "4", "--config", recipe]) == 0
         out = capsys.readouterr().out
         assert "trainer: grpo" in out and "GPUs 0 serve vLLM" in out and "GPUs 1-3 train" in out
         assert f"--max-model-len {cap}" in out and "--gpu-memory-utilization 0.7" in out

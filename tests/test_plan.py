@@ -117,7 +117,7 @@ def test_cli_text_and_json(capsys):
     assert data["exact"] and data["geometry"]["completions_per_step"] == 2048
     assert data["geometry"]["completions_per_update"] == 512 and data["recipe"]["updates_per_step"] == 4
     assert [c["role"] for c in data["commands"]] == ["vllm", "train", "train", "train", "train"]
-    assert plan_module.main(["--nodes", "1", "--gpus-per-node", "8", "--recipe", "nope.yaml"]) == 2
+    assert plan_module.main(["--nodes", "1", "--gpus-per-node", "8", "--config", "nope.yaml"]) == 2
     assert "'nope.yaml' not found: neither a file nor a shipped recipe (shipped: demo_cpu" in capsys.readouterr().err
 
 

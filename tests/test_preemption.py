@@ -269,7 +269,7 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
     result = run(train_command(config))
     assert result.returncode == 2 and "already holds a run (checkpoint-3)" in result.stderr
     assert "Loading weights" not in result.stderr
-    from trl_justrl.train import parse_args
+    from trl_justrl.recipe_reader import parse_args
 
     for bad, message in ((["--learning_rate", "nan"], "learning_rate = nan"),
                          (["--learning_rate=-1e-6"], "learning_rate = -1e-06"),
@@ -315,9 +315,9 @@ def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_sta
     with_token = recipe(tmp_path / "shared", tiny_model_path, max_steps=2, hub_token=SENTINEL)
     checks = {
         "train": train_command(with_token),
-        "plan": [sys.executable, "-m", "trl_justrl.cluster.plan", "--nodes", "1", "--gpus-per-node", "8", "--recipe",
+        "plan": [sys.executable, "-m", "trl_justrl.cluster.plan", "--nodes", "1", "--gpus-per-node", "8", "--config",
                  str(with_token)],
-        "launch, recipe": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--recipe",
+        "launch, recipe": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--config",
                            str(with_token)],
         "launch, arguments": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--",
                               "--hub_token", SENTINEL],

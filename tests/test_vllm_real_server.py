@@ -215,7 +215,8 @@ def demo_trainer(server: Server, output_dir: Path, data_dir: Path, *overrides: s
     the training entry point's recipe reader."""
     from trl_justrl import JustRLTrainer
     from trl_justrl.data import load_training_data
-    from trl_justrl.train import parse_args, preflight
+    from trl_justrl.recipe_reader import parse_args
+    from trl_justrl.train import preflight
 
     script, args, model_args = parse_args([
         "--config", "demo_cpu", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from accelerate.utils import parse_flag_from_env
@@ -32,21 +32,8 @@ from .geometry import (
 from .padding_free.packing import check_packing_backend
 from .reporting.health import HealthMonitorSettings
 from .rewards import DapoRewardSettings, OpenRSRewardSettings
+from .setting_roles import fixed_settings
 from .validation import ValidationSettings
-
-# Settings that would change the JustRL objective; the trainer refuses other values (name -> required value).
-OBJECTIVE_INVARIANTS: dict[str, object] = {
-    "beta": 0.0,  # RECIPE: KL coefficient 0, no reference model
-    "loss_type": "dapo",  # RECIPE: token-mean aggregation over the update (TRL's "dapo" normaliser)
-    "importance_sampling_level": "token",  # RECIPE: per-token ratio r = exp(logp - logp_old)
-    "entropy_coef": 0.0,  # RECIPE: entropy coefficient 0
-    "use_adaptive_entropy": False,  # RECIPE: no entropy regularisation
-    "top_entropy_quantile": 1.0,  # every completion token contributes
-    "off_policy_mask_threshold": None,  # not part of the recipe
-    "scale_rewards": "group",  # RECIPE: advantage = (r - mean(group)) / (std(group) + eps)
-}
-# TRL's two-sided clip `delta` is the recipe's dual-clip constant; JustRLConfig sets it from `clip_ratio_c`.
-
 
 WEIGHT_TRANSPORTS = ("auto", "nccl", "disk")  # how updated weights reach a vLLM server (generation/client.py)
 
@@ -246,10 +233,14 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
         return rollout_context(self.max_prompt_length, self.max_completion_length)
 
     @property
+    def validation_response_cap(self) -> int | None:
+        """The validation's response cap when the run validates (validation_benchmarks set), else None."""
+        return self.validation_max_new_tokens if self.validation_benchmarks else None
+
+    @property
     def vllm_context_needed(self) -> int:
         """The context a vLLM server must hold for this run (geometry.server_context)."""
-        validation = self.validation_max_new_tokens if self.validation_benchmarks else None
-        return server_context(self.max_prompt_length, self.max_completion_length, validation)
+        return server_context(self.max_prompt_length, self.max_completion_length, self.validation_response_cap)
 
     def _check_trl_batch(self, world_size: int) -> None:
         """With TRL's own batch fields (paper batch off): a generation batch must hold whole groups; say how if not."""
@@ -503,5 +494,8 @@ class JustRLConfig(RunConfig):
             )
 
 
-# The config class of each `trainer` a recipe may name (launch/train.py pairs each with its trainer class).
-CONFIG_CLASSES: dict[str, type[RunConfig]] = {"justrl": JustRLConfig, "grpo": GRPORunConfig}
+def fixed_objective() -> dict[str, Any]:
+    """The only values JustRLTrainer accepts for the settings `setting_roles` marks `fixed` (the JustRL objective):
+    JustRLConfig's defaults. TRL's two-sided clip `delta` is the dual-clip constant, set from `clip_ratio_c`."""
+    defaults = {f.name: f.default for f in fields(JustRLConfig)}
+    return {name: defaults[name] for name in fixed_settings()}

@@ -50,6 +50,7 @@ class BatchGeometry(PromptBatch):
     per_device_train_batch_size: int
     gradient_accumulation_steps: int
     steps_per_generation: int
+    max_micro_batch: int | None = None  # the bound it was mapped with (the same rule on another world size)
 
     @property
     def generation_batch_size(self) -> int:
@@ -134,6 +135,7 @@ def compute_batch_geometry(
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=gradient_accumulation_steps,
         steps_per_generation=gradient_accumulation_steps * updates_per_step,
+        max_micro_batch=max_micro_batch,
     )
 
 

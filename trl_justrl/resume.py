@@ -17,37 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from .setting_roles import role_of
+
 logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "run_settings.json"  # in each checkpoint-N
 CHANGES_FILE = "resume_changes.json"  # in the output folder: the changes resumes were allowed to make
 FINISHED_FILE = "finished.json"  # in the output folder: the run reached its last step and saved its final model
 
-OBJECTIVE = (
-    "beta", "epsilon", "epsilon_high", "delta", "clip_ratio_c", "loss_type", "scale_rewards",
-    "importance_sampling_level", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
-    "max_completion_length", "max_prompt_length", "mask_truncated_completions", "reward_weights", "entropy_coef",
-    "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target",
-    "top_entropy_quantile", "use_bias_correction_kl", "overlong_buffer_length", "overlong_penalty_factor",
-    "off_policy_mask_threshold", "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
-    "multi_objective_aggregation", "num_iterations", "sync_ref_model", "ref_model_mixup_alpha",
-    "ref_model_sync_steps", "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_neg", "vespo_k_pos",
-    "vespo_lambda_neg", "vespo_lambda_pos", "vllm_importance_sampling_cap", "vllm_importance_sampling_clip_min",
-    "vllm_importance_sampling_clip_max", "generation_kwargs", "chat_template_kwargs", "disable_dropout",
-    "robust_verifier_timeout_s", "cosine_min_value_wrong", "cosine_max_value_wrong", "cosine_min_value_correct",
-    "cosine_max_value_correct", "cosine_max_len", "reward_funcs", "training_data",
-)
-# the batch as the world sees it: per-process sizes (micro-batch, accumulation, steps per generation) may change with
-# the number of processes or the micro-batch, which is exact; these may not
-GEOMETRY = ("prompts_per_step", "prompts_per_update", "num_generations", "completions_per_update",
-            "generation_batch_size", "updates_per_generation")
-IGNORED = ("resume_from_checkpoint", "resume_allow_changes", "model_init_kwargs", "gradient_checkpointing_kwargs",
-           "steps_per_generation")  # the request itself; what TRL fills in after parsing; per-process sizes
-SCHEDULE = ("learning_rate", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "warmup_rl_steps",
-            "weight_decay", "weight_decay_all_parameters", "adam_beta1", "adam_beta2", "adam_epsilon", "optim",
-            "optim_args", "max_grad_norm", "seed", "data_seed", "shuffle_dataset")
-LENGTH = ("max_steps", "num_train_epochs")  # part of the schedule only when the learning rate decays to the end
-CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")
+CONSTANT_SCHEDULES = ("constant", "constant_with_warmup")  # run length is part of the schedule only without these
 
 
 class ResumeSettingsError(ValueError):
@@ -84,13 +62,19 @@ def setting_changes(checkpoint: str | Path, args: Any, world_size: int, reward_n
         return [], []
     saved = json.loads(path.read_text())["settings"]
     now = settings_record(args, world_size, reward_names, training_data)["settings"]
-    checked = set(OBJECTIVE + GEOMETRY + SCHEDULE)
-    if now.get("lr_scheduler_type") not in CONSTANT_SCHEDULES:
-        checked |= set(LENGTH)
+    decaying = now.get("lr_scheduler_type") not in CONSTANT_SCHEDULES
     refused, harmless = [], []
-    for name in sorted((set(saved) & set(now)) - set(IGNORED)):
-        if saved[name] != now[name]:
-            (refused if name in checked else harmless).append(f"{name}: {saved[name]!r} -> {now[name]!r}")
+    for name in sorted(set(saved) & set(now)):
+        if saved[name] == now[name]:
+            continue
+        change = f"{name}: {saved[name]!r} -> {now[name]!r}"
+        role = role_of(name)
+        if role is None:  # a setting a newer TRL or transformers added: refused until setting_roles places it
+            refused.append(f"{change} (a setting trl_justrl has no role for)")
+        elif role.resume == "refuse" or (role.resume == "when decaying" and decaying):
+            refused.append(change)
+        elif role.resume != "ignore":
+            harmless.append(change)
     return refused, harmless
 
 

@@ -8,7 +8,6 @@ Everything else (data, rewards, health monitor, budget, validation, resume, summ
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -16,7 +15,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,16 @@ import torch
 import yaml
 from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import is_bitsandbytes_available
-from trl import ModelConfig, ScriptArguments, TrlParser, get_peft_config, get_quantization_config
+from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from .checkpoints import CheckpointError, CheckpointWriteError, check_resumable, find_resumable, incomplete_reason
-from .cluster.plan import LAYOUT_KEYS
 from .config import RunConfig
-from .credentials import refuse_secrets
-from .data import DEFAULT_DATASET, SYNTHETIC, DataError, load_training_data, looks_local
+from .data import SYNTHETIC, DataError, PromptLengthFilter, load_training_data, looks_local
 from .generation.client import VLLMServerLost
 from .generation.server_checks import VLLMServerUnavailable
+from .models import resolve_model
 from .preemption import EXIT_REQUEUE
-from .recipes import find_recipe
+from .recipe_reader import JustRLScriptArguments, parse_args
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
 from .resume import (
@@ -46,145 +43,9 @@ from .resume import (
 )
 from .rewards import reward_source
 from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
-from .trainer import DEFAULT_REWARDS, GRPORunTrainer, JustRLTrainer
+from .trainer import TRAINERS, GRPORunTrainer, check_enough_prompts, load_processing_class
 
 logger = logging.getLogger("trl_justrl")
-
-TRAINERS: dict[str, type[GRPORunTrainer]] = {"justrl": JustRLTrainer, "grpo": GRPORunTrainer}
-DEFAULT_TRAINER = "justrl"
-
-
-@dataclass
-class JustRLScriptArguments(ScriptArguments):
-    """Trainer, data, prompt and reward choices of a run (TRL's ScriptArguments plus this project's)."""
-
-    trainer: str = field(
-        default=DEFAULT_TRAINER,
-        metadata={"help": "justrl: the JustRL objective (JustRLTrainer, JustRLConfig defaults = the paper's recipe); "
-                  "grpo: TRL's GRPOTrainer objective as configured (GRPORunConfig = TRL's defaults), e.g. Open-RS.",
-                  "choices": list(TRAINERS)},
-    )
-
-    dataset_name: str | None = field(
-        default=DEFAULT_DATASET,
-        metadata={"help": "Training data: a Hub id, a .parquet/.jsonl/.json file, a folder of them, or 'synthetic'."},
-    )
-    eval_dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "Optional held-out data (same forms as dataset_name) for TRL's in-training evaluation."},
-    )
-    reward_funcs: list[str] = field(
-        default_factory=lambda: list(DEFAULT_REWARDS),
-        metadata={"help": "Rewards, summed with reward_weights: registered names (`trl_justrl.rewards.REWARDS`, e.g. "
-                  "dapo_strict), TRL's own (accuracy_reward, think_format_reward, reasoning_accuracy_reward), "
-                  "import paths package.module.function, or reward models (a local folder or a Hub id org/name)."},
-    )
-    strip_dapo_instruction: bool = field(
-        default=False,  # RECIPE: the released script appends the suffix to DAPO-Math-17k's text as shipped
-        metadata={"help": "Remove DAPO-Math-17k's 'Answer:' instruction wrapper, so the user turn is the bare problem "
-                  "+ suffix (a deviation: the released script kept the wrapper)."},
-    )
-    prompt_suffix: bool = field(
-        default=True,  # RECIPE: JustRL appends its suffix to the user turn
-        metadata={"help": "Append JustRL's suffix ('Please reason step by step, ...') to the user turn; Open-RS: "
-                  "false."},
-    )
-    system_prompt: str | None = field(
-        default=None,
-        metadata={"help": "A system turn put before every prompt (Open-RS's recipes set theirs); null: none."},
-    )
-    synthetic_size: int = field(default=256, metadata={"help": "Rows of the built-in synthetic data set."})
-    print_summary: bool = field(default=True, metadata={"help": "Print the run summary at the end."})
-    console_log: str = field(
-        default="compact",
-        metadata={"help": "compact: one line per logged step (step, reward, accuracy, mixed groups, entropy, length, "
-                  "seconds); trl: TRL's progress bar and raw metric dicts. The full metrics go to trainer_state.json "
-                  "and report_to either way.", "choices": ["compact", "trl"]},
-    )
-
-
-PARSER_DESCRIPTION = (
-    "Train from a recipe: --config NAME_OR_PATH (a shipped recipe's name, see `trl-justrl recipes`, or a YAML file); "
-    "every option below overrides the recipe's value. The options are the script's, the trainer's config "
-    "(JustRLConfig, or GRPORunConfig with `trainer: grpo`) and TRL's ModelConfig."
-)
-
-
-def with_recipe_file(argv: Sequence[str]) -> list[str]:
-    """`argv` with its `--config NAME_OR_PATH` (or `--config=...`) as `--config FILE`: a path as given, or the
-    shipped recipe of that name (trl_justrl.recipes); TRL's parser reads the file."""
-    out, args = [], list(argv)
-    while args:
-        arg = args.pop(0)
-        if arg == "--config" and args:
-            out += ["--config", str(find_recipe(args.pop(0)))]
-        elif arg.startswith("--config="):
-            out += ["--config", str(find_recipe(arg.split("=", 1)[1]))]
-        else:
-            out.append(arg)
-    return out
-
-
-def recipe_values(argv: Sequence[str]) -> dict[str, Any]:
-    """The mapping in the `--config` file of `argv` (already a path: `with_recipe_file`), {} without one."""
-    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    prescan.add_argument("--config")
-    config = prescan.parse_known_args(list(argv))[0].config
-    if config is None or not Path(config).is_file():
-        return {}
-    with open(config, encoding="utf-8") as f:
-        values = yaml.safe_load(f)
-    return values if isinstance(values, dict) else {}
-
-
-def trainer_choice(argv: Sequence[str]) -> str:
-    """The `trainer` a command line asks for (`--trainer X`, else its `--config` file's `trainer` key), read before
-    parsing because it picks the config class (JustRLConfig or GRPORunConfig)."""
-    prescan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    prescan.add_argument("--trainer")
-    prescan.add_argument("--config")
-    known, _ = prescan.parse_known_args(list(argv))
-    choice, config = known.trainer, known.config
-    if choice is None:
-        choice = recipe_values(argv).get("trainer")
-    choice = DEFAULT_TRAINER if choice is None else str(choice)
-    if choice not in TRAINERS:
-        where = f" (in {config})" if config else ""
-        raise ValueError(f"trainer: {choice!r}{where} is not one of {sorted(TRAINERS)}.")
-    return choice
-
-
-def make_parser(argv: Sequence[str] | None = None, prog: str | None = None) -> TrlParser:
-    """TrlParser for (script arguments, the chosen trainer's config class, ModelConfig)."""
-    trainer = trainer_choice(with_recipe_file(argv) if argv is not None else [])
-    return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig), prog=prog,
-                     description=PARSER_DESCRIPTION)
-
-
-def parse_args(argv: Sequence[str], prog: str | None = None) -> tuple[JustRLScriptArguments, RunConfig, ModelConfig]:
-    """`--config recipe.yaml [--key value ...]` parsed by TRL's TrlParser (command line over recipe). A recipe may
-    also carry the keys only the cluster planner reads (`cluster.plan.LAYOUT_KEYS`, e.g. `vllm_gpus`); training
-    ignores those, and any other unknown key is an error naming it."""
-    refuse_secrets(argv)
-    # gradient_checkpointing also takes "auto", so HfArgumentParser no longer makes its boolean --no_ flag
-    argv = [part for arg in argv for part in (
-        ["--gradient_checkpointing", "false"] if arg == "--no_gradient_checkpointing" else [arg])]
-    argv = with_recipe_file(argv)
-    refuse_secrets(recipe=recipe_values(argv), where="the recipe")
-    parser = make_parser(argv, prog)
-    *parsed, from_recipe, from_command_line = parser.parse_args_and_config(
-        args=argv, return_remaining_strings=True, separate_remaining_strings=True
-    )
-    if from_command_line:  # as HfArgumentParser says it
-        raise ValueError(f"Some specified arguments are not used by the HfArgumentParser: {from_command_line}")
-    unknown = [key.removeprefix("--") for key in from_recipe[::2] if key.removeprefix("--") not in LAYOUT_KEYS]
-    if unknown:
-        raise ValueError(f"Unknown keys in the recipe: {unknown}. They are not settings of the "
-                         f"{type(parsed[1]).__name__}, the script or the model (see --help), nor layout keys of the "
-                         f"cluster planner ({list(LAYOUT_KEYS)}).")
-    script_args, training_args, model_args = parsed
-    return script_args, training_args, model_args
-
 
 def model_init_kwargs(model_args: ModelConfig, training_args: RunConfig) -> dict[str, Any]:
     """The model flags as `from_pretrained` keywords, as `trl grpo` builds them (revision, dtype, attention and the
@@ -285,14 +146,22 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
         training_args.eval_strategy = IntervalStrategy.NO
         training_args.do_eval = False
 
+    # pre-flight before the model loads: the prompts left after the length filter fill at least one step
+    processing_class = load_processing_class(resolve_model(model_args.model_name_or_path), training_args)
+    prompt_filter = PromptLengthFilter(processing_class, training_args.max_prompt_length,
+                                       training_args.chat_template_kwargs)
+    train_dataset = prompt_filter.apply(train_dataset, "training")
+    check_enough_prompts(train_dataset, training_args, prompt_filter.dropped)
     trainer = trainer_class(
-        model=model_args.model_name_or_path,
+        model=model_args.model_name_or_path,  # the name the model card gives
         reward_funcs=script_args.reward_funcs,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        processing_class=processing_class,
         peft_config=get_peft_config(model_args),
         quantization_config=quantization_config(model_args),
+        prompt_filter=prompt_filter,
     )
     trainer.training_data_name = script_args.dataset_name
     if script_args.ignore_bias_buffers:  # as TRL's scripts do: torch DDP cannot broadcast boolean buffers

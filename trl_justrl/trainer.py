@@ -24,7 +24,7 @@ from trl import GRPOTrainer
 
 from .activation_memory import AUTO, resolve_auto_checkpointing
 from .checkpoints import failed_save, write_marker
-from .config import OBJECTIVE_INVARIANTS, GRPORunConfig, JustRLConfig, RunConfig
+from .config import GRPORunConfig, JustRLConfig, RunConfig, fixed_objective
 from .data import DataError, PromptLengthFilter, looks_local
 from .forwards import PolicyForwardTap
 from .generation.client import ServedGeneration, served_generation
@@ -39,6 +39,7 @@ from .reporting.model_card import insert_section, recipe_card_section
 from .reporting.summary import VLLM_PREFIX
 from .resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .rewards import resolve_reward
+from .trl_internals import check_internals, checkpoints_kept, name_local_base_model, trl_metrics
 from .validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
@@ -48,9 +49,10 @@ DEFAULT_REWARDS = ("dapo_strict",)  # RECIPE: binary reward from the strict DAPO
 
 def check_objective(args: JustRLConfig) -> None:
     """Refuse settings that would make the trained objective differ from JustRL's."""
-    wrong = {name: getattr(args, name) for name, value in OBJECTIVE_INVARIANTS.items() if getattr(args, name) != value}
+    fixed = fixed_objective()
+    wrong = {name: getattr(args, name) for name, value in fixed.items() if getattr(args, name) != value}
     if wrong:
-        expected = {name: OBJECTIVE_INVARIANTS[name] for name in wrong}
+        expected = {name: fixed[name] for name in wrong}
         raise ValueError(
             f"JustRLTrainer trains exactly the JustRL objective; these settings would change it: {wrong}. "
             f"Use {expected}, or TRL's GRPOTrainer for other objectives."
@@ -105,6 +107,12 @@ def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> Non
                     f"({how}); it would train nothing. Use more data, or {fix}.")
 
 
+def load_processing_class(model: str, args: RunConfig) -> Any:
+    """The tokenizer (or processor) as the trainer uses it: left padding and left truncation, like TRL's."""
+    return AutoProcessor.from_pretrained(model, truncation_side="left", padding_side="left",
+                                         trust_remote_code=args.trust_remote_code)
+
+
 def keep_token_out_of_saved_args(args: RunConfig) -> None:
     """transformers pickles the whole config into every `training_args.bin` (pushed with each checkpoint): a
     `hub_token` given as an argument moves to this process's HF_TOKEN environment variable (where the Hub client
@@ -140,14 +148,18 @@ class GRPORunTrainer(GRPOTrainer):
         tools: list[Callable] | None = None,
         rollout_func: Callable | None = None,
         environment_factory: Any = None,
+        *,
+        prompt_filter: PromptLengthFilter | None = None,
     ):
         """GRPOTrainer's arguments, in GRPOTrainer's order (a drop-in), with `args` of `config_class` and registered
-        reward names accepted besides TRL's callables and reward-model ids."""
+        reward names accepted besides TRL's callables and reward-model ids. `prompt_filter`: the length filter a
+        caller already ran over `train_dataset` (the CLI's pre-flight), so no prompt is measured twice."""
         if args is None:
             args = self.config_class(output_dir=f"{type(self).__name__.lower()}-output")
         if not isinstance(args, self.accepted_config):
             raise TypeError(f"{type(self).__name__} needs a {self.accepted_config.__name__}, "
                             f"got {type(args).__name__}.")
+        check_internals()  # a TRL that renamed a private name this project uses fails here, naming it
         self.check_args(args)
         keep_token_out_of_saved_args(args)
         if args.use_vllm and args.vllm_mode == "server":  # before any model loads: fail fast, naming host and port
@@ -163,10 +175,8 @@ class GRPORunTrainer(GRPOTrainer):
         if isinstance(model, str):
             model = resolve_model(model)
         if processing_class is None:
-            source = model if isinstance(model, str) else model.config._name_or_path
-            processing_class = AutoProcessor.from_pretrained(
-                source, truncation_side="left", padding_side="left", trust_remote_code=args.trust_remote_code
-            )
+            processing_class = load_processing_class(model if isinstance(model, str) else model.config._name_or_path,
+                                                     args)
 
         if args.gradient_checkpointing == AUTO:  # before TRL and transformers read it
             if isinstance(model, str):
@@ -177,12 +187,11 @@ class GRPORunTrainer(GRPOTrainer):
                 resolve_auto_checkpointing(args, model.config, sum(p.numel() for p in weights), weights[0].dtype)
 
         # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
-        self.prompt_filter = PromptLengthFilter(
+        self.prompt_filter = prompt_filter or PromptLengthFilter(
             processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
         )
-        if train_dataset is not None:
+        if train_dataset is not None:  # a second pass of the same filter drops nothing and measures nothing again
             train_dataset = self.prompt_filter.apply(train_dataset, "training")
-            check_enough_prompts(train_dataset, args, self.prompt_filter.dropped)
         if eval_dataset is not None:
             eval_filter = PromptLengthFilter(
                 processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
@@ -251,15 +260,13 @@ class GRPORunTrainer(GRPOTrainer):
         (checkpoints.py); old checkpoints are rotated only after that, so a kill mid-save never leaves the run
         without a whole checkpoint."""
         limit = self.args.save_total_limit
-        self.args.save_total_limit = None
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         error: Exception | None = None
         try:
-            super()._save_checkpoint(model, trial)
+            with checkpoints_kept(self.args):
+                super()._save_checkpoint(model, trial)
         except Exception as err:  # a full disk, a quota, a folder gone
             error = err
-        finally:
-            self.args.save_total_limit = limit
         written = self._everyone_ok(error)  # a barrier too: every process has written its share here
         if written and self.args.should_save:
             try:
@@ -286,8 +293,10 @@ class GRPORunTrainer(GRPOTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, trial=None, ignore_keys_for_eval=None,
               **kwargs):
-        """transformers' train; a resume first compares the settings with the checkpoint's (resume.py): changes
-        of the objective, batch or schedule are refused unless `resume_allow_changes`, then recorded."""
+        """transformers' train, after the checks of what it would train: enough prompts for one step; a resume's
+        settings against the checkpoint's (resume.py: changes of the objective, batch or schedule are refused unless
+        `resume_allow_changes`, then recorded)."""
+        check_enough_prompts(self.train_dataset, self.args, self.prompt_filter.dropped)
         checkpoint = resume_from_checkpoint
         if checkpoint is True:
             checkpoint = get_last_checkpoint(self.args.output_dir)
@@ -331,7 +340,7 @@ class GRPORunTrainer(GRPOTrainer):
         card = Path(self.args.output_dir) / "README.md"
         if not self.is_world_process_zero() or not card.is_file():
             return
-        text = card.read_text().replace("[None](https://huggingface.co/None)", f"`{self.base_model_name}`")
+        text = name_local_base_model(card.read_text(), self.base_model_name)
         section = recipe_card_section(
             self.args,
             base_model=self.base_model_name,
@@ -403,9 +412,9 @@ class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
         totals = self.accelerator.reduce(totals, reduction="sum")
         largest = self.accelerator.reduce(gap.max().reshape(1), reduction="max")  # masked tokens count 0
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(
-            (totals[0] / totals[1].clamp(min=1.0)).item())
-        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(largest.item())
+        logged = trl_metrics(self, mode)
+        logged["sampling/sampling_logp_difference/mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        logged["sampling/sampling_logp_difference/max"].append(largest.item())
 
     def _log_dual_clip_fraction(self, inputs: dict[str, Any], logps: torch.Tensor) -> None:
         old_logps = inputs.get("old_per_token_logps")  # None when the batch is on-policy (ratio 1)
@@ -417,4 +426,9 @@ class JustRLTrainer(PaddingFreeUpdates, GRPORunTrainer):
         totals = torch.stack([(held.float() * mask).sum(), mask.sum().float()])
         totals = self.accelerator.reduce(totals, reduction="sum")
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        trl_metrics(self, mode)["clip_ratio/dual_mean"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+
+
+# The trainers a recipe's `trainer` key names; each pairs with its config class (`config_class`).
+TRAINERS: dict[str, type[GRPORunTrainer]] = {"justrl": JustRLTrainer, "grpo": GRPORunTrainer}
+DEFAULT_TRAINER = "justrl"

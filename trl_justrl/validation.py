@@ -34,6 +34,7 @@ from .benchmarks.sampling import (
 from .generation.client import ServedGeneration, VLLMServerLost
 from .grading.grader import math_verify_timeout
 from .prompts import VALIDATION_STYLE, eval_messages
+from .trl_internals import mark_vllm_sleeping, mark_vllm_synced, trl_metrics, vllm_holds_step
 
 logger = logging.getLogger(__name__)
 
@@ -237,13 +238,13 @@ class ValidationCallback(TrainerCallback):
         trainer = self.trainer
         if self._mode() not in ("server", "colocate"):
             return
-        if trainer.state.global_step != getattr(trainer, "_last_loaded_step", None):
+        if not vllm_holds_step(trainer):
             generation = trainer.vllm_generation
             if isinstance(generation, ServedGeneration):
                 generation.sync_weights(outside_step=True)  # kept out of the training steps' time split
             else:
                 generation.sync_weights()
-            trainer._last_loaded_step = trainer.state.global_step
+            mark_vllm_synced(trainer)
 
     def _metric(self, name: str, scores: Sequence[float]) -> tuple[str, float]:
         """(`eval/<benchmark>/mean@<n>`, the mean of the per-problem scores in percent)."""
@@ -308,7 +309,7 @@ class ValidationCallback(TrainerCallback):
         finally:
             if sleeps:
                 generation.llm.sleep(level=2)
-                generation._llm_weights_sleeping = True
+                mark_vllm_sleeping(generation)
         return metrics
 
     def _validate_with_transformers(self) -> dict[str, float]:
@@ -350,7 +351,7 @@ class ValidationCallback(TrainerCallback):
 
     def _record(self, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():  # GRPOTrainer averages and logs these with its own metrics
-            self.trainer._metrics["train"][key].append(value)
+            trl_metrics(self.trainer, "train")[key].append(value)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.on_start and state.global_step == 0:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ..credentials import refuse_secrets
 from ..preemption import EXIT_REQUEUE, adopt_orphans, adopted_children, forwarding_signals
+from ..recipes import add_config_option, config_option
 from ..run_folder import alive
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
@@ -67,7 +68,7 @@ def _optional_int(env: Mapping[str, str], name: str) -> int | None:
 def _common_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="print every node's commands and exit")
-    p.add_argument("--recipe", default=None, help=f"recipe YAML (env RECIPE, default {DEFAULT_RECIPE})")
+    add_config_option(p, f"a shipped recipe's name or a recipe file (env RECIPE, default {DEFAULT_RECIPE})")
     p.add_argument("--accelerate-config", default=None,
                    help=f"accelerate config (env ACCELERATE_CONFIG, default {DEFAULT_ACCELERATE_CONFIG})")
     p.add_argument("--no-resume", action="store_true", help="start from scratch even if a checkpoint exists")
@@ -235,6 +236,7 @@ def _cli(prog: str, body: Callable[[argparse.Namespace, Mapping[str, str]], int]
          env: Mapping[str, str] | None) -> int:
     """Parse the launcher's arguments and run `body`; a PlanError becomes `error: ...` and exit status 2."""
     args = _common_parser(prog).parse_args(argv)
+    args.recipe = config_option(args, prog)
     try:
         return body(args, os.environ if env is None else env)
     except PlanError as err:

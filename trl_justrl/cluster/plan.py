@@ -14,25 +14,23 @@ import json
 import re
 import shlex
 import sys
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers.trainer_utils import SaveStrategy
 
-from ..config import CONFIG_CLASSES, RunConfig
-from ..credentials import refuse_secrets
 from ..geometry import (
     BatchGeometry,
     BatchGeometryError,
     PromptBatch,
     compute_batch_geometry,
-    micro_batch_bound,
     rollout_context,
     server_context,
 )
 from ..padding_free.packing import check_packing_backend
-from ..recipes import find_accelerate_config, find_recipe
+from ..recipes import add_config_option, config_option, find_accelerate_config, find_recipe
 from ..reporting.budget import (
     PLANNING_BYTES_PER_PARAMETER,
     decoder_parameters,
@@ -52,8 +50,6 @@ DEFAULT_GPU_MEMORY_UTILIZATION = 0.9  # TRL's `trl vllm-serve` default
 DEFAULT_MAX_VLLM_GPUS = 4
 VLLM_EXTENSION = "trl_justrl.generation.vllm_extension.WeightFolderExtension"  # loads the `disk` transport's folders
 VLLM_SERVER_ENV = {"VLLM_SERVER_DEV_MODE": "1"}  # TRL's weight-transfer endpoints live behind vLLM's dev mode
-# Recipe keys only the planner and launchers read (training accepts and ignores them): GPUs of node 0 serving vLLM.
-LAYOUT_KEYS = ("vllm_gpus",)
 
 
 class PlanError(ValueError):
@@ -63,17 +59,9 @@ class PlanError(ValueError):
 # ---- the recipe's batch ------------------------------------------------------------------------------------------
 
 
-def _config_default(name: str, config_class: type[RunConfig] = CONFIG_CLASSES["justrl"]) -> Any:
-    """The recipe config's default for `name` (JustRLConfig's: the paper's values, kept in trl_justrl/config.py)."""
-    for f in fields(config_class):
-        if f.name == name:
-            return f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-    raise KeyError(name)
-
-
 @dataclass(frozen=True)
 class RecipeBatch(PromptBatch):
-    """What the planner needs from a recipe file; missing keys take JustRLConfig's defaults (the paper's values)."""
+    """What the planner needs from a recipe: its settings as training reads them (recipe_reader)."""
 
     path: str | None
     model: str | None
@@ -84,14 +72,14 @@ class RecipeBatch(PromptBatch):
     max_prompt_length: int
     max_completion_length: int
     max_steps: int | None  # optimizer updates (TRL's max_steps), None when the recipe trains by epochs
-    trainer: str = "justrl"  # the recipe's `trainer` key (launch/train.py)
+    trainer: str  # the recipe's `trainer` key
     vllm_gpus: int | None = None  # the recipe's preferred number of serving GPUs (`vllm_gpus` key), if any
     vllm_gpu_memory_utilization: float | None = None  # the recipe's `vllm_gpu_memory_utilization`, if set
     validation_max_new_tokens: int | None = None  # the validation response cap when the recipe validates, else None
     max_tokens_per_microbatch: int | None = None  # packed forwards (JustRLConfig): an update's share is one micro-batch
     save_total_limit: int | None = None  # checkpoints kept besides the best validation one (None: all)
     save_every_rl_steps: int | None = None  # checkpoint interval in training steps, when the recipe gives it so
-    save_steps: int | None = None  # checkpoint interval in optimizer updates, when given directly (TRL's field)
+    save_steps: float | None = None  # checkpoint interval in optimizer updates (TRL's field, as the config maps it)
     save_only_model: bool = False
 
     @property
@@ -106,53 +94,56 @@ class RecipeBatch(PromptBatch):
 
     @classmethod
     def from_recipe(cls, path: str | Path | None) -> RecipeBatch:
-        values = load_yaml_mapping(Path(path), "Recipe", "") if path is not None else {}
+        """The batch of the recipe at `path` (None: the config classes' defaults), read by the one reader of
+        recipes as training reads it."""
+        from ..recipe_reader import read_recipe
+
         try:
-            refuse_secrets(recipe=values, where=f"recipe {path}")
-        except ValueError as err:
-            raise PlanError(str(err)) from None
-        trainer = str(values.get("trainer", "justrl"))
-        if trainer not in CONFIG_CLASSES:
-            raise PlanError(f"Recipe {path}: trainer {trainer!r} is not one of {sorted(CONFIG_CLASSES)}.")
+            settings = read_recipe(["--config", str(path)] if path is not None else [], to_train=False)
+        except PlanError:
+            raise
+        except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as err:
+            raise PlanError(f"Recipe {path}: {err}") from err
+        return cls.from_settings(settings)
 
-        def get(name: str) -> Any:
-            return values[name] if name in values else _config_default(name, CONFIG_CLASSES[trainer])
-
-        if get("prompts_per_step") is None or get("prompts_per_update") is None:
+    @classmethod
+    def from_settings(cls, settings: Any) -> RecipeBatch:
+        """What the planner needs from a read recipe (recipe_reader.RecipeSettings)."""
+        args, path, trainer = settings.training, settings.path, settings.script.trainer
+        if args.batch_geometry is None:
             raise PlanError(
                 f"Recipe {path} gives no prompts_per_step / prompts_per_update (null or unset); the planner needs "
                 "the recipe's batch in prompts per step and per update (it maps them onto TRL's batch fields for "
                 "each layout)."
             )
         for name in ("max_prompt_length", "max_completion_length"):
-            if get(name) is None:
+            if getattr(args, name) is None:
                 raise PlanError(
                     f"Recipe {path}: {name} is null or unset (trainer {trainer!r} has no default for it); the planner "
                     "sizes the vLLM server's context and the compute budget from max_prompt_length + "
                     "max_completion_length, so the recipe must give both."
                 )
-        memory = values.get("vllm_gpu_memory_utilization")
-        max_steps = values.get("max_steps", -1)
-        packed = values.get("max_tokens_per_microbatch") if trainer == "justrl" else None
+        memory = "vllm_gpu_memory_utilization"  # the recipe's own, for the server, only when it gives one
+        by_steps = args.save_strategy == SaveStrategy.STEPS
         return cls(
-            path=str(path) if path is not None else None,
-            model=values.get("model_name_or_path"),
-            prompts_per_step=int(get("prompts_per_step")),
-            prompts_per_update=int(get("prompts_per_update")),
-            num_generations=int(get("num_generations")),
-            max_micro_batch=micro_batch_bound(int(get("per_device_train_batch_size")), packed),
-            max_prompt_length=int(get("max_prompt_length")),
-            max_completion_length=int(get("max_completion_length")),
-            max_steps=int(max_steps) if max_steps is not None and int(max_steps) > 0 else None,
+            path=path,
+            model=settings.model.model_name_or_path,
+            prompts_per_step=args.prompts_per_step,
+            prompts_per_update=args.prompts_per_update,
+            num_generations=args.num_generations,
+            max_micro_batch=args.batch_geometry.max_micro_batch,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            max_steps=args.max_steps if args.max_steps > 0 else None,
             trainer=trainer,
-            vllm_gpus=int(values["vllm_gpus"]) if values.get("vllm_gpus") is not None else None,
-            vllm_gpu_memory_utilization=float(memory) if memory is not None else None,
-            validation_max_new_tokens=int(get("validation_max_new_tokens")) if get("validation_benchmarks") else None,
-            max_tokens_per_microbatch=int(packed) if packed is not None else None,
-            save_total_limit=values.get("save_total_limit"),
-            save_every_rl_steps=get("save_every_rl_steps") if values.get("save_strategy", "steps") == "steps" else None,
-            save_steps=values.get("save_steps") if values.get("save_strategy", "steps") == "steps" else None,
-            save_only_model=bool(values.get("save_only_model", False)),
+            vllm_gpus=int(settings.layout["vllm_gpus"]) if settings.layout.get("vllm_gpus") is not None else None,
+            vllm_gpu_memory_utilization=getattr(args, memory) if memory in settings.given else None,
+            validation_max_new_tokens=args.validation_response_cap,
+            max_tokens_per_microbatch=getattr(args, "max_tokens_per_microbatch", None),
+            save_total_limit=args.save_total_limit,
+            save_every_rl_steps=args.save_every_rl_steps if by_steps else None,
+            save_steps=args.save_steps if by_steps else None,
+            save_only_model=args.save_only_model,
         )
 
     def geometry(self, world_size: int) -> BatchGeometry:
@@ -582,7 +573,7 @@ def launch_commands(plan: ClusterPlan, settings: LaunchSettings) -> list[Command
     if len(settings.hosts) != topo.nodes:
         raise PlanError(f"{topo.nodes} nodes need {topo.nodes} host addresses, got {len(settings.hosts)}.")
     if recipe.path is None:
-        raise PlanError("Launch commands need a recipe file (--recipe).")
+        raise PlanError("Launch commands need a recipe file (--config).")
     accelerate = check_accelerate_config(settings.accelerate_config, len(topo.training_nodes),
                                          topo.training_processes)
     if recipe.max_tokens_per_microbatch is not None:
@@ -737,7 +728,7 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                    "else up to 4); 0 = colocate")
     p.add_argument("--vllm-tensor-parallel-size", type=int, default=None)
     p.add_argument("--vllm-data-parallel-size", type=int, default=1)
-    p.add_argument("--recipe", default=DEFAULT_RECIPE, help="a shipped recipe's name or a recipe file")
+    add_config_option(p, f"a shipped recipe's name or a recipe file (default {DEFAULT_RECIPE})")
     p.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG,
                    help="a shipped accelerate config's name (ddp, zero2, zero3, fsdp2) or a file")
     p.add_argument("--hosts", default=None, help="comma-separated node addresses, node 0 first (default node0,...)")
@@ -755,7 +746,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m trl_justrl.cluste
     recipe's batch unless --allow-deviation."""
     args = _parser(prog).parse_args(argv)
     try:
-        plan = make_plan(args.nodes, args.gpus_per_node, args.vllm_gpus, args.recipe,
+        plan = make_plan(args.nodes, args.gpus_per_node, args.vllm_gpus, config_option(args, prog) or DEFAULT_RECIPE,
                          args.vllm_tensor_parallel_size, args.vllm_data_parallel_size)
         hosts = args.hosts.split(",") if args.hosts else [f"node{i}" for i in range(args.nodes)]
         commands = None

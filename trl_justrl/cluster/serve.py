@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..recipes import add_config_option, config_option
 from .plan import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     DEFAULT_RECIPE,
@@ -42,9 +43,7 @@ CPU_INSTALL_HINT = (
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0].split(": ", 1)[1])
-    p.add_argument("--config", default=None, help=f"the recipe served: a shipped name or a YAML file (default: "
-                   f"{DEFAULT_RECIPE})")
-    p.add_argument("--recipe", default=None, help=argparse.SUPPRESS)  # the earlier spelling of --config
+    add_config_option(p, f"the recipe served: a shipped name or a YAML file (default: {DEFAULT_RECIPE})")
     p.add_argument("--model", default=None, help="override the recipe's model_name_or_path")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto: cuda when this machine has a GPU, else cpu")
@@ -69,17 +68,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def recipe_settings(recipe: str) -> tuple[Any, Any]:
-    """The run config and model config the recipe gives training (trl_justrl.train's reader of recipes). On a
-    machine without a GPU a GPU recipe is read as if `use_cpu` were set (transformers refuses bf16 there otherwise),
-    and trackers are not checked (`report_to: none`): the server needs only the recipe's model, context, precision and
-    batch."""
-    import torch
+    """The run config and model config the recipe gives training (the one reader of recipes, read for a tool that
+    does not train here: the server needs only the recipe's model, context, precision and batch)."""
+    from ..recipe_reader import read_recipe
 
-    from ..train import parse_args
-
-    device = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
-    _, training_args, model_args = parse_args(["--config", recipe, "--report_to", "none", *device])
-    return training_args, model_args
+    settings = read_recipe(["--config", recipe], to_train=False)
+    return settings.training, settings.model
 
 
 def cpu_kv_cache_gib(model_path: str, context: int, sequences: int, dtype: str) -> float:
@@ -169,10 +163,7 @@ def server_command(args: argparse.Namespace, training_args: Any, model_args: Any
 
 def main(argv: Sequence[str] | None = None, prog: str = "trl-justrl serve") -> int:
     args = build_parser(prog).parse_args(argv)
-    if args.recipe is not None:
-        print(f"note: {prog} --recipe is now --config (the same as train); --recipe still works.", file=sys.stderr)
-        args.config = args.config or args.recipe
-    args.config = args.config or DEFAULT_RECIPE
+    args.config = config_option(args, prog) or DEFAULT_RECIPE
     try:
         training_args, model_args = recipe_settings(args.config)
         command, env, _ = server_command(args, training_args, model_args)

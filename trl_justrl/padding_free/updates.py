@@ -10,6 +10,13 @@ import torch
 from trl.models.utils import disable_gradient_checkpointing
 
 from ..forwards import PolicyForwardTap
+from ..trl_internals import (
+    add_step_time,
+    buffered_micro_batches,
+    is_vision_language,
+    position_in_buffer,
+    set_buffered_micro_batches,
+)
 from .packing import check_packing_backend, enable_packing, forward_packed, plan_packs, row_extents, row_tokens
 from .trimming import forward_trimmed, group_by_length, take_rows
 
@@ -37,7 +44,7 @@ class PaddingFreeUpdates:
         if self.args.max_tokens_per_microbatch is None:
             return
         check_packing_backend(deepspeed=self.is_deepspeed_enabled, data_parallel=self.args.n_gpu > 1)
-        if self._is_vlm:
+        if is_vision_language(self):
             raise ValueError("max_tokens_per_microbatch packs text rows; image inputs are not split by tokens. "
                              "Unset it for vision-language models.")
         enable_packing(self.accelerator.unwrap_model(self.model))
@@ -88,7 +95,7 @@ class PaddingFreeUpdates:
             self.args.remove_padding and self.model.training and self.num_iterations == 1 and self.beta == 0.0
             and self.args.gradient_accumulation_steps < self.args.steps_per_generation
             and not (self.use_vllm and self.vllm_importance_sampling_correction)
-            and self.off_policy_mask_threshold is None and not self._is_vlm
+            and self.off_policy_mask_threshold is None and not is_vision_language(self)
         )
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -112,16 +119,17 @@ class PaddingFreeUpdates:
         log-probs the later updates lack are filled in. A PreparedMicroBatch passes through."""
         if isinstance(generation_batch, PreparedMicroBatch):
             return generation_batch
-        buffered = self._buffered_inputs
+        buffered = buffered_micro_batches(self)
         micro_batch = super()._prepare_inputs(generation_batch)
-        if not self.model.training or self._buffered_inputs is buffered:
+        if not self.model.training or buffered_micro_batches(self) is buffered:
             return micro_batch
-        position = next(i for i, batch in enumerate(self._buffered_inputs) if batch is micro_batch)
+        position = position_in_buffer(self, micro_batch)
         per_update = self.args.gradient_accumulation_steps
         if self.args.remove_padding:
-            self._buffered_inputs = group_by_length(self._buffered_inputs, per_update)
-        self._fill_old_logps(self._buffered_inputs[per_update:])
-        return self._buffered_inputs[position]
+            set_buffered_micro_batches(self, group_by_length(buffered_micro_batches(self), per_update))
+        batches = buffered_micro_batches(self)
+        self._fill_old_logps(batches[per_update:])
+        return batches[position]
 
     def _fill_old_logps(self, micro_batches: list[dict[str, Any]]) -> None:
         """Old log-probs, in place, for the micro-batches that lack them: `micro_batches` are a generation batch's
@@ -159,7 +167,7 @@ class PaddingFreeUpdates:
             self.optimizer.train()  # schedule-free optimizers: training weights before any forward
         *earlier, last = self._training_packs(self._prepare_inputs(inputs))
         losses = [self._pack_backward(model, pack, num_items_in_batch) for pack in earlier]
-        self._current_train_step_time += time.perf_counter() - start  # TRL's step_time counts the whole micro-step
+        add_step_time(self, time.perf_counter() - start)  # TRL's step_time counts the whole micro-step
         loss = super().training_step(model, PreparedMicroBatch(last), num_items_in_batch)
         return loss + torch.stack(losses).sum() if losses else loss
 

@@ -7,6 +7,8 @@ file of that name (with or without `.yaml`). The files ship inside the installed
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,3 +53,17 @@ def find_accelerate_config(name_or_path: str | Path) -> Path:
     """The accelerate config `name_or_path` names: an existing path, else a shipped config's name (ddp, zero2,
     zero3, fsdp2)."""
     return _find(name_or_path, ACCELERATE, "accelerate config", ("accelerate", "accelerate_configs"))
+
+
+def add_config_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """Every subcommand takes its recipe as `--config NAME_OR_PATH`, as training does; `--recipe` (the earlier
+    spelling of plan, launch and serve) still works (`config_option`)."""
+    parser.add_argument("--config", default=None, help=help)
+    parser.add_argument("--recipe", default=None, help=argparse.SUPPRESS)
+
+
+def config_option(args: argparse.Namespace, prog: str) -> str | None:
+    """The recipe `add_config_option` parsed; a note on stderr when it came as `--recipe`."""
+    if args.recipe is not None:
+        print(f"note: {prog} --recipe is now --config (the same as train); --recipe still works.", file=sys.stderr)
+    return args.config if args.config is not None else args.recipe

@@ -9,37 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..setting_roles import card_rows
 from .history import format_value
 
 SECTION_TITLE = "## Training recipe"
 JUSTRL_INTRO = ("Trained with [trl-justrl](https://arxiv.org/abs/2512.16649): single-stage GRPO with the JustRL "
                 "objective (clip-higher, dual-clip, token-mean loss, no KL, no entropy bonus) and the rewards below.")
 GRPO_INTRO = "Trained with trl-justrl's `trainer: grpo` path: TRL's GRPOTrainer and its objective, unchanged."
-
-# (label, JustRLConfig attribute) in the order of docs/recipe.md's JustRL table
-RECIPE_ROWS: tuple[tuple[str, str], ...] = (
-    ("rollouts per prompt", "num_generations"),
-    ("prompts per training step", "prompts_per_step"),
-    ("prompts per optimizer update", "prompts_per_update"),
-    ("PPO epochs per batch", "num_iterations"),
-    ("max prompt length", "max_prompt_length"),
-    ("max response length", "max_completion_length"),
-    ("learning rate", "learning_rate"),
-    ("schedule", "lr_scheduler_type"),
-    ("warm-up (training steps)", "warmup_rl_steps"),
-    ("weight decay", "weight_decay"),
-    ("gradient clipping", "max_grad_norm"),
-    ("clip ratio low", "epsilon"),
-    ("clip ratio high", "epsilon_high"),
-    ("dual-clip constant c", "clip_ratio_c"),
-    ("loss aggregation", "loss_type"),
-    ("KL coefficient", "beta"),
-    ("rollout temperature", "temperature"),
-    ("rollout top-p", "top_p"),
-    ("reward weights", "reward_weights"),
-    ("gradient checkpointing", "gradient_checkpointing"),
-    ("checkpoint every (training steps)", "save_every_rl_steps"),
-)
 
 # (column, log key) of the metrics table
 METRIC_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -101,7 +77,7 @@ def recipe_card_section(
                      + "; ".join(f"`{change}`" for change in resumed.get("changes", [])))
     lines += ["", "| recipe value | setting |", "| --- | --- |"]
     lines += [f"| {label} | {format_value(getattr(args, attr, None), missing='-')} |"
-              for label, attr in RECIPE_ROWS if hasattr(args, attr)]
+              for label, attr in card_rows() if hasattr(args, attr)]
     rows = _metric_rows(log_history, updates)
     lines += ["", "### Training metrics so far", ""]
     if rows:
