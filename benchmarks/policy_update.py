@@ -248,7 +248,12 @@ def largest_forward_tokens(kind: str, rollouts: dict, generations: int, max_toke
 def run(kind: str, model_dir: Path, tokenizer, rollouts: dict, args: argparse.Namespace, preset: dict) -> dict:
     from datasets import Dataset
 
-    from trl_justrl.activation_memory import AUTO, estimate_memory, precision_bytes, resolve_auto_checkpointing
+    from trl_justrl.policy_update.activation_memory import (
+        AUTO,
+        estimate_memory,
+        precision_bytes,
+        resolve_auto_checkpointing,
+    )
 
     updates, generations = 4, args.generations
     per_update = args.prompts // updates * generations

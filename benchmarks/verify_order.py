@@ -6,7 +6,7 @@ DIR holds `<benchmark>/test.parquet` as released (e.g. the `data/` folder of git
 rewards call `verify(prediction, gold)`; `verify` is not symmetric, so this counts, over model-style answers to every
 released ground truth, the pairs where `verify(gold, prediction)` would decide otherwise. The gold is parsed as
 Open-RS parsed a worked solution (first LaTeX answer), the prediction as its accuracy reward parsed a completion.
-Answer forms: the gold itself, another notation of it and a wrong one (as `benchmarks/grading.py`), and the forms a
+Answer forms: the gold itself, another notation of it and a wrong one (as `benchmarks/grader_speed.py`), and the forms a
 model writes around an answer: an assignment (`x = ...`), a set, `\\text{}`, a percent sign, the right-hand side
 of an equation, and a list in reverse order.
 """
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the full result (every disagreement) here")
     args = parser.parse_args(argv)
 
-    from trl_justrl.benchmarks.registry import BENCHMARKS, load_problems
+    from trl_justrl.evaluation.problem_sets import BENCHMARKS, load_problems
 
     items = [(benchmark.name, problem.ground_truth, kind, answer)
              for benchmark in BENCHMARKS.values() for problem in load_problems(benchmark, args.data_dir)

@@ -13,18 +13,9 @@ import pytest
 
 import trl_justrl.rewards.inputs as reward_inputs
 from trl_justrl import GRPORunConfig, JustRLConfig
-from trl_justrl.rewards import (
-    CosineScaledAccuracy,
-    DapoOverlongPenalty,
-    RobustMathVerifier,
-    cosine_scaled_reward,
-    dapo_score,
-    dapo_strict,
-    get_reward_funcs,
-    open_rs_format,
-    overlong_penalty,
-    register_reward,
-)
+from trl_justrl.rewards import get_reward_funcs, register_reward
+from trl_justrl.rewards.dapo import DapoOverlongPenalty, RobustMathVerifier, dapo_score, dapo_strict, overlong_penalty
+from trl_justrl.rewards.open_rs import CosineScaledAccuracy, cosine_scaled_reward, open_rs_format
 from trl_justrl.trainer import _resolve_rewards, check_objective
 
 # RECIPE.md "Ablations the paper ran" and Open-RS's knoveleng/open-rs src/open_r1/grpo.py, written out independently

@@ -119,7 +119,7 @@ def test_trainer_resolves_auto_before_the_model_is_prepared(tiny_model_path, tmp
     monkeypatch.setattr(am, "device_memory", lambda device: memory)
     args = tiny_config(tmp_path / "out", gradient_checkpointing="auto")
     assert args.gradient_checkpointing == "auto"
-    with caplog.at_level(logging.INFO, logger="trl_justrl.activation_memory"):
+    with caplog.at_level(logging.INFO, logger="trl_justrl.policy_update.activation_memory"):
         trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=["test_length_parity"], args=args,
                                 train_dataset=load_training_data("synthetic", synthetic_size=16))
     assert trainer.args.gradient_checkpointing is expected and trainer.args.activation_checkpointing is expected

@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from test_launch import check_outputs, run, write_recipe
+from test_train_script import check_outputs, run, write_recipe
 
 from trl_justrl.cli import COMMANDS, main
 from trl_justrl.evaluation.cli import snake_case_as_kebab

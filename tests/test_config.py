@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trl_justrl import BatchGeometryError, JustRLConfig, compute_batch_geometry
-from trl_justrl.geometry import nearest_valid_world_sizes
+from trl_justrl.policy_update.geometry import nearest_valid_world_sizes
 
 # RECIPE.md, "Hyperparameters", written out independently of trl_justrl/config.py
 RECIPE = {

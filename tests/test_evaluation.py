@@ -11,8 +11,6 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from trl_justrl.benchmarks.registry import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
-from trl_justrl.benchmarks.sampling import Sample, SamplingSettings, TransformersBackend
 from trl_justrl.evaluation.cli import main as cli_main
 from trl_justrl.evaluation.compass import (
     CompassVerifier,
@@ -21,7 +19,9 @@ from trl_justrl.evaluation.compass import (
     parse_released_verdict,
     parse_verdict,
 )
+from trl_justrl.evaluation.problem_sets import BENCHMARKS, BenchmarkError, get_benchmark, load_problems
 from trl_justrl.evaluation.runner import EvalOptions, run_evaluation
+from trl_justrl.evaluation.sampling import Sample, SamplingSettings, TransformersBackend
 from trl_justrl.evaluation.stats import compute_stats, distinct_ngrams
 from trl_justrl.evaluation.store import GenerationStore
 from trl_justrl.evaluation.table import render_table
@@ -314,7 +314,7 @@ def test_compass_as_released_asks_and_reads_as_justrls_script(monkeypatch):
     greedy, 2,048 new tokens, and only an exact "A" is correct; the runner uses it for --verifier compass."""
     import hashlib
 
-    from trl_justrl.benchmarks.registry import Problem
+    from trl_justrl.evaluation.problem_sets import Problem
     from trl_justrl.evaluation.runner import _grade
 
     message = build_released_prompt("ignored problem", "GOLD", "RESPONSE")
@@ -350,7 +350,7 @@ def test_compass_as_released_asks_and_reads_as_justrls_script(monkeypatch):
 def test_validation_callback_in_a_training_run(tmp_path, tiny_model_path):
     from trl_justrl import JustRLConfig, JustRLTrainer
     from trl_justrl.data import load_training_data
-    from trl_justrl.validation import ValidationCallback
+    from trl_justrl.evaluation.validation import ValidationCallback
 
     args = JustRLConfig(
         output_dir=str(tmp_path / "run"), use_cpu=True, bf16=False, report_to="none", prompts_per_step=2,

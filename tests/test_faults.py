@@ -16,13 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trl_justrl.benchmarks.sampling import Sample, TransformersBackend
 from trl_justrl.cluster.launcher import run_node
 from trl_justrl.cluster.plan import Command
-from trl_justrl.data import DataError, load_training_data, looks_local
+from trl_justrl.data import load_training_data, looks_local
+from trl_justrl.data_errors import DataError
+from trl_justrl.evaluation.sampling import Sample, TransformersBackend
 from trl_justrl.evaluation.store import GenerationStore
-from trl_justrl.preemption import EXIT_REQUEUE
-from trl_justrl.run_folder import LOCK_NAME
+from trl_justrl.run_services.preemption import EXIT_REQUEUE
+from trl_justrl.run_services.run_folder import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,8 +102,8 @@ def test_a_torn_or_undecodable_line_is_set_aside_and_redone(tmp_path, caplog):
 def test_each_problem_is_on_disk_before_the_next_is_generated(tmp_path, tiny_model_path):
     import inspect
 
-    from trl_justrl.benchmarks.sampling import SamplingSettings
     from trl_justrl.evaluation.runner import EvalOptions, run_evaluation
+    from trl_justrl.evaluation.sampling import SamplingSettings
 
     assert inspect.isgeneratorfunction(TransformersBackend.generate)  # it yields each problem as it is done
     data = tmp_path / "data" / "AIME24"
@@ -229,7 +230,7 @@ AGENT = ("import subprocess, sys; sys.exit(subprocess.Popen([sys.executable, '-c
          "start_new_session=True).wait())")
 WORKER = CHILD.replace("signal.signal(signal.SIGUSR1, stop)",
                        "signal.signal(signal.SIGUSR1, stop)\n"
-                       "from trl_justrl.preemption import stop_when_parent_dies\n"
+                       "from trl_justrl.run_services.preemption import stop_when_parent_dies\n"
                        "stop_when_parent_dies(signal.SIGUSR1)")
 RUN_NODE = """
 import sys

@@ -322,13 +322,13 @@ def test_grade_many_on_several_processes_equals_one_by_one():
 
 @pytest.mark.skipif(not BENCHMARK_DATA.is_dir(), reason="the nine released benchmark files are not beside the project")
 def test_rates_on_the_nine_benchmarks_answers_in_labelled_forms():
-    """benchmarks/grading_accuracy.py over every released ground truth: right forms (other notations, currency,
+    """benchmarks/grader_accuracy.py over every released ground truth: right forms (other notations, currency,
     units, restated names, reordered lists, \\pm) and wrong ones (changed values, infinity, dropped / added /
     changed elements, swapped pairs). The issue's bar: >= 99.5% of right forms, <= 3 wrong ones accepted."""
-    spec = importlib.util.spec_from_file_location("grading_accuracy", ROOT / "benchmarks" / "grading_accuracy.py")
+    spec = importlib.util.spec_from_file_location("grader_accuracy", ROOT / "benchmarks" / "grader_accuracy.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    from trl_justrl.benchmarks.registry import BENCHMARKS, load_problems
+    from trl_justrl.evaluation.problem_sets import BENCHMARKS, load_problems
 
     cases = [(benchmark.name, problem.ground_truth, problem.problem)
              for benchmark in BENCHMARKS.values() for problem in load_problems(benchmark, BENCHMARK_DATA)]

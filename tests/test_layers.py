@@ -11,9 +11,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trl_justrl",)
-# What builds on the training core: the training entry point, the cluster planner and launchers, the evaluation.
+# What builds on the training core: the training entry point, the cluster planner and launchers, the evaluation
+# (but its problem sets, sampling backends and in-training validation, which the core uses).
 ABOVE_THE_CORE = ("trl_justrl.train", "trl_justrl.cli", "trl_justrl.__main__", "trl_justrl.cluster.plan",
                   "trl_justrl.cluster.launcher", "trl_justrl.cluster.serve", "trl_justrl.evaluation")
+EVALUATION_IN_TRAINING = ("trl_justrl.evaluation.problem_sets", "trl_justrl.evaluation.sampling",
+                          "trl_justrl.evaluation.validation")
 
 
 def module_name(path: Path) -> str:
@@ -108,28 +111,36 @@ def _within(name: str, *packages: str) -> bool:
     return any(name == p or name.startswith(p + ".") for p in packages)
 
 
+def _above(name: str) -> bool:
+    return _within(name, *ABOVE_THE_CORE) and not _within(name, *EVALUATION_IN_TRAINING)
+
+
 def test_imports_point_down_the_layers():
     graph = import_graph()
     wrong = []
-    # math answers and grading are the bottom: they import only themselves
-    wrong += [e for e in _edges(graph, "trl_justrl.grading") if not _within(e[1], "trl_justrl.grading")]
+    # data errors, math answers and grading are the bottom: they import only themselves
+    wrong += _edges(graph, "trl_justrl.data_errors")
+    wrong += [e for e in _edges(graph, "trl_justrl.grading")
+              if not _within(e[1], "trl_justrl.grading", "trl_justrl.data_errors")]
     wrong += _edges(graph, "trl_justrl.prompts")
     wrong += _edges(graph, "trl_justrl.setting_roles")  # the table of settings' roles, read by every layer
-    # the benchmarks build on grading and the prompts only
-    wrong += [e for e in _edges(graph, "trl_justrl.benchmarks")
-              if not _within(e[1], "trl_justrl.benchmarks", "trl_justrl.grading", "trl_justrl.prompts")]
+    # the problem sets and sampling backends build on grading and the prompts only
+    wrong += [e for e in _edges(graph, "trl_justrl.evaluation.problem_sets") + _edges(
+        graph, "trl_justrl.evaluation.sampling") if not _within(
+        e[1], "trl_justrl.evaluation.problem_sets", "trl_justrl.evaluation.sampling", "trl_justrl.grading",
+        "trl_justrl.prompts", "trl_justrl.data_errors")]
     # run reporting reads logs and settings: never the training core
     wrong += [e for e in _edges(graph, "trl_justrl.reporting")
               if not _within(e[1], "trl_justrl.reporting", "trl_justrl.setting_roles")]
     # the generation server's checks, transports and worker extension import nothing else of the project (the
     # extension runs inside the vLLM server's own environment)
     wrong += [e for e in _edges(graph, "trl_justrl.generation") if not _within(e[1], "trl_justrl.generation")]
-    # nothing outside the evaluation imports it (it builds on the rest)
+    # nothing outside the evaluation imports its offline run (it builds on the rest)
     wrong += [(a, b) for a, targets in graph.items() for b in targets
-              if _within(b, "trl_justrl.evaluation") and not _within(a, "trl_justrl.evaluation")]
+              if _above(b) and _within(b, "trl_justrl.evaluation") and not _within(a, "trl_justrl.evaluation")]
     # the training core never imports what is built on it (entry point, planner, launchers, evaluation)
-    core = [m for m in graph if m != "trl_justrl" and not _within(m, *ABOVE_THE_CORE)]
-    wrong += [(a, b) for a in core for b in graph[a] if _within(b, *ABOVE_THE_CORE)]
+    core = [m for m in graph if m != "trl_justrl" and not _above(m)]
+    wrong += [(a, b) for a in core for b in graph[a] if _above(b)]
     assert not wrong, wrong
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from trl_justrl.loss import dual_clip_mask, per_token_policy_loss
+from trl_justrl.policy_update.loss import dual_clip_mask, per_token_policy_loss
 
 LO, HI, C = 0.2, 0.28, 10.0
 CLIP = dict(epsilon_low=LO, epsilon_high=HI, clip_ratio_c=C)

@@ -11,10 +11,11 @@ import pytest
 import torch
 import yaml
 
-from trl_justrl.data import DataError, load_training_data, normalize_row
+from trl_justrl.data import load_training_data, normalize_row
+from trl_justrl.data_errors import DataError
 from trl_justrl.recipe_reader import make_parser, parse_args, trainer_choice
-from trl_justrl.rewards import cosine_scaled_reward, get_reward_funcs
-from trl_justrl.rewards.open_rs import GOLD_UNPARSED_METRIC, OpenRSAccuracy, OpenRSCosineAsRun
+from trl_justrl.rewards import get_reward_funcs
+from trl_justrl.rewards.open_rs import GOLD_UNPARSED_METRIC, OpenRSAccuracy, OpenRSCosineAsRun, cosine_scaled_reward
 from trl_justrl.trainer import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -337,7 +338,7 @@ def test_open_rs_recipes_hold_the_papers_values(name, monkeypatch):
     assert "\\boxed{{}} ." in values["system_prompt"] and values["prompt_suffix"] is False
     if name == "open_rs_exp3":
         assert values["cosine_max_len"] == 3584
-    from trl_justrl.geometry import compute_batch_geometry
+    from trl_justrl.policy_update.geometry import compute_batch_geometry
 
     g = compute_batch_geometry(world_size=3, prompts_per_step=values["prompts_per_step"],
                                prompts_per_update=values["prompts_per_update"],

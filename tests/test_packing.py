@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_microbatch import COMPLETION_WIDTH, loss_inputs, padded_batch
+from test_trimming import COMPLETION_WIDTH, loss_inputs, padded_batch
 from trl import GRPOTrainer
 
 from trl_justrl import JustRLConfig, JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.padding_free import PreparedMicroBatch
-from trl_justrl.padding_free.packing import PACKED_SDPA, check_packing_backend, enable_packing, plan_packs, row_extents
+from trl_justrl.policy_update.packing import PACKED_SDPA, check_packing_backend, enable_packing, plan_packs, row_extents
+from trl_justrl.policy_update.padding_free import PreparedMicroBatch
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatc
     arguments and layouts are checked; the GPU check runs the kernel itself."""
     import torch.nn.functional as F
 
-    from trl_justrl.padding_free import packing
+    from trl_justrl.policy_update import packing
 
     if packing._VARLEN is not None:  # this torch's kernel takes the arguments the stand-in takes
         import inspect
@@ -158,7 +158,7 @@ def test_packed_attention_through_the_variable_length_kernel(trainer, monkeypatc
 
 def test_packing_changes_what_the_model_computes(trainer, monkeypatch):
     """The test above can fail: packed rows attending across each other give other log-probs."""
-    from trl_justrl.padding_free import packing
+    from trl_justrl.policy_update import packing
 
     def one_sequence(module, query, key, value, attention_mask, **kwargs):
         kwargs.pop("packed_row_bounds", None)
@@ -205,6 +205,8 @@ def test_compute_loss_returns_a_loss_and_runs_no_backward(trainer):
     (the packed forward inside it is one graph), leaving every gradient untouched."""
     inputs = loss_inputs(rows=6, seed=5)
     trainer.model.train()
+    # what transformers' training loop sets before each update, which TRL's dapo loss reads (not left to another test)
+    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps
     assert len(trainer._training_packs(inputs)) > 1
     trainer.model.zero_grad(set_to_none=True)
     loss = trainer.compute_loss(trainer.model, inputs)
@@ -269,10 +271,10 @@ def test_the_deepspeed_refusal_has_one_source():
     package = Path(__file__).resolve().parents[1] / "trl_justrl"
     sources = {path.relative_to(package).as_posix(): path.read_text() for path in package.rglob("*.py")}
     refusing = sorted(name for name, text in sources.items() if "not offered under DeepSpeed" in text)
-    assert refusing == ["padding_free/packing.py"]
+    assert refusing == ["policy_update/packing.py"]
     callers = sorted(name for name, text in sources.items() if "check_packing_backend(" in text
-                     and name != "padding_free/packing.py")
-    assert callers == ["cluster/plan.py", "config.py", "padding_free/updates.py"]
+                     and name != "policy_update/packing.py")
+    assert callers == ["cluster/plan.py", "config.py", "policy_update/padding_free.py"]
 
 
 def test_training_with_packing_ends_at_the_same_weights(tmp_path, tiny_model_path, tiny_config):
@@ -325,7 +327,7 @@ accelerator.end_training()  # tears the process group down on every process befo
 def test_processes_agree_on_the_number_of_packs(tmp_path):
     """2 gloo processes: the one with short rows splits them into as many packs as the other needs; rows one
     process cannot pack make every process run unpacked."""
-    from test_launch import run
+    from test_train_script import run
 
     script = tmp_path / "plan.py"
     script.write_text(PLAN_SCRIPT)
@@ -342,7 +344,7 @@ def test_two_processes_train_packed_to_the_same_weights(tmp_path, tiny_model_pat
     two packs (the first backpropagated without gradient sync, the second with it) end at the weights of the same
     run without packing (one micro-batch of 2 per update)."""
     from safetensors.torch import load_file
-    from test_launch import TRAIN, check_outputs, run, write_recipe
+    from test_train_script import TRAIN, check_outputs, run, write_recipe
 
     torchrun = Path(sys.executable).with_name("torchrun")
     weights = {}

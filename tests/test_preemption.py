@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_justrl.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
-from trl_justrl.preemption import EXIT_REQUEUE, SAME_REQUEST_WINDOW_S
 from trl_justrl.reporting.budget import TokenBudget
-from trl_justrl.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
+from trl_justrl.run_services.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
+from trl_justrl.run_services.preemption import EXIT_REQUEUE, SAME_REQUEST_WINDOW_S
+from trl_justrl.run_services.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SENTINEL = f"sentinel-{secrets.token_hex(16)}"  # a fresh value each run: nothing token-like is committed
@@ -167,7 +167,7 @@ def test_signals_within_the_window_are_one_request_and_a_later_one_stops_at_once
     script = tmp_path / "waits.py"
     script.write_text(
         "import sys, time\n"
-        "from trl_justrl.preemption import GracefulStop\n"
+        "from trl_justrl.run_services.preemption import GracefulStop\n"
         "stop = GracefulStop()\n"
         "stop.install()\n"
         "print('ready', flush=True)\n"
@@ -302,31 +302,39 @@ def test_one_writer_per_folder(tmp_path, tiny_model_path):
 # ---- no token at rest ----------------------------------------------------------------------------------------------
 
 
-def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_starts(tmp_path, tiny_model_path):
+def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_starts(tmp_path, tiny_model_path, capsys):
     """`accelerate launch` prints a failed run's whole argv, and `ps` shows it to every user: a token there (or in a
-    shared recipe) is refused by training, the planner and the launchers, naming HF_TOKEN and never the value."""
+    shared recipe) is refused by training, the planner and the launchers, naming HF_TOKEN and never the value. One
+    real process shows the exit status; the other entry points are called in this process (the same code)."""
+    from trl_justrl.cluster import launcher, plan
+    from trl_justrl.train import cli
+
     config = recipe(tmp_path, tiny_model_path, max_steps=2)
-    for extra in (["--hub_token", SENTINEL], [f"--hub_token={SENTINEL}"]):
-        result = run(train_command(config, *extra))
-        assert result.returncode == 2, result.stderr[-2000:]
-        assert "hub_token on the command line is refused" in result.stderr and "HF_TOKEN" in result.stderr
-        assert SENTINEL not in result.stdout + result.stderr
-    assert not (tmp_path / "out").exists()  # refused before the output folder, the data or the model
+    result = run(train_command(config, "--hub_token", SENTINEL))
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "hub_token on the command line is refused" in result.stderr and "HF_TOKEN" in result.stderr
+    assert SENTINEL not in result.stdout + result.stderr
+
+    def exit_status(call) -> int:
+        try:
+            return call()
+        except SystemExit as stop:
+            return stop.code
+
     with_token = recipe(tmp_path / "shared", tiny_model_path, max_steps=2, hub_token=SENTINEL)
     checks = {
-        "train": train_command(with_token),
-        "plan": [sys.executable, "-m", "trl_justrl.cluster.plan", "--nodes", "1", "--gpus-per-node", "8", "--config",
-                 str(with_token)],
-        "launch, recipe": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--config",
-                           str(with_token)],
-        "launch, arguments": [sys.executable, "-m", "trl_justrl.cluster.launcher", "multinode", "--dry-run", "--",
-                              "--hub_token", SENTINEL],
+        "train, argument": lambda: cli(["--config", str(config), f"--hub_token={SENTINEL}"]),
+        "train, recipe": lambda: cli(["--config", str(with_token)]),
+        "plan": lambda: plan.main(["--nodes", "1", "--gpus-per-node", "8", "--config", str(with_token)]),
+        "launch, recipe": lambda: launcher.main(["multinode", "--dry-run", "--config", str(with_token)]),
+        "launch, arguments": lambda: launcher.main(["multinode", "--dry-run", "--", "--hub_token", SENTINEL]),
     }
-    for name, cmd in checks.items():
-        result = run(cmd)
-        assert result.returncode == 2, (name, result.stdout[-1000:], result.stderr[-2000:])
-        assert "is refused" in result.stderr and "HF_TOKEN" in result.stderr, name
-        assert SENTINEL not in result.stdout + result.stderr, name
+    for name, call in checks.items():
+        assert exit_status(call) == 2, name
+        printed = capsys.readouterr()
+        assert "is refused" in printed.err and "HF_TOKEN" in printed.err, name
+        assert SENTINEL not in printed.out + printed.err, name
+    assert not (tmp_path / "out").exists()  # refused before the output folder, the data or the model
 
 
 def test_sigterm_to_accelerate_launch_leaves_no_orphan_training(tmp_path, tiny_model_path):

@@ -16,7 +16,8 @@ import pytest
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
 from trl_justrl import GRPORunConfig, JustRLConfig, JustRLTrainer
-from trl_justrl.data import DataError, load_training_data
+from trl_justrl.data import load_training_data
+from trl_justrl.data_errors import DataError
 from trl_justrl.recipe_reader import JustRLScriptArguments, parse_args
 from trl_justrl.rewards import resolve_reward, reward_source
 from trl_justrl.train import check_script_flags, model_init_kwargs, quantization_config
@@ -49,7 +50,7 @@ def test_reward_names_are_registered_trl_imported_or_models(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_a_misspelt_reward_fails_before_any_model_loads(tmp_path, tiny_model_path):
-    from test_launch import TRAIN, run, write_recipe
+    from test_train_script import TRAIN, run, write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_path)
     result = run([sys.executable, str(TRAIN), "--config", str(recipe), "--reward_funcs", "dapo_strickt"], tmp_path)
@@ -74,7 +75,7 @@ def test_data_smaller_than_one_step_is_refused_where_training_starts(tmp_path, t
         trainer.train()
     assert trainer.state.global_step == 0
 
-    from test_launch import write_recipe
+    from test_train_script import write_recipe
 
     from trl_justrl.train import main
 
@@ -164,7 +165,7 @@ def unread_settings(names: list[str], files: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory, tiny_model_path) -> dict[str, list[str]]:
-    from test_launch import write_recipe
+    from test_train_script import write_recipe
 
     folder = tmp_path_factory.mktemp("recorded")
     recipe = write_recipe(folder, tiny_model_path, max_steps=1, synthetic_size=8)
@@ -214,7 +215,7 @@ def test_flags_the_entry_point_does_not_honour_are_refused():
 
 
 def test_a_cli_flag_nothing_knows_is_an_error(tmp_path, tiny_model_path):
-    from test_launch import write_recipe
+    from test_train_script import write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_path)
     with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--no_such_flag', '1'\]"):

@@ -155,7 +155,7 @@ def test_resume_settings_allow_another_world_size_and_refuse_the_objective(tmp_p
     update (a resume on fewer GPUs passes); a learning rate, the prompts per step or the data do not pass."""
     from types import SimpleNamespace
 
-    from trl_justrl.resume import setting_changes, write_settings
+    from trl_justrl.run_services.resume import setting_changes, write_settings
 
     def args(world: int, **changes):
         values = {"learning_rate": 1e-6, "prompts_per_step": 256, "lr_scheduler_type": "constant_with_warmup",

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trl_justrl.rewards import (
-    dapo_score,
-    dapo_strict,
-    dapo_verify,
-    get_reward_funcs,
-    last_boxed_content,
-    register_reward,
-)
+from trl_justrl.grading.answers import last_boxed_content
+from trl_justrl.rewards import get_reward_funcs, register_reward
+from trl_justrl.rewards.dapo import dapo_score, dapo_strict, dapo_verify
 
 SOLUTION = (
     "We need the number of positive divisors of 2^3 * 3^2. A divisor has the form 2^a 3^b with 0 <= a <= 3 and "

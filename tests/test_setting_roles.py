@@ -63,7 +63,7 @@ def test_model_card_rows_follow_the_table():
     ("steps_per_generation", 4, 8, None),  # ignored: not even logged
 ])
 def test_a_resume_treats_each_setting_by_its_role(tmp_path, name, old, new, refused):
-    from trl_justrl.resume import setting_changes, write_settings
+    from trl_justrl.run_services.resume import setting_changes, write_settings
 
     def args(value):
         values = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 4, "steps_per_generation": 8,
@@ -79,7 +79,7 @@ def test_a_resume_treats_each_setting_by_its_role(tmp_path, name, old, new, refu
 
 def test_a_resume_refuses_a_changed_setting_without_a_role(tmp_path):
     """A field a newer TRL adds (here one the table does not know) is refused, naming why."""
-    from trl_justrl.resume import setting_changes, write_settings
+    from trl_justrl.run_services.resume import setting_changes, write_settings
 
     def args(value):
         values = {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "steps_per_generation": 1,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trl_justrl.benchmarks.sampling import SamplingSettings, problem_seed
-from trl_justrl.validation import (
+from trl_justrl.evaluation.sampling import SamplingSettings, problem_seed
+from trl_justrl.evaluation.validation import (
     ServerSampler,
     ValidationCallback,
     ValidationFailed,
@@ -270,7 +270,7 @@ class ScoresByStep:
         self.trainer, self.right_at = trainer, right_at
 
     def generate(self, problems, n, settings):
-        from trl_justrl.benchmarks.sampling import Sample
+        from trl_justrl.evaluation.sampling import Sample
 
         right = self.trainer.state.global_step in self.right_at
         return [[Sample(p.problem_id, i, 0, f"$\\boxed{{{p.ground_truth if right else 'x'}}}$", 3, "stop")

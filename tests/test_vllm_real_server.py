@@ -22,10 +22,10 @@ import pytest
 import requests
 import torch
 
-from trl_justrl.checkpoints import MARKER
 from trl_justrl.cluster.serve import has_vllm
 from trl_justrl.generation.client import ServerClient
 from trl_justrl.generation.weight_folder import versions, write_version
+from trl_justrl.run_services.checkpoints import MARKER
 
 VLLM_PYTHON = os.environ.get("TRL_JUSTRL_VLLM_PYTHON", "")
 pytestmark = [

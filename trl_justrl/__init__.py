@@ -7,58 +7,30 @@ command line's help) does not import torch and TRL.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 __version__ = "0.1.0"
 
-_EXPORTS = {  # public name -> the module that defines it
-    "BatchGeometry": ".geometry",
-    "BatchGeometryError": ".geometry",
-    "compute_batch_geometry": ".geometry",
-    "GRPORunConfig": ".config",
-    "JustRLConfig": ".config",
-    "RunConfig": ".config",
-    "per_token_policy_loss": ".loss",
-    "OpenRSAccuracy": ".rewards",
-    "OpenRSCosineAsRun": ".rewards",
-    "dapo_score": ".rewards",
-    "get_reward_funcs": ".rewards",
-    "register_reward": ".rewards",
-    "GRPORunTrainer": ".trainer",
-    "JustRLTrainer": ".trainer",
+_EXPORTS = {  # the module that defines each group of public names
+    ".config": ("GRPORunConfig", "JustRLConfig", "RunConfig"),
+    ".trainer": ("GRPORunTrainer", "JustRLTrainer"),
+    ".policy_update.geometry": ("BatchGeometry", "BatchGeometryError", "compute_batch_geometry"),
+    ".policy_update.loss": ("per_token_policy_loss",),
+    ".rewards": ("get_reward_funcs", "register_reward"),
+    ".rewards.dapo": ("dapo_score",),
+    ".rewards.open_rs": ("OpenRSAccuracy", "OpenRSCosineAsRun"),
 }
-__all__ = [
-    "BatchGeometry",
-    "BatchGeometryError",
-    "GRPORunConfig",
-    "GRPORunTrainer",
-    "JustRLConfig",
-    "JustRLTrainer",
-    "OpenRSAccuracy",
-    "OpenRSCosineAsRun",
-    "RunConfig",
-    "compute_batch_geometry",
-    "dapo_score",
-    "get_reward_funcs",
-    "per_token_policy_loss",
-    "register_reward",
-]
-
-if TYPE_CHECKING:
-    from .config import GRPORunConfig, JustRLConfig, RunConfig
-    from .geometry import BatchGeometry, BatchGeometryError, compute_batch_geometry
-    from .loss import per_token_policy_loss
-    from .rewards import OpenRSAccuracy, OpenRSCosineAsRun, dapo_score, get_reward_funcs, register_reward
-    from .trainer import GRPORunTrainer, JustRLTrainer
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE_OF)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name not in _MODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_MODULE_OF))

@@ -20,8 +20,9 @@ from transformers.trainer_utils import SaveStrategy
 from trl import GRPOConfig
 from trl.import_utils import is_vllm_available
 
-from .activation_memory import checkpointing_setting
-from .geometry import (
+from .evaluation.validation import ValidationSettings
+from .policy_update.activation_memory import checkpointing_setting
+from .policy_update.geometry import (
     BatchGeometry,
     BatchGeometryError,
     compute_batch_geometry,
@@ -29,11 +30,11 @@ from .geometry import (
     rollout_context,
     server_context,
 )
-from .padding_free.packing import check_packing_backend
+from .policy_update.packing import check_packing_backend
 from .reporting.health import HealthMonitorSettings
-from .rewards import DapoRewardSettings, OpenRSRewardSettings
+from .rewards.dapo import DapoRewardSettings
+from .rewards.open_rs import OpenRSRewardSettings
 from .setting_roles import fixed_settings
-from .validation import ValidationSettings
 
 WEIGHT_TRANSPORTS = ("auto", "nccl", "disk")  # how updated weights reach a vLLM server (generation/client.py)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset, concatenate_datasets, load_dataset
 
-from .grading.answers import DataError as DataError  # re-exported: the data errors users catch
-from .grading.answers import row_ground_truth, row_namer
+from .data_errors import DataError, row_namer
+from .grading.answers import row_ground_truth
 from .prompts import PROMPT_SUFFIX as PROMPT_SUFFIX  # re-exported: the recipe's suffix
 from .prompts import with_suffix
 

@@ -18,9 +18,9 @@ import yaml
 from trl import ModelConfig, ScriptArguments, TrlParser
 
 from .config import RunConfig
-from .credentials import refuse_secrets
 from .data import DEFAULT_DATASET
 from .recipes import find_recipe
+from .run_services.credentials import refuse_secrets
 from .setting_roles import LAYOUT_KEYS
 from .trainer import DEFAULT_REWARDS, DEFAULT_TRAINER, TRAINERS
 

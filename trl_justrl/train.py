@@ -24,25 +24,32 @@ from transformers.trainer_utils import IntervalStrategy
 from transformers.utils import is_bitsandbytes_available
 from trl import ModelConfig, get_peft_config, get_quantization_config
 
-from .checkpoints import CheckpointError, CheckpointWriteError, check_resumable, find_resumable, incomplete_reason
 from .config import RunConfig
-from .data import SYNTHETIC, DataError, PromptLengthFilter, load_training_data, looks_local
+from .data import SYNTHETIC, PromptLengthFilter, load_training_data, looks_local
+from .data_errors import DataError
 from .generation.client import VLLMServerLost
 from .generation.server_checks import VLLMServerUnavailable
 from .models import resolve_model
-from .preemption import EXIT_REQUEUE
 from .recipe_reader import JustRLScriptArguments, parse_args
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
-from .resume import (
+from .rewards import reward_source
+from .run_services.checkpoints import (
+    CheckpointError,
+    CheckpointWriteError,
+    check_resumable,
+    find_resumable,
+    incomplete_reason,
+)
+from .run_services.preemption import EXIT_REQUEUE
+from .run_services.resume import (
     ResumeSettingsError,
     check_resume_settings,
     finish_from_checkpoint,
     finished_message,
     write_finished,
 )
-from .rewards import reward_source
-from .run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
+from .run_services.run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
 from .trainer import TRAINERS, GRPORunTrainer, check_enough_prompts, load_processing_class
 
 logger = logging.getLogger("trl_justrl")

@@ -22,25 +22,26 @@ from transformers import AutoConfig, AutoProcessor, PreTrainedModel
 from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
 from trl import GRPOTrainer
 
-from .activation_memory import AUTO, resolve_auto_checkpointing
-from .checkpoints import failed_save, write_marker
 from .config import GRPORunConfig, JustRLConfig, RunConfig, fixed_objective
-from .data import DataError, PromptLengthFilter, looks_local
-from .forwards import PolicyForwardTap
+from .data import PromptLengthFilter, looks_local
+from .data_errors import DataError
+from .evaluation.validation import ValidationCallback
 from .generation.client import ServedGeneration, served_generation
 from .generation.server_checks import SyncWatchdog, check_vllm_server
-from .loss import dual_clip_mask
 from .models import resolve_model
-from .padding_free import PaddingFreeUpdates
-from .preemption import GracefulStop
+from .policy_update.activation_memory import AUTO, resolve_auto_checkpointing
+from .policy_update.forwards import PolicyForwardTap
+from .policy_update.loss import dual_clip_mask
+from .policy_update.padding_free import PaddingFreeUpdates
 from .reporting.budget import DiskBudget, TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
 from .reporting.summary import VLLM_PREFIX
-from .resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .rewards import resolve_reward
+from .run_services.checkpoints import failed_save, write_marker
+from .run_services.preemption import GracefulStop
+from .run_services.resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .trl_internals import check_internals, checkpoints_kept, name_local_base_model, trl_metrics
-from .validation import ValidationCallback
 
 logger = logging.getLogger(__name__)
 

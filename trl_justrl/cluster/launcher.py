@@ -17,10 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from ..credentials import refuse_secrets
-from ..preemption import EXIT_REQUEUE, adopt_orphans, adopted_children, forwarding_signals
 from ..recipes import add_config_option, config_option
-from ..run_folder import alive
+from ..run_services.credentials import refuse_secrets
+from ..run_services.preemption import EXIT_REQUEUE, adopt_orphans, adopted_children, forwarding_signals
+from ..run_services.run_folder import alive
 from .plan import (
     DEFAULT_ACCELERATE_CONFIG,
     DEFAULT_MAIN_PORT,

@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from transformers.trainer_utils import SaveStrategy
 
-from ..geometry import (
+from ..policy_update.geometry import (
     BatchGeometry,
     BatchGeometryError,
     PromptBatch,
@@ -29,7 +29,7 @@ from ..geometry import (
     rollout_context,
     server_context,
 )
-from ..padding_free.packing import check_packing_backend
+from ..policy_update.packing import check_packing_backend
 from ..recipes import add_config_option, config_option, find_accelerate_config, find_recipe
 from ..reporting.budget import (
     PLANNING_BYTES_PER_PARAMETER,

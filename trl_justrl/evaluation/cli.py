@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks.registry import BenchmarkError, get_benchmark, load_problems
-from ..benchmarks.sampling import SamplingSettings
 from ..generation.server_checks import VLLMServerUnavailable
 from ..models import resolve_model
-from ..preemption import forwarding_signals
-from ..run_folder import FolderLock, FolderLocked
-from .protocols import DEFAULT_PROTOCOL, PROTOCOLS
+from ..run_services.preemption import forwarding_signals
+from ..run_services.run_folder import FolderLock, FolderLocked
+from .problem_sets import BenchmarkError, get_benchmark, load_problems
+from .protocols import DEFAULT_PROTOCOL, ProtocolError, load_protocol, shipped_protocols
 from .runner import VERIFIERS, EvalOptions, format_report, run_evaluation
+from .sampling import SamplingSettings
 
 
 def snake_case_as_kebab(argv: Sequence[str]) -> list[str]:
@@ -37,10 +37,10 @@ def snake_case_as_kebab(argv: Sequence[str]) -> list[str]:
 def build_parser(prog: str = "python -m trl_justrl.evaluation") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__)
     p.add_argument("--model", required=True, help="Hub id, local checkpoint, or 'smollm2-135m-instruct'.")
-    p.add_argument("--protocol", choices=list(PROTOCOLS), default=DEFAULT_PROTOCOL,
-                   help="justrl: nine benchmarks, avg@N (N 4 or 32), temperature 0.7, top-p 0.9, 31,744 tokens; "
-                   "open-rs: five benchmarks, pass@1 (1 sample), temperature 0.6, top-p 0.95, 32,768 tokens, "
-                   "its prompt. The flags below override the protocol's values.")
+    p.add_argument("--protocol", default=DEFAULT_PROTOCOL,
+                   help=f"a shipped protocol ({', '.join(shipped_protocols())}; evaluation/protocols/*.yaml) or a "
+                   "protocol YAML file. justrl: nine benchmarks, avg@N (N 4 or 32); open-rs: five benchmarks, "
+                   "pass@1, its prompt. The flags below override the protocol's values.")
     p.add_argument("--benchmarks", nargs="+", default=None, help="Default: the protocol's benchmarks.")
     p.add_argument("--data-dir", help="Folder laid out as <benchmark>/test.parquet; default: load from the Hub.")
     p.add_argument("--n", type=int, help="Samples per problem for every benchmark (default: the protocol's: JustRL "
@@ -81,7 +81,7 @@ def server_backend(model: str, url: str, timeout_s: float) -> Any:
     from transformers import AutoTokenizer
 
     from ..generation.client import ServerClient
-    from ..validation import ServerSampler
+    from .validation import ServerSampler
 
     client = ServerClient(url, connection_timeout=timeout_s)
     served = client.model
@@ -138,7 +138,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
         if value is not None and value < 1:
             print(f"error: --{name.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
             return 2
-    protocol = PROTOCOLS[args.protocol]
+    try:
+        protocol = load_protocol(args.protocol)
+    except ProtocolError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     def chosen(value, default):
         return default if value is None else value
@@ -159,11 +163,11 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
         if args.backend == "vllm-server":
             return server_backend(model, args.server_url, args.server_timeout)
         if args.backend == "vllm":
-            from trl_justrl.benchmarks.sampling import VLLMBackend
+            from trl_justrl.evaluation.sampling import VLLMBackend
 
             return VLLMBackend(model, tensor_parallel_size=args.tensor_parallel_size,
                                gpu_memory_utilization=args.gpu_memory_utilization, dtype=args.dtype)
-        from trl_justrl.benchmarks.sampling import TransformersBackend
+        from trl_justrl.evaluation.sampling import TransformersBackend
 
         return TransformersBackend.from_pretrained(model, dtype=args.dtype)
 

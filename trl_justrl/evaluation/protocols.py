@@ -1,16 +1,26 @@
-"""Evaluation protocols: each paper's benchmarks, samples per problem, sampling settings, prompt and table.
+"""Evaluation protocols: each paper's benchmarks, samples per problem, sampling settings, prompt and table, as YAML
+files in `protocols/` (`evaluation/protocols` at the top of a checkout points there).
 
-`justrl` (the default): nine benchmarks, avg@N (N = 4 or 32), temperature 0.7, top-p 0.9, 31,744 new tokens, the
-problem plus the recipe suffix. `open-rs` (lighteval, zero-shot): five benchmarks, pass@1, temperature 0.6, top-p
-0.95, 32,768 new tokens, its lighteval math prompt. Explicit flags (`--n`, `--temperature`, ...) override them.
+`--protocol justrl` (the default) and `--protocol open-rs` name the shipped files; `--protocol path/to/own.yaml`
+reads another. Explicit flags (`--n`, `--temperature`, ...) override a protocol's values.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from pathlib import Path
 
-from ..benchmarks.sampling import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+import yaml
+
 from .table import JUSTRL_TABLE, OPEN_RS_TABLE, ReferenceTable
+
+FOLDER = Path(__file__).resolve().parent / "protocols"
+TABLES: dict[str, ReferenceTable] = {"justrl": JUSTRL_TABLE, "open-rs": OPEN_RS_TABLE}
+DEFAULT_PROTOCOL = "justrl"
+
+
+class ProtocolError(ValueError):
+    """A protocol file that cannot be used (the message names the file and the field)."""
 
 
 @dataclass(frozen=True)
@@ -28,28 +38,47 @@ class EvalProtocol:
     metric: str  # how the table's numbers are named
 
 
-PROTOCOLS: dict[str, EvalProtocol] = {
-    "justrl": EvalProtocol(
-        name="justrl",
-        benchmarks=JUSTRL_TABLE.columns,
-        n=None,  # RECIPE: 4 for MATH-500, Minerva, OlympiadBench; 32 for the small sets
-        max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-        temperature=DEFAULT_TEMPERATURE,
-        top_p=DEFAULT_TOP_P,
-        prompt_style="justrl",
-        table=JUSTRL_TABLE,
-        metric="avg@N",
-    ),
-    "open-rs": EvalProtocol(
-        name="open-rs",
-        benchmarks=OPEN_RS_TABLE.columns,  # RECIPE (Open-RS): AIME24, MATH-500, AMC23, Minerva, OlympiadBench
-        n=1,  # RECIPE (Open-RS): zero-shot pass@1, one sample per problem
-        max_new_tokens=32768,  # RECIPE (Open-RS): up to 32,768 new tokens
-        temperature=0.6,  # RECIPE (Open-RS): temperature 0.6
-        top_p=0.95,  # RECIPE (Open-RS): top-p 0.95
-        prompt_style="open-rs",
-        table=OPEN_RS_TABLE,
-        metric="pass@1",
-    ),
-}
-DEFAULT_PROTOCOL = "justrl"
+def shipped_protocols() -> list[str]:
+    return sorted(p.stem for p in FOLDER.glob("*.yaml"))
+
+
+def load_protocol(name_or_path: str | Path) -> EvalProtocol:
+    """The protocol a shipped name or a YAML path gives; ProtocolError naming the file and field otherwise."""
+    from ..prompts import PROMPT_STYLES
+
+    path = Path(name_or_path)
+    if not path.is_file():
+        path = FOLDER / f"{Path(str(name_or_path)).stem}.yaml"
+        if not path.is_file():
+            raise ProtocolError(f"No evaluation protocol {str(name_or_path)!r}: give a YAML file or one of "
+                                f"{shipped_protocols()}.")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ProtocolError(f"{path}: not YAML ({err}).") from err
+    expected = {f.name for f in fields(EvalProtocol)} - {"name"}
+    if not isinstance(values, dict) or set(values) != expected:
+        got = set(values) if isinstance(values, dict) else set()
+        raise ProtocolError(f"{path}: a protocol gives exactly {sorted(expected)}; missing {sorted(expected - got)}, "
+                            f"unknown {sorted(got - expected)}.")
+    checks = {
+        "benchmarks": isinstance(values["benchmarks"], list) and all(isinstance(b, str) for b in values["benchmarks"]),
+        "n": values["n"] is None or (isinstance(values["n"], int) and values["n"] >= 1),
+        "max_new_tokens": isinstance(values["max_new_tokens"], int) and values["max_new_tokens"] >= 1,
+        "temperature": isinstance(values["temperature"], (int, float)) and values["temperature"] >= 0,
+        "top_p": isinstance(values["top_p"], (int, float)) and 0 < values["top_p"] <= 1,
+        "prompt_style": values["prompt_style"] in PROMPT_STYLES,
+        "table": values["table"] in TABLES,
+        "metric": isinstance(values["metric"], str),
+    }
+    wrong = [f"{name} = {values[name]!r}" for name, ok in checks.items() if not ok]
+    if wrong:
+        raise ProtocolError(f"{path}: {'; '.join(wrong)} (benchmarks: a list of names; n: null or >= 1; "
+                            f"temperature >= 0; top_p in (0, 1]; prompt_style one of {list(PROMPT_STYLES)}; table "
+                            f"one of {sorted(TABLES)}).")
+    return EvalProtocol(name=path.stem, **{**values, "benchmarks": tuple(values["benchmarks"]),
+                                           "temperature": float(values["temperature"]),
+                                           "top_p": float(values["top_p"]), "table": TABLES[values["table"]]})
+
+
+PROTOCOLS: dict[str, EvalProtocol] = {name: load_protocol(name) for name in shipped_protocols()}

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..benchmarks.registry import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
-from ..benchmarks.sampling import Backend, Sample, SamplingSettings
 from ..grading.grader import grade_many
+from .problem_sets import BENCHMARKS, Benchmark, BenchmarkError, Problem, get_benchmark, load_problems
+from .sampling import Backend, Sample, SamplingSettings
 from .stats import BenchmarkStats, compute_stats
 from .store import GenerationStore, read_json, write_json_atomic
 from .table import JUSTRL_TABLE, ReferenceTable, render_table

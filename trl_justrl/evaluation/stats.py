@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from ..benchmarks.sampling import Sample
 from ..grading.grader import extract_answer
+from .sampling import Sample
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks.sampling import Sample
+from .sampling import Sample
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,4 @@
-"""Answers: the last `\\boxed{...}` of a response, a row's ground truth in the verl or plain data layout, and how a
-data error names its row.
+"""Answers: the last `\\boxed{...}` of a response and a row's ground truth in the verl or plain data layout.
 
 Training (the strict DAPO reward, the data loaders) and evaluation (the grader, the benchmark loader) read answers
 the same way, through this module.
@@ -7,32 +6,11 @@ the same way, through this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from ..data_errors import DataError
+
 BOX_OPENER = "\\boxed{"
-
-
-class DataError(ValueError):
-    """A data problem, with the source, row and field it concerns."""
-
-
-def row_namer(source: str) -> Callable[[int], str]:
-    """How errors name the row at a 0-based index of `source`: `file.jsonl: line 5` (the 1-based line in the file,
-    blank lines counted), `file.json: element 5 of the JSON array` / `file.parquet: row 5 (counted from 1)` where the
-    file has no line per row, `name: dataset[4]` for a Hub or built-in data set (as Python indexes it)."""
-    file = Path(source)
-    if not file.is_file():
-        return lambda index: f"{source}: dataset[{index}]"
-    if file.suffix == ".parquet":
-        return lambda index: f"{source}: row {index + 1} (counted from 1)"
-    with file.open("rb") as f:
-        raw = f.read()
-    if raw.lstrip()[:1] == b"[":
-        return lambda index: f"{source}: element {index + 1} of the JSON array"
-    lines = [number for number, line in enumerate(raw.splitlines(), start=1) if line.strip()]
-    return lambda index: f"{source}: line {lines[index] if index < len(lines) else index + 1}"
 
 
 def last_boxed_content(text: str) -> str | None:

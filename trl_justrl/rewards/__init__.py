@@ -1,7 +1,8 @@
 """Reward functions by name: the one registry recipes refer to (`reward_funcs: [dapo_strict]`).
 
 `REWARDS` maps each name to a builder `(args, processing_class) -> TRL reward function`; rewards without settings
-ignore both. `register_reward` adds a user's own reward to the same table.
+ignore both. `register_reward` adds a user's own reward to the same table. The rewards themselves live in `dapo`
+(JustRL's and its ablations') and `open_rs`; `inputs` is what TRL hands a reward.
 """
 
 from __future__ import annotations
@@ -14,27 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..grading.answers import BOX_OPENER, last_boxed_content  # for reward writers
 from . import dapo, open_rs
-from .dapo import (
-    DapoOverlongPenalty,
-    DapoRewardSettings,
-    RobustMathVerifier,
-    Verdict,
-    dapo_score,
-    dapo_strict,
-    dapo_verify,
-    overlong_penalty,
-)
-from .inputs import RewardFunc, completion_text
-from .open_rs import (
-    CosineScaledAccuracy,
-    OpenRSAccuracy,
-    OpenRSCosineAsRun,
-    OpenRSRewardSettings,
-    cosine_scaled_reward,
-    open_rs_format,
-)
+from .inputs import RewardFunc
 
 RewardBuilder = Callable[[Any, Any], RewardFunc]
 
@@ -51,11 +33,11 @@ class _Fixed:
 
 REWARDS: dict[str, RewardBuilder] = {
     # JustRL's reward (the recipe's default) and the paper's two ablations
-    "dapo_strict": _Fixed(dapo_strict),
+    "dapo_strict": _Fixed(dapo.dapo_strict),
     "dapo_overlong_penalty": dapo.overlong_penalty_from_config,
     "robust_math": dapo.robust_math_from_config,
     # Open-RS: as it ran, and the corrected cosine
-    "open_rs_format": _Fixed(open_rs_format),
+    "open_rs_format": _Fixed(open_rs.open_rs_format),
     "open_rs_accuracy": open_rs.open_rs_accuracy_from_config,
     "open_rs_cosine_as_run": open_rs.open_rs_cosine_as_run_from_config,
     "open_rs_cosine": open_rs.open_rs_cosine_from_config,
@@ -174,28 +156,5 @@ def get_reward_funcs(names: Sequence[str] | str, args: Any = None, processing_cl
     return funcs
 
 
-__all__ = [
-    "BOX_OPENER",
-    "REWARDS",
-    "CosineScaledAccuracy",
-    "DapoOverlongPenalty",
-    "DapoRewardSettings",
-    "OpenRSAccuracy",
-    "OpenRSCosineAsRun",
-    "OpenRSRewardSettings",
-    "RobustMathVerifier",
-    "Verdict",
-    "available_rewards",
-    "completion_text",
-    "cosine_scaled_reward",
-    "dapo_score",
-    "dapo_strict",
-    "dapo_verify",
-    "get_reward_funcs",
-    "last_boxed_content",
-    "open_rs_format",
-    "overlong_penalty",
-    "register_reward",
-    "resolve_reward",
-    "reward_source",
-]
+__all__ = ["REWARDS", "TRL_REWARDS", "available_rewards", "get_reward_funcs", "register_reward", "resolve_reward",
+           "reward_source"]

@@ -18,7 +18,7 @@ from typing import Any
 from latex2sympy2_extended import NormalizationConfig
 from math_verify import LatexExtractionConfig, parse, verify
 
-from ..grading.answers import DataError
+from ..data_errors import DataError
 from ..grading.grader import math_verify_timeout
 from .inputs import as_int, completion_lengths, completion_text, grade_texts, grader_timeout, ground_truths, setting
 

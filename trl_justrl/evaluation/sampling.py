@@ -10,14 +10,20 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
-from ..prompts import eval_messages
-from .registry import Problem
+import yaml
 
-DEFAULT_MAX_NEW_TOKENS = 31744  # RECIPE: up to 32K context (31,744 new tokens)
-DEFAULT_TEMPERATURE = 0.7  # RECIPE: evaluation sampling temperature
-DEFAULT_TOP_P = 0.9  # RECIPE: evaluation top-p
+from ..prompts import eval_messages
+from .problem_sets import Problem
+
+# The JustRL evaluation protocol's sampling (protocols/justrl.yaml, where its numbers and their source are written):
+# the defaults of every sampling, validation's included.
+_JUSTRL = yaml.safe_load((Path(__file__).resolve().parent / "protocols" / "justrl.yaml").read_text())
+DEFAULT_MAX_NEW_TOKENS: int = _JUSTRL["max_new_tokens"]
+DEFAULT_TEMPERATURE: float = _JUSTRL["temperature"]
+DEFAULT_TOP_P: float = _JUSTRL["top_p"]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Benchmark: grading rate of `grade_answer` on one core and of `grade_many` on all cores, on a realistic mix.
 
-    python benchmarks/grading.py --data-dir DIR [--repeat 2] [--processes N]
+    python benchmarks/grader_speed.py --data-dir DIR [--repeat 2] [--processes N]
 
 DIR holds the nine `<benchmark>/test.parquet` files as released (e.g. the `data/` folder of github.com/thunlp/JustRL).
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     args = parser.parse_args(argv)
 
-    from trl_justrl.benchmarks.registry import BENCHMARKS, load_problems
+    from trl_justrl.evaluation.problem_sets import BENCHMARKS, load_problems
     from trl_justrl.grading.grader import grade_answer, grade_many
 
     items = []

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .setting_roles import role_of
+from ..setting_roles import role_of
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from trl import GRPOTrainer
 
 from trl_justrl import JustRLTrainer
 from trl_justrl.data import load_training_data
-from trl_justrl.padding_free.trimming import group_by_length, real_extent
+from trl_justrl.policy_update.trimming import group_by_length, real_extent
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,7 @@ def test_old_log_probs_are_computed_for_every_update_but_the_first(tmp_path, tin
 def test_trls_old_log_prob_pass_is_the_one_skipped_forward(tmp_path, tiny_model_path, tiny_config, monkeypatch):
     """While TRL scores a generation batch, the one policy forward JustRLTrainer skips is TRL's old-log-prob pass:
     made without gradients over the whole generation batch, and TRL's output then carries no old log-probs."""
-    from trl_justrl.forwards import PolicyForwardTap
+    from trl_justrl.policy_update.forwards import PolicyForwardTap
 
     taps = []
 
@@ -173,7 +173,7 @@ def test_trls_old_log_prob_pass_is_the_one_skipped_forward(tmp_path, tiny_model_
             taps.append(self)
             return super().__exit__(*exc)
 
-    monkeypatch.setattr("trl_justrl.padding_free.updates.PolicyForwardTap", RecordingTap)
+    monkeypatch.setattr("trl_justrl.policy_update.padding_free.PolicyForwardTap", RecordingTap)
     outputs = []
     original = GRPOTrainer._generate_and_score_completions
 

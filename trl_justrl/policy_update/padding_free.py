@@ -9,7 +9,6 @@ from typing import Any
 import torch
 from trl.models.utils import disable_gradient_checkpointing
 
-from ..forwards import PolicyForwardTap
 from ..trl_internals import (
     add_step_time,
     buffered_micro_batches,
@@ -17,6 +16,7 @@ from ..trl_internals import (
     position_in_buffer,
     set_buffered_micro_batches,
 )
+from .forwards import PolicyForwardTap
 from .packing import check_packing_backend, enable_packing, forward_packed, plan_packs, row_extents, row_tokens
 from .trimming import forward_trimmed, group_by_length, take_rows
 

@@ -21,8 +21,12 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models.utils import unwrap_model_for_generation
 
-from .benchmarks.registry import Problem, get_benchmark, load_problems
-from .benchmarks.sampling import (
+from ..generation.client import ServedGeneration, VLLMServerLost
+from ..grading.grader import math_verify_timeout
+from ..prompts import VALIDATION_STYLE, eval_messages
+from ..trl_internals import mark_vllm_sleeping, mark_vllm_synced, trl_metrics, vllm_holds_step
+from .problem_sets import Problem, get_benchmark, load_problems
+from .sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
@@ -31,10 +35,6 @@ from .benchmarks.sampling import (
     TransformersBackend,
     problem_seed,
 )
-from .generation.client import ServedGeneration, VLLMServerLost
-from .grading.grader import math_verify_timeout
-from .prompts import VALIDATION_STYLE, eval_messages
-from .trl_internals import mark_vllm_sleeping, mark_vllm_synced, trl_metrics, vllm_holds_step
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """How often the grader accepts right answers in other forms and rejects wrong ones, on the nine benchmarks' answers.
 
-    python benchmarks/grading_accuracy.py --data-dir DIR [--processes N] [--json PATH]
+    python benchmarks/grader_accuracy.py --data-dir DIR [--processes N] [--json PATH]
 
 DIR holds the nine `<benchmark>/test.parquet` files as released (e.g. the `data/` folder of github.com/thunlp/JustRL).
 For every released ground truth, `labelled_answers` writes the forms a model boxes, each labelled right or wrong by
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the full result (every miss) here")
     args = parser.parse_args(argv)
 
-    from trl_justrl.benchmarks.registry import BENCHMARKS, load_problems
+    from trl_justrl.evaluation.problem_sets import BENCHMARKS, load_problems
 
     cases = [(benchmark.name, problem.ground_truth, problem.problem)
              for benchmark in BENCHMARKS.values() for problem in load_problems(benchmark, args.data_dir)]

@@ -8,7 +8,8 @@ from typing import Any
 
 from datasets import Dataset, load_dataset
 
-from ..grading.answers import DataError, row_ground_truth, row_namer
+from ..data_errors import DataError, row_namer
+from ..grading.answers import row_ground_truth
 
 
 @dataclass(frozen=True)
