@@ -123,7 +123,7 @@ def environment(device: str) -> dict:
     if device == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda, but torch sees no GPU")
-        from trl_justrl.policy_update.padding_free import packing
+        from trl_justrl.policy_update import packing
 
         props = torch.cuda.get_device_properties(0)
         with torch.autocast("cuda", dtype=torch.bfloat16):  # as training runs: float32 queries under autocast

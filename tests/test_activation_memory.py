@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from trl_justrl import activation_memory as am
+from trl_justrl.policy_update import activation_memory as am
 
 
 def saved_bytes(config, tokens: int, dtype: torch.dtype, checkpointing: bool) -> int:

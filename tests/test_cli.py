@@ -14,6 +14,7 @@ from test_train_script import check_outputs, run, write_recipe
 
 from trl_justrl.cli import COMMANDS, main
 from trl_justrl.evaluation.cli import snake_case_as_kebab
+from trl_justrl.evaluation.protocols import shipped_protocols
 from trl_justrl.recipe_reader import with_recipe_file
 from trl_justrl.recipes import find_accelerate_config, find_recipe, shipped_accelerate_configs, shipped_recipes
 
@@ -85,6 +86,7 @@ def test_the_wheel_ships_recipes_configs_and_the_command(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"trl_justrl/recipes/{r}.yaml" for r in shipped_recipes()} <= set(names)
     assert {f"trl_justrl/recipes/accelerate/{c}.yaml" for c in shipped_accelerate_configs()} <= set(names)
+    assert {f"trl_justrl/evaluation/protocols/{p}.yaml" for p in shipped_protocols()} <= set(names)
     assert all(name.startswith(("trl_justrl/", "trl_justrl-")) for name in names)  # no generic top-level module
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "trl-justrl = trl_justrl.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -22,8 +22,8 @@ def _read_by(run) -> RecipeSettings:
 
 @pytest.mark.parametrize("name", shipped_recipes())
 def test_every_subcommand_reads_a_recipe_to_the_same_settings(name, monkeypatch, capsys):
-    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same on any machine this test runs on
-    # training's own path, with the two flags a tool that does not train adds (trackers, a machine without a GPU)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # serve's device: the same on any machine
+    # training's own path, with the two flags a tool that does not train adds (no tracker checks, no GPU touched)
     script, training, model = parse_args(["--config", name, "--use_cpu", "true", "--report_to", "none"])
     expected = (script.trainer, model.model_name_or_path, training.to_dict())
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from accelerate.utils import parse_flag_from_env
@@ -498,5 +498,5 @@ class JustRLConfig(RunConfig):
 def fixed_objective() -> dict[str, Any]:
     """The only values JustRLTrainer accepts for the settings `setting_roles` marks `fixed` (the JustRL objective):
     JustRLConfig's defaults. TRL's two-sided clip `delta` is the dual-clip constant, set from `clip_ratio_c`."""
-    defaults = {f.name: f.default for f in fields(JustRLConfig)}
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(JustRLConfig)}
     return {name: defaults[name] for name in fixed_settings()}

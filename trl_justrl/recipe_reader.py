@@ -145,9 +145,9 @@ class RecipeSettings:
 
 def read_recipe(argv: Sequence[str], prog: str | None = None, *, to_train: bool = True) -> RecipeSettings:
     """`[--config NAME_OR_PATH] [--key value ...]` as the run's settings. `to_train=False` reads it for a tool that
-    does not train on this machine (plan, launch, serve): trackers are not checked (`report_to none`) and, on a
-    machine without CUDA, the recipe is read as if `use_cpu` were set (transformers refuses bf16 there otherwise);
-    the command line still overrides both."""
+    does not train on this machine (plan, launch, serve): trackers are not checked (`report_to none`) and the recipe
+    is read as if `use_cpu` were set, so no GPU is touched (the launcher stays alive beside the training processes)
+    and a machine without one reads a bf16 recipe; the command line still overrides both."""
     refuse_secrets(argv)
     # gradient_checkpointing also takes "auto", so HfArgumentParser no longer makes its boolean --no_ flag
     argv = [part for arg in argv for part in (
@@ -155,9 +155,7 @@ def read_recipe(argv: Sequence[str], prog: str | None = None, *, to_train: bool 
     argv = with_recipe_file(argv)
     given = {arg[2:].split("=", 1)[0] for arg in argv if arg.startswith("--")} - {"config"}
     if not to_train:
-        import torch
-
-        argv = [*(["--use_cpu", "true"] if not torch.cuda.is_available() else []), "--report_to", "none", *argv]
+        argv = ["--use_cpu", "true", "--report_to", "none", *argv]
     values = recipe_values(argv)
     refuse_secrets(recipe=values, where="the recipe")
     parser = make_parser(argv, prog)

@@ -89,8 +89,9 @@ def is_hub_id(name: str | None) -> bool:
 
 
 def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> None:
-    """Refuse a map-style training set smaller than one training step, before the model loads: TRL's sampler drops
-    an incomplete generation batch, so transformers would train 0 steps and save the untrained model."""
+    """Refuse a map-style training set smaller than one training step (in `train()`, and in the command line's
+    pre-flight before the model loads): TRL's sampler drops an incomplete generation batch, so transformers would
+    train 0 steps and save the untrained model."""
     if not isinstance(dataset, Dataset):
         return
     needed = args.generation_batch_size // args.num_generations  # distinct prompts per generation batch, all processes

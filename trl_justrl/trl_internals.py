@@ -26,7 +26,8 @@ class TRLInternalsChanged(RuntimeError):
 class Internal:
     owner: str  # module, or module:Class
     name: str
-    kind: str  # method | attribute (set in the owner's code as self.<name>) | module name | template text
+    kind: str  # method | class attribute | attribute (set in the owner's code as self.<name>) | module name |
+    # template text
     used_by: str
 
     def present(self) -> bool:
@@ -70,6 +71,8 @@ INTERNALS: tuple[Internal, ...] = (
     Internal(GRPO, "_tag_names", "class attribute", "trainer.py: the model card's tags"),
     Internal("trl.trainer.grpo_trainer", "VLLMGeneration", "module name",
              "generation/client.py: the backend GRPOTrainer's constructor builds (the disk weight transport)"),
+    Internal(VLLM_GENERATION, "_init_vllm", "method",
+             "generation/client.py: the disk transport's client is built where TRL builds its own"),
     Internal(VLLM_GENERATION, "_iter_named_params", "method",
              "generation/client.py: the weights to send, gathered and merged as TRL does"),
     Internal(VLLM_GENERATION, "_llm_weights_sleeping", "attribute",

@@ -38,6 +38,10 @@ class EvalProtocol:
     metric: str  # how the table's numbers are named
 
 
+def _number(value: object, kinds: type | tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)  # YAML's true is not a count
+
+
 def shipped_protocols() -> list[str]:
     return sorted(p.stem for p in FOLDER.glob("*.yaml"))
 
@@ -48,10 +52,11 @@ def load_protocol(name_or_path: str | Path) -> EvalProtocol:
 
     path = Path(name_or_path)
     if not path.is_file():
-        path = FOLDER / f"{Path(str(name_or_path)).stem}.yaml"
-        if not path.is_file():
-            raise ProtocolError(f"No evaluation protocol {str(name_or_path)!r}: give a YAML file or one of "
+        shipped = FOLDER / f"{path.stem}.yaml"
+        if path.parent != Path(".") or not shipped.is_file():  # a path that is not there is not a shipped name
+            raise ProtocolError(f"No evaluation protocol {str(name_or_path)!r}: give an existing YAML file or one of "
                                 f"{shipped_protocols()}.")
+        path = shipped
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -63,10 +68,10 @@ def load_protocol(name_or_path: str | Path) -> EvalProtocol:
                             f"unknown {sorted(got - expected)}.")
     checks = {
         "benchmarks": isinstance(values["benchmarks"], list) and all(isinstance(b, str) for b in values["benchmarks"]),
-        "n": values["n"] is None or (isinstance(values["n"], int) and values["n"] >= 1),
-        "max_new_tokens": isinstance(values["max_new_tokens"], int) and values["max_new_tokens"] >= 1,
-        "temperature": isinstance(values["temperature"], (int, float)) and values["temperature"] >= 0,
-        "top_p": isinstance(values["top_p"], (int, float)) and 0 < values["top_p"] <= 1,
+        "n": values["n"] is None or (_number(values["n"], int) and values["n"] >= 1),
+        "max_new_tokens": _number(values["max_new_tokens"], int) and values["max_new_tokens"] >= 1,
+        "temperature": _number(values["temperature"], (int, float)) and values["temperature"] >= 0,
+        "top_p": _number(values["top_p"], (int, float)) and 0 < values["top_p"] <= 1,
         "prompt_style": values["prompt_style"] in PROMPT_STYLES,
         "table": values["table"] in TABLES,
         "metric": isinstance(values["metric"], str),

@@ -83,10 +83,10 @@ class DapoRewardSettings:
         metadata={"help": "Reward `dapo_overlong_penalty`: the penalty at max_completion_length is -factor."},
     )
     robust_verifier_timeout_s: int | None = field(
-        default=None,  # the grader's own limit (trl_justrl.grading.DEFAULT_TIMEOUT_S): training and evaluation alike
+        default=None,  # the grader's own limit (grading.grader.DEFAULT_TIMEOUT_S): training and evaluation alike
         metadata={
             "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to each math-verify parse and each "
-            "comparison of one response, in any thread. Null: trl_justrl.grading.DEFAULT_TIMEOUT_S."
+            "comparison of one response, in any thread. Null: trl_justrl.grading.grader.DEFAULT_TIMEOUT_S."
         },
     )
 
@@ -165,7 +165,7 @@ def overlong_penalty_from_config(args: Any, processing_class: Any = None) -> Dap
 class RobustMathVerifier:
     """TRL reward: +1.0 / -1.0 from the evaluation's rule-based grader instead of strict DAPO matching.
 
-    `trl_justrl.grading.grade_answer`: the last `\\boxed{}` anywhere in the response, symbolic equivalence with
+    `trl_justrl.grading.grader.grade_answer`: the last `\\boxed{}` anywhere in the response, symbolic equivalence with
     math-verify (`\\frac{1}{2}` = `0.5`), the grader's policy on lists, order, bases and units; each parse and
     comparison limited to `timeout_s` seconds. Logs `accuracy` and the predictions, as dapo_strict does: use one of
     the two.

@@ -99,7 +99,7 @@ def prompt_text(prompt: Any) -> str | None:
 
 def grade_texts(texts: Sequence[str], truths: Sequence[str], timeout_s: int, prompts: Sequence[Any] | None
                 ) -> list[bool]:
-    """The project's grader (`trl_justrl.grading.grade_answer`, the evaluation's code too) on each response; its
+    """The project's grader (`trl_justrl.grading.grader.grade_answer`, the evaluation's code too) on each response; its
     time limit holds in any thread (TRL may run reward functions in threads)."""
     problems = [prompt_text(p) for p in prompts] if prompts is not None else [None] * len(texts)
     triples = zip(texts, truths, problems, strict=True)

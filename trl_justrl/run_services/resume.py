@@ -4,9 +4,10 @@ Every checkpoint holds `run_settings.json` (the run config as `to_dict()` writes
 the reward names). A resume compares the new settings with it: a change of the objective, the batch geometry or the
 learning-rate schedule is refused, listing each difference, unless `resume_allow_changes` is set (then the changes
 are logged and recorded in `resume_changes.json`, which the model card lists); any other change (logging, output,
-reporting, saving) passes with a log line. A run that trained to `max_steps` (also one stopped by a signal in its
-last update) leaves `finished.json`: requeuing it (every restart passes `--resume_from_checkpoint latest`) trains
-nothing and exits 0.
+reporting, saving) passes with a log line. Which is which is each setting's role (`setting_roles.py`); a changed
+setting without a role (one a newer TRL or transformers added) is refused. A run that trained to `max_steps` (also
+one stopped by a signal in its last update) leaves `finished.json`: requeuing it (every restart passes
+`--resume_from_checkpoint latest`) trains nothing and exits 0.
 """
 
 from __future__ import annotations
