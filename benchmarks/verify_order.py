@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without `pip install -e .`
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grading import variants  # noqa: E402 - the grading benchmark's forms (same, other notation, wrong)
+from grader_speed import variants  # noqa: E402 - the grader speed benchmark's forms (same, other notation, wrong)
 
 
 def answer_forms(truth: str) -> dict[str, str]:
