@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import SHARED_BENCHMARKS
 
 from trl_justrl.data import (
     DAPO_INSTRUCTION_PREFIX,
@@ -200,7 +200,7 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
     assert ds["ground_truth"] == ["5", "7"]
 
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+BENCHMARKS = SHARED_BENCHMARKS
 
 
 @pytest.mark.skipif(not BENCHMARKS.is_dir(), reason="../shared/data/benchmarks is not present")

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import SHARED_BENCHMARKS
 
 from trl_justrl.evaluation.cli import main as cli_main
 from trl_justrl.evaluation.compass import (
@@ -28,7 +29,7 @@ from trl_justrl.evaluation.table import render_table
 from trl_justrl.grading.grader import grade_answer
 from trl_justrl.prompts import eval_messages
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"
+SHARED = SHARED_BENCHMARKS
 
 
 # ---- grader ------------------------------------------------------------------------------------------------

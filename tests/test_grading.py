@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_BENCHMARKS
 
 from trl_justrl.grading.grader import (
     extract_answer,
@@ -23,7 +24,7 @@ from trl_justrl.grading.grader import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARK_DATA = ROOT.parent / "shared" / "data" / "benchmarks"
+BENCHMARK_DATA = SHARED_BENCHMARKS
 
 
 def boxed(answer: str) -> str:

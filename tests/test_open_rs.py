@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import SHARED_BENCHMARKS
 
 from trl_justrl.data import load_training_data, normalize_row
 from trl_justrl.data_errors import DataError
@@ -20,7 +21,6 @@ from trl_justrl.trainer import TRAINERS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "launch" / "recipes"
-SHARED_BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 SYSTEM = "You are a careful solver."
 COSINE = dict(min_value_wrong=0.0, max_value_wrong=-0.5, min_value_correct=0.5, max_value_correct=1.0)
 
