@@ -188,11 +188,12 @@ class GRPORunTrainer(GRPOTrainer):
                 weights = list(model.parameters())
                 resolve_auto_checkpointing(args, model.config, sum(p.numel() for p in weights), weights[0].dtype)
 
-        # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them.
+        # Prompts over max_prompt_length are dropped (never truncated); measured as TRL will render them. A filter
+        # passed in has already run over train_dataset (the CLI's pre-flight): no second pass over the rows.
         self.prompt_filter = prompt_filter or PromptLengthFilter(
             processing_class, args.max_prompt_length, args.chat_template_kwargs, tools=tools
         )
-        if train_dataset is not None:  # a second pass of the same filter drops nothing and measures nothing again
+        if train_dataset is not None and prompt_filter is None:
             train_dataset = self.prompt_filter.apply(train_dataset, "training")
         if eval_dataset is not None:
             eval_filter = PromptLengthFilter(
