@@ -36,13 +36,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without `pip install -e .`
 
-# per preset: packing budget of the policy-update runs, and the smoke model's shape
+# per preset: packing budget of the policy-update runs, the smoke model's shape and its completions' length (bf16 on
+# a CPU is slow: the suite's smoke writes half as many tokens)
 PRESETS = {
-    "qwen2-1.5b": dict(max_tokens=32768, smoke_model=dict(hidden_size=256, intermediate_size=704,
-                                                          num_hidden_layers=4, num_attention_heads=4,
-                                                          num_key_value_heads=2)),
-    "cpu-small": dict(max_tokens=1120, smoke_model=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                                        num_attention_heads=4, num_key_value_heads=2)),
+    "qwen2-1.5b": dict(max_tokens=32768, smoke_completion_length=32,
+                       smoke_model=dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2)),
+    "cpu-small": dict(max_tokens=1120, smoke_completion_length=16,
+                      smoke_model=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=4, num_key_value_heads=2)),
 }
 TRAINERS = ("justrl", "justrl_packed", "stock")
 SMOKE_UPDATES_PER_STEP = 2  # prompts_per_step 2, prompts_per_update 1
@@ -140,7 +142,8 @@ def smoke_recipe(args: argparse.Namespace, model_dir: Path, folder: Path) -> Pat
 
     values = {
         "model_name_or_path": str(model_dir), "dataset_name": "synthetic", "synthetic_size": 64,
-        "prompts_per_step": 2, "prompts_per_update": 1, "num_generations": 4, "max_completion_length": 32,
+        "prompts_per_step": 2, "prompts_per_update": 1, "num_generations": 4,
+        "max_completion_length": PRESETS[args.preset]["smoke_completion_length"],
         "max_tokens_per_microbatch": 256, "learning_rate": 1.0e-4, "warmup_rl_steps": 0, "bf16": True,
         "use_cpu": args.device == "cpu", "gradient_checkpointing": True, "save_every_rl_steps": 1,
         "save_strategy": "steps", "eval_strategy": "no", "max_steps": 2 * SMOKE_UPDATES_PER_STEP,

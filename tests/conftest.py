@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,16 @@ def tiny_run(tmp_path_factory, tiny_model_path):
     trainer.train()
     trainer.save_state()
     return trainer
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory, tiny_model_path) -> tuple[Path, subprocess.CompletedProcess]:
+    """launch/train.py under torchrun: 2 gloo processes, gradient checkpointing, test_train_script's tiny recipe (4
+    updates). Trained once, read by the data-parallel test and the packing test (its unpacked reference)."""
+    from test_train_script import TRAIN, run, write_recipe
+
+    folder = tmp_path_factory.mktemp("two-process-run")
+    recipe = write_recipe(folder, tiny_model_path, gradient_checkpointing=True)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    return folder, run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(TRAIN), "--config",
+                        str(recipe)], folder)

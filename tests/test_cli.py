@@ -58,18 +58,21 @@ def test_evaluation_takes_training_spellings():
 
 
 @pytest.mark.slow
-def test_a_tiny_run_through_the_console_script(tmp_path, tiny_model_path):
-    """What a user of the installed package runs (the Makefile installs the console script); `python -m
-    trl_justrl.train` is the same entry (accelerate launch -m trl_justrl.train)."""
-    recipe = write_recipe(tmp_path, tiny_model_path)
+def test_a_tiny_run_through_the_console_script_with_overrides(tmp_path, tiny_model_path, capsys):
+    """What a user of the installed package runs (the Makefile installs the console script), with command-line values
+    over the recipe's; `python -m trl_justrl.train` is the same entry (accelerate launch -m trl_justrl.train)."""
+    recipe = write_recipe(tmp_path, tiny_model_path)  # 4 updates into out/, with the run summary
     command = [str(CONSOLE_SCRIPT)] if CONSOLE_SCRIPT.exists() else [sys.executable, "-m", "trl_justrl"]
-    result = run([*command, "train", "--config", str(recipe)], tmp_path)
+    overrides = ["--max_steps", "2", "--output_dir", str(tmp_path / "other"), "--print_summary", "false"]
+    result = run([*command, "train", "--config", str(recipe), *overrides], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(tmp_path / "out", steps=4)
+    check_outputs(tmp_path / "other", steps=2)
+    assert not (tmp_path / "out").exists() and "Run summary" not in result.stdout
     result = run([sys.executable, "-m", "trl_justrl.train", "--help"], tmp_path)
     assert result.returncode == 0 and "--config" in result.stdout
-    result = run([*command, "train", "--config", "no_such_recipe"], tmp_path)
-    assert result.returncode == 2 and "'no_such_recipe' not found" in result.stderr
+    with pytest.raises(SystemExit) as stop:  # the command's code, in this process
+        main(["train", "--config", "no_such_recipe"])
+    assert stop.value.code == 2 and "'no_such_recipe' not found" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -339,24 +339,22 @@ def test_processes_agree_on_the_number_of_packs(tmp_path):
     assert found[1] == {"packs": [[0], [3], [2], [1]], "unpackable": None}
 
 
-def test_two_processes_train_packed_to_the_same_weights(tmp_path, tiny_model_path):
+def test_two_processes_train_packed_to_the_same_weights(tmp_path, tiny_model_path, two_process_run):
     """launch/train.py under torchrun, 2 processes, gradient checkpointing: each process's 2 rows of an update in
     two packs (the first backpropagated without gradient sync, the second with it) end at the weights of the same
-    run without packing (one micro-batch of 2 per update)."""
+    run without packing (one micro-batch of 2 per update: the shared `two_process_run`)."""
     from safetensors.torch import load_file
     from test_train_script import TRAIN, check_outputs, run, write_recipe
 
+    plain, plain_result = two_process_run
+    assert plain_result.returncode == 0, plain_result.stderr[-4000:]
+    recipe = write_recipe(tmp_path, tiny_model_path, gradient_checkpointing=True, max_tokens_per_microbatch=130)
     torchrun = Path(sys.executable).with_name("torchrun")
-    weights = {}
-    for name, extra in (("packed", {"max_tokens_per_microbatch": 130}), ("plain", {})):
-        folder = tmp_path / name
-        folder.mkdir()
-        recipe = write_recipe(folder, tiny_model_path, gradient_checkpointing=True, **extra)
-        cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29542", str(TRAIN), "--config", str(recipe)]
-        result = run(cmd, folder)
-        assert result.returncode == 0, result.stderr[-4000:]
-        check_outputs(folder / "out", steps=4)
-        assert "'per_device_train_batch_size': 2" in result.stderr
-        weights[name] = load_file(folder / "out" / "model.safetensors")
-    for key, value in weights["packed"].items():
-        torch.testing.assert_close(value, weights["plain"][key], rtol=1e-4, atol=1e-5)
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29542", str(TRAIN), "--config", str(recipe)]
+    result = run(cmd, tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    check_outputs(tmp_path / "out", steps=4)
+    assert "'per_device_train_batch_size': 2" in result.stderr
+    packed = load_file(tmp_path / "out" / "model.safetensors")
+    for key, value in load_file(plain / "out" / "model.safetensors").items():
+        torch.testing.assert_close(packed[key], value, rtol=1e-4, atol=1e-5)

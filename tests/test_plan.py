@@ -259,8 +259,10 @@ def test_vllm_serve_launcher_dry_run():
     assert serve_main(["--dry-run", "--gpu-memory-utilization", "1.5"]) == 2
 
 
-def test_a_cpu_server_is_eager_sized_for_the_recipe_and_finds_the_extension(capsys, tmp_path, monkeypatch):
+def test_a_cpu_server_is_eager_sized_for_the_recipe_and_finds_the_extension(capsys, tmp_path, monkeypatch,
+                                                                            smollm2_path):
     monkeypatch.setenv("TRL_JUSTRL_CACHE", str(tmp_path))
+    (tmp_path / smollm2_path.name).symlink_to(smollm2_path)  # the converted model, not converted again in here
     assert serve_main(["--config", "demo_cpu", "--device", "cpu", "--dry-run", "--vllm-python", "/opt/vllm/python",
                        "--port", "8124"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from trl_justrl.reporting.budget import TokenBudget
 from trl_justrl.run_services.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
 from trl_justrl.run_services.preemption import EXIT_REQUEUE, SAME_REQUEST_WINDOW_S
 from trl_justrl.run_services.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
+from trl_justrl.train import cli
 
 REPO = Path(__file__).resolve().parents[1]
 SENTINEL = f"sentinel-{secrets.token_hex(16)}"  # a fresh value each run: nothing token-like is committed
@@ -65,14 +67,40 @@ def history(folder: Path) -> list[dict]:
     return json.loads((folder / "trainer_state.json").read_text())["log_history"]
 
 
+def refused_in_this_process(argv: list[str], capfd) -> str:
+    """launch/train.py's cli called here (the code a command runs, without an interpreter's start): it must exit 2;
+    returns what it wrote to stderr. Runs that train, stop or resume use real processes."""
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        cli(argv)
+    err = capfd.readouterr().err
+    assert stop.value.code == 2, err[-3000:]
+    return err
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory, tiny_model_path) -> Path:
+    """One finished 3-update run with a whole checkpoint after each update, trained once and shared: a test that
+    changes it works on its own copy (`copy_of`)."""
+    folder = tmp_path_factory.mktemp("saved-run")
+    result = run(train_command(recipe(folder, tiny_model_path, max_steps=3)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def copy_of(saved_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A private copy of the shared run: (its recipe, naming the copy's folder; the copy's output folder)."""
+    shutil.copytree(saved_run / "out", tmp_path / "out")
+    values = yaml.safe_load((saved_run / "recipe.yaml").read_text()) | {"output_dir": str(tmp_path / "out")}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(values))
+    return tmp_path / "recipe.yaml", tmp_path / "out"
+
+
 # ---- whole checkpoints ---------------------------------------------------------------------------------------------
 
 
-def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, tiny_model_path, caplog):
-    config = recipe(tmp_path, tiny_model_path, max_steps=3)
-    result = run(train_command(config))
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = tmp_path / "out"
+def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, saved_run, capfd):
+    config, out = copy_of(saved_run, tmp_path)
     for step in (1, 2, 3):
         marker = json.loads((out / f"checkpoint-{step}" / MARKER).read_text())
         assert marker["global_step"] == step and "optimizer.pt" in marker["files"] and "model.safetensors" in marker[
@@ -91,9 +119,9 @@ def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, tiny
     reasons = dict(found.skipped)
     assert "no checkpoint_complete.json" in reasons[torn] and "optimizer.pt is missing" in reasons[out / "checkpoint-3"]
     assert "trainer_state.json changed since it was saved" in reasons[out / "checkpoint-2"]
-    refused = run(train_command(config, "--resume_from_checkpoint", str(out / "checkpoint-2")))
-    assert refused.returncode == 2 and "trainer_state.json is not valid JSON" in refused.stderr
-    assert "Traceback" not in refused.stderr
+    refused = refused_in_this_process(["--config", str(config), "--resume_from_checkpoint", str(out / "checkpoint-2")],
+                                      capfd)
+    assert "trainer_state.json is not valid JSON" in refused and "Traceback" not in refused
     # asked for by path, a checkpoint without its optimizer is refused, naming the file
     with pytest.raises(CheckpointError, match=r"checkpoint-3 cannot be resumed from: optimizer.pt missing"):
         check_resumable(out / "checkpoint-3")
@@ -103,8 +131,9 @@ def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, tiny
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Skipping" in result.stderr and "checkpoint-5" in result.stderr and "Resuming from" in result.stderr
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
-    refused = run(train_command(config, "--resume_from_checkpoint", str(out / "checkpoint-5")))
-    assert refused.returncode == 2 and "optimizer.pt" in refused.stderr and "Loading weights" not in refused.stderr
+    refused = refused_in_this_process(["--config", str(config), "--resume_from_checkpoint", str(out / "checkpoint-5")],
+                                      capfd)
+    assert "optimizer.pt" in refused and "Loading weights" not in refused
 
 
 # ---- a clean stop on a real signal -------------------------------------------------------------------------------
@@ -136,21 +165,26 @@ def reference(tmp_path_factory, tiny_model_path) -> list[dict]:
     return [h for h in history(folder / "out") if "reward" in h]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_saves_stops_and_the_resumed_run_matches(tmp_path, tiny_model_path, reference, sig):
+def test_sigterm_and_sigusr1_each_save_and_stop_and_the_resumed_run_matches(tmp_path, tiny_model_path, reference):
+    """SIGTERM (a scheduler's stop) in update 2 or 3, then SIGUSR1 (SLURM's warning signal) in the resumed run's
+    update 4 or 5: each saves a whole checkpoint and exits 75; the second resume finishes the same run."""
     assert len({h["reward"] for h in reference}) > 1  # a varying reward: the comparison below means something
 
     config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None)  # saved only on a stop
-    stopped = _start_and_signal(train_command(config), sig, "step 2/6")
-    assert stopped.returncode == EXIT_REQUEUE, stopped.stderr[-3000:]
-    assert "received: finishing the current optimizer update" in stopped.stderr
     out = tmp_path / "out"
-    record = json.loads((out / "stopped.json").read_text())
-    step = record["global_step"]
-    assert step >= 2 and record["exit_code"] == EXIT_REQUEUE and (out / f"checkpoint-{step}" / MARKER).is_file()
-    assert not (out / LOCK_NAME).exists()  # the folder lock is released on the way out
+    latest = ("--resume_from_checkpoint", "latest")
+    for sig, after_line, first_step, extra in ((signal.SIGTERM, "step 2/6", 2, ()),
+                                               (signal.SIGUSR1, "step 4/6", 4, latest)):
+        stopped = _start_and_signal(train_command(config, *extra), sig, after_line)
+        assert stopped.returncode == EXIT_REQUEUE, stopped.stderr[-3000:]
+        assert "received: finishing the current optimizer update" in stopped.stderr
+        record = json.loads((out / "stopped.json").read_text())
+        step = record["global_step"]
+        assert first_step <= step < 6 and record["exit_code"] == EXIT_REQUEUE
+        assert (out / f"checkpoint-{step}" / MARKER).is_file()
+        assert not (out / LOCK_NAME).exists()  # the folder lock is released on the way out
 
-    resumed = run(train_command(config, "--resume_from_checkpoint", "latest"))
+    resumed = run(train_command(config, *latest))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (out / "stopped.json").exists()
     entries = [h for h in history(out) if "reward" in h]
@@ -259,16 +293,14 @@ def test_output_dir_checks(tmp_path):
             check_output_dir(locked, resuming=False, overwrite=False)
 
 
-def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
+def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path, capfd):
     config = recipe(tmp_path, tiny_model_path)
     (tmp_path / "out").write_text("not a folder")
-    result = run(train_command(config))
-    assert result.returncode == 2 and "is a file, not a folder" in result.stderr
+    assert "is a file, not a folder" in refused_in_this_process(["--config", str(config)], capfd)
     (tmp_path / "out").unlink()
     (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
-    result = run(train_command(config))
-    assert result.returncode == 2 and "already holds a run (checkpoint-3)" in result.stderr
-    assert "Loading weights" not in result.stderr
+    refused = refused_in_this_process(["--config", str(config)], capfd)
+    assert "already holds a run (checkpoint-3)" in refused and "Loading weights" not in refused
     from trl_justrl.recipe_reader import parse_args
 
     for bad, message in ((["--learning_rate", "nan"], "learning_rate = nan"),
@@ -281,15 +313,14 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path):
             parse_args(argv)
 
 
-def test_one_writer_per_folder(tmp_path, tiny_model_path):
+def test_one_writer_per_folder(tmp_path, tiny_model_path, capfd):
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (tmp_path / "out").mkdir()
         (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(
             {"pid": holder.pid, "host": socket.gethostname(), "purpose": "training (justrl)"}))
-        result = run(train_command(recipe(tmp_path, tiny_model_path)))
-        assert result.returncode == 2 and f"pid {holder.pid} on host {socket.gethostname()}" in result.stderr
-        assert "Loading weights" not in result.stderr
+        refused = refused_in_this_process(["--config", str(recipe(tmp_path, tiny_model_path))], capfd)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in refused and "Loading weights" not in refused
     finally:
         holder.kill()
         holder.wait()
@@ -307,7 +338,6 @@ def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_sta
     shared recipe) is refused by training, the planner and the launchers, naming HF_TOKEN and never the value. One
     real process shows the exit status; the other entry points are called in this process (the same code)."""
     from trl_justrl.cluster import launcher, plan
-    from trl_justrl.train import cli
 
     config = recipe(tmp_path, tiny_model_path, max_steps=2)
     result = run(train_command(config, "--hub_token", SENTINEL))
@@ -427,47 +457,49 @@ def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
 # ---- requeued and resumed runs -------------------------------------------------------------------------------------
 
 
-def test_a_finished_run_requeued_trains_nothing_and_changed_settings_are_refused(tmp_path, tiny_model_path):
+def test_a_finished_run_requeued_trains_nothing_and_changed_settings_are_refused(tmp_path, saved_run, capfd,
+                                                                                  caplog):
     """Every restart passes `--resume_from_checkpoint latest`: a finished run says so and exits 0; a resume that
     changes the objective, batch or schedule is refused before the model loads, listing each change, unless
-    resume_allow_changes (then it is recorded in the model card); logging changes pass."""
-    config = recipe(tmp_path, tiny_model_path, max_steps=2)
-    assert run(train_command(config)).returncode == 0
-    out = tmp_path / "out"
+    resume_allow_changes (then it is recorded in the model card); logging changes pass. The runs that train are real
+    processes; the requeues that end before the model loads call the command's code here."""
+    config, out = copy_of(saved_run, tmp_path)  # finished at update 3
     final = (out / "model.safetensors").stat().st_mtime_ns
 
-    again = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "2"))
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "already finished at step 2; nothing to train" in again.stderr and "Loading weights" not in again.stderr
-    assert not (out / "checkpoint-3").exists() and (out / "model.safetensors").stat().st_mtime_ns == final
+    capfd.readouterr()
+    assert cli(["--config", str(config), "--resume_from_checkpoint", "latest", "--max_steps", "3"]) == out
+    assert "already finished at step 3; nothing to train" in caplog.text
+    assert "Loading weights" not in capfd.readouterr().err
+    assert not (out / "checkpoint-4").exists() and (out / "model.safetensors").stat().st_mtime_ns == final
 
     for extra, listed in ((["--learning_rate", "5e-3"], "learning_rate: 0.01 -> 0.005"),
                           (["--prompts_per_step", "2", "--prompts_per_update", "2"], "prompts_per_step: 1 -> 2")):
-        refused = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", *extra))
-        assert refused.returncode == 2, refused.stderr[-2000:]
-        assert listed in refused.stderr and "resume_allow_changes" in refused.stderr
-        assert "Loading weights" not in refused.stderr and not (out / "checkpoint-3").exists()
+        refused = refused_in_this_process(
+            ["--config", str(config), "--resume_from_checkpoint", "latest", "--max_steps", "4", *extra], capfd)
+        assert listed in refused and "resume_allow_changes" in refused
+        assert "Loading weights" not in refused and not (out / "checkpoint-4").exists()
 
-    allowed = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", "--learning_rate",
+    allowed = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "4", "--learning_rate",
                                 "5e-3", "--resume_allow_changes", "true", "--logging_steps", "2"))
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "learning_rate: 0.01 -> 0.005" in allowed.stderr and "logging_steps: 1 -> 2" in allowed.stderr
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
     assert json.loads((out / "resume_changes.json").read_text()) == [
-        {"resumed_at_step": 2, "changes": ["learning_rate: 0.01 -> 0.005"]}]
+        {"resumed_at_step": 3, "changes": ["learning_rate: 0.01 -> 0.005"]}]
     card = (out / "README.md").read_text()
-    assert "Resumed at update 2 with changed settings: `learning_rate: 0.01 -> 0.005`" in card
+    assert "Resumed at update 3 with changed settings: `learning_rate: 0.01 -> 0.005`" in card
 
     # finished, but killed after its last checkpoint, before the final save: the checkpoint becomes the final model
     (out / "finished.json").unlink()
     (out / "model.safetensors").unlink()
-    done = run(train_command(config, "--resume_from_checkpoint", "latest", "--max_steps", "3", "--learning_rate",
-                             "5e-3"))
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "checkpoint-3 is at step 3 = max_steps: training is done" in done.stderr
-    assert "Loading weights" not in done.stderr
-    assert not (out / "checkpoint-4").exists() and (out / "finished.json").is_file()
-    assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-3" / "model.safetensors").read_bytes()
+    caplog.clear()
+    capfd.readouterr()
+    assert cli(["--config", str(config), "--resume_from_checkpoint", "latest", "--max_steps", "4", "--learning_rate",
+                "5e-3"]) == out
+    assert "checkpoint-4 is at step 4 = max_steps: training is done" in caplog.text
+    assert "Loading weights" not in capfd.readouterr().err
+    assert not (out / "checkpoint-5").exists() and (out / "finished.json").is_file()
+    assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-4" / "model.safetensors").read_bytes()
 
 
 def test_a_stop_in_the_last_update_finishes_the_run(tmp_path, tiny_model_path):
@@ -504,13 +536,12 @@ TRAIN_WITH_A_FULL_DISK_AT_CHECKPOINT_2 = TRAIN_WITH_TEST_REWARDS.replace("from t
     "from trl_justrl.train import cli; "))
 
 
-def test_a_full_disk_names_the_folder_removes_the_torn_checkpoint_and_keeps_earlier_ones(tmp_path, tiny_model_path):
+def test_a_full_disk_names_the_folder_removes_the_torn_checkpoint_and_keeps_earlier_ones(tmp_path, tiny_model_path,
+                                                                                           saved_run):
     """On a filesystem with room for one checkpoint and a half (a real tmpfs where it can be mounted), the second
     save fails: the error names the folder and the free space, the torn checkpoint-2 is removed (the disk is not kept
     full), checkpoint-1 stays whole and resumable, the lock is released, the exit status is 1."""
-    sizing = recipe(tmp_path / "sizing", tiny_model_path, max_steps=1)
-    assert run(train_command(sizing)).returncode == 0
-    one = _folder_bytes(tmp_path / "sizing" / "out" / "checkpoint-1")
+    one = _folder_bytes(saved_run / "out" / "checkpoint-1")  # a checkpoint of the same tiny run
     small = tmp_path / "small"
     small.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(1.5 * one) // 4096 * 4096 + 65536}",

@@ -49,14 +49,18 @@ def test_reward_names_are_registered_trl_imported_or_models(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_a_misspelt_reward_fails_before_any_model_loads(tmp_path, tiny_model_path):
-    from test_train_script import TRAIN, run, write_recipe
+def test_a_misspelt_reward_fails_before_any_model_loads(tmp_path, tiny_model_path, capfd):
+    from test_train_script import write_recipe
+
+    from trl_justrl.train import cli
 
     recipe = write_recipe(tmp_path, tiny_model_path)
-    result = run([sys.executable, str(TRAIN), "--config", str(recipe), "--reward_funcs", "dapo_strickt"], tmp_path)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "error: reward_funcs: 'dapo_strickt' is not a registered reward" in result.stderr
-    assert "Loading weights" not in result.stderr and "Traceback" not in result.stderr
+    with pytest.raises(SystemExit) as stop:  # launch/train.py's code, in this process
+        cli(["--config", str(recipe), "--reward_funcs", "dapo_strickt"])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    assert "error: reward_funcs: 'dapo_strickt' is not a registered reward" in err
+    assert "Loading weights" not in err and "Traceback" not in err
 
 
 # ---- data smaller than one training step -------------------------------------------------------------------------

@@ -68,22 +68,10 @@ def test_train_script_under_python(tmp_path, tiny_model_path):
     assert "Run summary" in result.stdout and "mean reward" in result.stdout
 
 
-def test_command_line_overrides_the_recipe(tmp_path, tiny_model_path):
-    recipe = write_recipe(tmp_path, tiny_model_path)
-    args = ["--config", str(recipe), "--max_steps", "2", "--output_dir", str(tmp_path / "other")]
-    result = run([sys.executable, str(TRAIN), *args, "--print_summary", "false"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    check_outputs(tmp_path / "other", steps=2)
-    assert "Run summary" not in result.stdout
-
-
-def test_two_processes_under_torchrun(tmp_path, tiny_model_path):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    recipe = write_recipe(tmp_path, tiny_model_path)
-    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(TRAIN), "--config", str(recipe)]
-    result = run(cmd, tmp_path)
+def test_two_processes_under_torchrun(two_process_run):
+    folder, result = two_process_run
     assert result.returncode == 0, result.stderr[-4000:]
-    state = check_outputs(tmp_path / "out", steps=4)
+    state = check_outputs(folder / "out", steps=4)
     # 1 prompt x 4 generations per update over 2 processes: micro-batch 2, no accumulation, 2 updates per step
     assert "'world_size': 2" in result.stderr and "'per_device_train_batch_size': 2" in result.stderr
     # the token budget sums both processes: trained = TRL's gathered num_tokens; generated = 8 completions per step

@@ -271,16 +271,17 @@ def test_the_disk_transport_swaps_trls_backend_only_inside_the_constructor():
     assert grpo.VLLMGeneration is VLLMGeneration
 
 
-def test_an_unreachable_server_is_an_error_line_before_the_model_loads(tmp_path):
+def test_an_unreachable_server_is_an_error_line_before_the_model_loads(tmp_path, capfd):
+    from trl_justrl.train import cli
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "trl_justrl.train", "--config", "demo_cpu", "--use_vllm", "true", "--vllm_mode",
-         "server", "--vllm_server_host", "127.0.0.1", "--vllm_server_port", str(port), "--vllm_server_timeout", "2",
-         "--output_dir", str(tmp_path / "run"), "--synthetic_size", "8"],
-        capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert f"error: The vLLM server at http://127.0.0.1:{port} (host 127.0.0.1, port {port}) did not answer" in (
-        result.stderr)
-    assert "Traceback" not in result.stderr and "Loading weights" not in result.stderr
+    with pytest.raises(SystemExit) as stop:  # `python -m trl_justrl.train`'s code, in this process
+        cli(["--config", "demo_cpu", "--use_vllm", "true", "--vllm_mode", "server", "--vllm_server_host", "127.0.0.1",
+             "--vllm_server_port", str(port), "--vllm_server_timeout", "2", "--output_dir", str(tmp_path / "run"),
+             "--synthetic_size", "8"])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    assert f"error: The vLLM server at http://127.0.0.1:{port} (host 127.0.0.1, port {port}) did not answer" in err
+    assert "Traceback" not in err and "Loading weights" not in err

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..models import cache_root
 from ..recipes import add_config_option, config_option
 from .plan import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
@@ -98,8 +99,7 @@ def cpu_kv_cache_gib(model_path: str, context: int, sequences: int, dtype: str) 
 def extension_path(package: Path) -> Path:
     """A folder holding only a link to this package, for another environment's PYTHONPATH (the server's): its own
     packages stay first, and the worker extension imports nothing else of the project."""
-    root = Path(os.environ.get("TRL_JUSTRL_CACHE", Path.home() / ".cache" / "trl_justrl"))
-    folder = root / "vllm_server_path" / hashlib.sha256(str(package).encode()).hexdigest()[:12]
+    folder = cache_root() / "vllm_server_path" / hashlib.sha256(str(package).encode()).hexdigest()[:12]
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / package.name
     if not link.is_symlink() or link.resolve() != package.resolve():

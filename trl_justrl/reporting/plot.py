@@ -12,12 +12,14 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from .budget import RL_STEP
 from .health import ENTROPY, LENGTH, REWARD
 from .history import load_trainer_state
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # (log key, panel title, y label): TRL's metric names
 PANELS = (
@@ -81,6 +83,8 @@ def make_figure(output_dir: str | Path) -> Figure:
     validation = sorted(key for key in series if VALIDATION.match(key))
 
     panels = len(PANELS) + bool(validation)
+    from matplotlib.figure import Figure  # here, not at the top: every training process imports this module
+
     figure = Figure(figsize=(4.2 * panels, 3.6), layout="constrained")
     axes = figure.subplots(1, panels, squeeze=False)[0]
     for ax, (key, title, y_label) in zip(axes, PANELS, strict=False):
