@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -24,6 +25,11 @@ def _register_test_rewards() -> None:
     def test_length_parity(completions, **kwargs):
         """Varies for a random model (even / odd text length), so advantages are non-zero."""
         return [1.0 if len(c if isinstance(c, str) else c[0]["content"]) % 2 else -1.0 for c in completions]
+
+    @register_reward("test_missing_column")
+    def test_missing_column(completions, **kwargs):
+        """A reward with a bug a user's might have: it reads a column the data does not have."""
+        return [float(kwargs["solution_text"][i] in c[0]["content"]) for i, c in enumerate(completions)]
 
 
 _register_test_rewards()
@@ -110,8 +116,9 @@ def tiny_run(tmp_path_factory, tiny_model_path):
 
 @pytest.fixture(scope="session")
 def two_process_run(tmp_path_factory, tiny_model_path) -> tuple[Path, subprocess.CompletedProcess]:
-    """launch/train.py under torchrun: 2 gloo processes, gradient checkpointing, test_train_script's tiny recipe (4
-    updates). Trained once, read by the data-parallel test and the packing test (its unpacked reference)."""
+    """launch/train.py under torchrun: 2 gloo processes, test_train_script's tiny recipe (4 updates) with gradient
+    checkpointing (as the paper recipes train). Trained once, read by the data-parallel test and the packing test (its
+    unpacked reference)."""
     from test_train_script import TRAIN, run, write_recipe
 
     folder = tmp_path_factory.mktemp("two-process-run")
@@ -119,3 +126,19 @@ def two_process_run(tmp_path_factory, tiny_model_path) -> tuple[Path, subprocess
     torchrun = Path(sys.executable).with_name("torchrun")
     return folder, run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(TRAIN), "--config",
                         str(recipe)], folder)
+
+
+@contextlib.contextmanager
+def folder_held(folder: Path, purpose: str = "training (justrl)", **env: str):
+    """A real process holding `folder`'s FolderLock while the block runs (killed after: its lock file stays, the
+    kernel lock goes). Yields the process."""
+    code = ("import sys, time\nfrom trl_justrl.run_services.run_folder import FolderLock\n"
+            "FolderLock(sys.argv[1], sys.argv[2]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder), purpose], stdout=subprocess.PIPE, text=True,
+                              env=os.environ | env, cwd=REPO)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()

@@ -131,6 +131,26 @@ def test_opting_out_keeps_trl_batch_fields(tmp_path):
     assert config.steps_per_generation == 2 and config.warmup_steps == 5 and config.save_steps == 7
 
 
+def test_step_counts_a_user_gives_are_honoured_or_refused(tmp_path, monkeypatch):
+    """A value set by hand is never replaced in silence: an interval given both in training steps and in optimizer
+    updates is refused naming both (unless they agree), and a step count transformers would misread is refused."""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    updates_per_step = 256 // 64  # JustRLConfig's defaults: 50-step saves, a 10-step warm-up
+    for given, message in ((dict(save_steps=1), "save_steps = 1 and save_every_rl_steps = 50 both set"),
+                           (dict(eval_steps=3), "eval_steps = 3 and save_every_rl_steps = 50 both set"),
+                           (dict(warmup_steps=7), "warmup_steps = 7 and warmup_rl_steps = 10 both set"),
+                           (dict(max_steps=-5), r"max_steps = -5 \(a positive number of updates, or -1"),
+                           (dict(max_steps=0), "max_steps = 0"),
+                           (dict(num_train_epochs=0.0), r"num_train_epochs = 0.0 \(positive when max_steps is -1\)"),
+                           (dict(logging_steps=-2), "logging_steps = -2")):
+        with pytest.raises(ValueError, match=message):
+            make_config(tmp_path, **given)
+    assert make_config(tmp_path, save_steps=1, save_every_rl_steps=None).save_steps == 1  # in updates, as given
+    agreeing = make_config(tmp_path, save_steps=50 * updates_per_step)  # the same interval twice is no conflict
+    assert agreeing.save_steps == agreeing.eval_steps == 50 * updates_per_step
+    assert make_config(tmp_path, max_steps=-1, num_train_epochs=2.0).num_train_epochs == 2.0
+
+
 def test_contradictory_settings_are_refused(tmp_path):
     with pytest.raises(ValueError, match="steps_per_generation"):
         make_config(tmp_path, steps_per_generation=4)

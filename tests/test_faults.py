@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import folder_held
 
 from trl_justrl.cluster.launcher import run_node
 from trl_justrl.cluster.plan import Command
@@ -132,18 +133,30 @@ def test_one_evaluation_per_folder(tmp_path, tiny_model_path):
     from trl_justrl.evaluation.cli import main as cli_main
 
     out = tmp_path / "ev"
-    out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        import socket
-
-        (out / LOCK_NAME).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
-                                                 "purpose": "evaluation of other"}))
+    with folder_held(out, "evaluation of other"):
         assert cli_main(["--model", str(tiny_model_path), "--benchmarks", "AIME24", "--output-dir", str(out),
                          "--backend", "transformers"]) == 2
+
+
+def test_an_evaluation_into_a_read_only_folder_is_an_error_line(tmp_path, tiny_model_path, capsys):
+    from trl_justrl.evaluation.cli import main as cli_main
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        if os.geteuid() == 0:
+            pytest.skip("root without a read-only mount: every folder is writable")
+        read_only.chmod(0o500)
+    try:
+        assert cli_main(["--model", str(tiny_model_path), "--benchmarks", "AIME24", "--output-dir",
+                         str(read_only / "ev"), "--backend", "transformers"]) == 2
+        err = capsys.readouterr().err
+        assert f"{read_only / 'ev'} cannot be claimed for this run" in err and "Traceback" not in err
     finally:
-        holder.kill()
-        holder.wait()
+        if mounted:
+            subprocess.run(["umount", "--lazy", str(read_only)], check=False)
 
 
 def _cmdlines() -> list[str]:

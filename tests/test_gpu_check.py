@@ -58,7 +58,7 @@ def test_every_phase_runs_on_cpu_and_lands_in_one_folder(tmp_path, smollm2_path)
 def test_a_check_cut_off_keeps_what_finished(tmp_path, smollm2_path):
     out = tmp_path / "check"
     # many steps: the first trainer is still training when the limit comes, however fast the set-up was
-    result = gpu_check("--out", str(out), *TINY, "--steps", "400", "--phases", "updates", "--time-limit", "10",
+    result = gpu_check("--out", str(out), *TINY, "--steps", "400", "--phases", "updates", "--time-limit", "12",
                        timeout=300)
     assert result.returncode == 1
     summary = json.loads((out / "summary.json").read_text())

@@ -230,3 +230,33 @@ def test_the_trainer_adds_the_monitor_and_stops_a_real_run_when_asked(tmp_path, 
 
     off = JustRLTrainer(model=str(tiny_model_path), args=args(health_monitor=False), train_dataset=data)
     assert not any(isinstance(cb, HealthMonitor) for cb in off.callback_handler.callbacks)
+
+
+@pytest.mark.slow
+def test_a_reward_that_gives_nothing_is_an_alert_not_mixed_groups(tmp_path, tiny_model_path, tiny_config):
+    """Every reward None: TRL trains on, with advantages, loss and gradient 0, and its frac_reward_zero_std reads 0
+    (the std of NaN rewards is not 0), which would make every group "mixed". The monitor raises no_reward and the
+    summary shows no mixed groups and the alert."""
+
+    def gives_nothing(completions, **kwargs):
+        return [None] * len(completions)
+
+    trainer = JustRLTrainer(model=str(tiny_model_path), reward_funcs=[gives_nothing],
+                            args=tiny_config(tmp_path, max_steps=2), train_dataset=load_training_data(
+                                "synthetic", synthetic_size=16))
+    trainer.train()
+    trainer.save_state()
+    (entry,) = [h for h in trainer.state.log_history if "reward" in h]
+    assert entry["frac_reward_zero_std"] == 0.0 and entry.get("health/no_reward") == 1.0
+    text = format_summary(summarize_run(tmp_path))
+    assert "no_reward (step 2)" in text and "health alerts          none" not in text
+    assert "mixed outcomes first n/a  ->  last n/a" in text
+
+
+def test_no_reward_fires_on_a_missing_or_nan_mean_and_rearms():
+    monitor = HealthMonitor(HealthMonitorSettings())
+    assert [a.signature for a in monitor.observe({"reward": None}, 1)] == ["no_reward"]
+    assert [a.signature for a in monitor.observe({"reward": math.nan}, 2)] == ["non_finite"]  # no_reward: same episode
+    assert monitor.observe({"reward": 0.5}, 3) == []  # a reward again: both episodes end
+    assert [a.signature for a in monitor.observe({"reward": None}, 4)] == ["no_reward"]
+    assert monitor.observe({"loss": 0.1}, 5) == []  # an entry without a reward says nothing about it

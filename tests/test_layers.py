@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trl_justrl",)
 # What builds on the training core: the training entry point, the cluster planner and launchers, the evaluation
@@ -161,9 +159,24 @@ def test_every_module_imports_in_a_fresh_interpreter():
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-@pytest.mark.parametrize("entry", ["trl_justrl.cluster.plan", "trl_justrl.reporting.plot", "trl_justrl.evaluation"])
-def test_documented_entry_points_still_answer(entry):
-    result = subprocess.run([sys.executable, "-m", entry, "--help"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)
+DOCUMENTED_ENTRY_POINTS = ("trl_justrl.cluster.plan", "trl_justrl.reporting.plot", "trl_justrl.evaluation")
+
+
+def test_documented_entry_points_still_answer():
+    """`python -m <entry> --help` for each, run as `-m` runs it (runpy, as __main__), in one fresh interpreter."""
+    code = ("import runpy, sys\n"
+            "for entry in sys.argv[1:]:\n"
+            "    print('=== ' + entry, flush=True)\n"
+            "    sys.argv = [entry, '--help']\n"
+            "    try:\n"
+            "        runpy.run_module(entry, run_name='__main__', alter_sys=True)\n"
+            "    except SystemExit as stop:\n"
+            "        if stop.code not in (0, None):\n"
+            "            raise\n")
+    result = subprocess.run([sys.executable, "-c", code, *DOCUMENTED_ENTRY_POINTS], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "usage: python -m " + entry in result.stdout
+    answers = dict(part.split("\n", 1) for part in result.stdout.split("=== ")[1:])
+    assert list(answers) == list(DOCUMENTED_ENTRY_POINTS)
+    for entry, answer in answers.items():
+        assert "usage: python -m " + entry in answer, entry

@@ -431,8 +431,10 @@ def test_open_rs_protocol_end_to_end_on_cpu(tmp_path, tiny_model_path):
 def test_open_rs_smoke_recipe_trains_with_kl(tmp_path, smollm2_path):
     from trl_justrl.train import cli
 
+    (tmp_path / "run" / "checkpoint-9").mkdir(parents=True)  # an earlier run's: the recipe overwrites the folder
     out = cli(["--config", str(RECIPES / "open_rs_smoke_cpu.yaml"), "--output_dir", str(tmp_path / "run"),
                "--print_summary", "false"])
+    assert not (out / "checkpoint-9").exists()
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     steps = [h for h in history if "reward" in h]
     assert len(steps) == 2 and all("kl" in h for h in steps)  # TRL logs kl only with a reference model (beta > 0)

@@ -348,6 +348,8 @@ def test_two_processes_train_packed_to_the_same_weights(tmp_path, tiny_model_pat
 
     plain, plain_result = two_process_run
     assert plain_result.returncode == 0, plain_result.stderr[-4000:]
+    check_outputs(plain / "out", steps=4)
+    assert "'per_device_train_batch_size': 2" in plain_result.stderr
     recipe = write_recipe(tmp_path, tiny_model_path, gradient_checkpointing=True, max_tokens_per_microbatch=130)
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29542", str(TRAIN), "--config", str(recipe)]

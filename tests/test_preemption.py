@@ -1,5 +1,6 @@
 """Crash-consistent, preemption-safe runs: whole checkpoints only, a clean stop on real signals, one writer per
-folder, pre-flight refusals before any model loads, and no token at rest. Tiny models, real processes."""
+folder, pre-flight refusals before any model loads, and no token at rest. Tiny models; real processes for what
+trains, stops or resumes (refusals that end before any model loads call the command's code in the test's process)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,26 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import folder_held
 
 from trl_justrl.reporting.budget import TokenBudget
-from trl_justrl.run_services.checkpoints import MARKER, CheckpointError, check_resumable, find_resumable
+from trl_justrl.run_services.checkpoints import (
+    MARKER,
+    CheckpointError,
+    check_resumable,
+    find_resumable,
+    rotate_checkpoints,
+    write_marker,
+)
 from trl_justrl.run_services.preemption import EXIT_REQUEUE, SAME_REQUEST_WINDOW_S
-from trl_justrl.run_services.run_folder import LOCK_NAME, FolderLock, FolderLocked, OutputDirError, check_output_dir
+from trl_justrl.run_services.run_folder import (
+    LOCK_NAME,
+    FolderLock,
+    FolderLocked,
+    OutputDirError,
+    check_output_dir,
+    clear_previous_run,
+)
 from trl_justrl.train import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,6 +152,59 @@ def test_checkpoints_are_marked_and_torn_ones_are_skipped_by_name(tmp_path, save
     assert "optimizer.pt" in refused and "Loading weights" not in refused
 
 
+def test_bytes_flipped_in_the_middle_of_a_file_are_found_and_the_previous_checkpoint_is_taken(tmp_path):
+    """The marker's digest covers whole files: one byte changed in the middle of a 3 MiB model.safetensors (the
+    ends and the size unchanged) makes that checkpoint skipped, by name, for the previous whole one. A marker of an
+    earlier version (digests of the files' ends) still reads."""
+    from trl_justrl.run_services.checkpoints import file_digest, incomplete_reason
+
+    weights = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    for step in (1, 2):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(weights)
+        for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (folder / name).write_bytes(b"state")
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        write_marker(folder, step, 1)
+    damaged = tmp_path / "checkpoint-2" / "model.safetensors"
+    with damaged.open("r+b") as f:
+        f.seek(len(weights) // 2)
+        f.write(b"\xff")
+    found = find_resumable(tmp_path)
+    assert found.path == tmp_path / "checkpoint-1"
+    assert dict(found.skipped)[tmp_path / "checkpoint-2"] == ("model.safetensors changed since it was saved (its "
+                                                              "checksum differs)")
+    earlier = tmp_path / "checkpoint-1" / MARKER  # as an earlier version wrote it: no "digest" kind, ends only
+    record = json.loads(earlier.read_text())
+    del record["digest"]
+    for name, entry in record["files"].items():
+        entry["digest"] = file_digest(tmp_path / "checkpoint-1" / name, "ends")
+    earlier.write_text(json.dumps(record))
+    assert incomplete_reason(tmp_path / "checkpoint-1") is None
+
+
+def test_rotation_counts_and_deletes_whole_checkpoints_only(tmp_path):
+    """save_total_limit 2 with whole checkpoints 1-4 (the best model's is 1), a torn checkpoint-5 and a stray
+    checkpoint-99 (no marker). transformers' rotation counts all six and keeps the best and the "newest", 99: it
+    deletes 2, 3, 4 (every whole checkpoint to resume from) and 5. Here the whole ones are counted: 1 and 4 stay, and
+    the unmarked folders are left alone."""
+    for step in (1, 2, 3, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(bytes(step))
+        write_marker(folder, step, 1)
+    for stray in ("checkpoint-5", "checkpoint-99"):
+        (tmp_path / stray).mkdir()
+        (tmp_path / stray / "config.json").write_text("{}")
+    deleted = rotate_checkpoints(tmp_path, 2, best_model_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert deleted == [tmp_path / "checkpoint-2", tmp_path / "checkpoint-3"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["checkpoint-1", "checkpoint-4", "checkpoint-5", "checkpoint-99"]
+    assert rotate_checkpoints(tmp_path, 1) == [tmp_path / "checkpoint-1"]  # without a best model: the newest one
+    assert rotate_checkpoints(tmp_path, None) == [] and (tmp_path / "checkpoint-4").is_dir()
+
+
 # ---- a clean stop on a real signal -------------------------------------------------------------------------------
 
 
@@ -158,68 +227,85 @@ def _start_and_signal(cmd: list[str], sig: int, after_line: str, second: bool = 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_model_path) -> list[dict]:
-    """The uninterrupted run's logged steps."""
+    """The uninterrupted run's logged steps (8 updates)."""
     folder = tmp_path_factory.mktemp("reference")
-    assert run(train_command(recipe(folder, tiny_model_path, save_strategy="no", save_every_rl_steps=None))
-               ).returncode == 0
+    assert run(train_command(recipe(folder, tiny_model_path, save_strategy="no", save_every_rl_steps=None,
+                                    max_steps=8))).returncode == 0
     return [h for h in history(folder / "out") if "reward" in h]
 
 
 def test_sigterm_and_sigusr1_each_save_and_stop_and_the_resumed_run_matches(tmp_path, tiny_model_path, reference):
-    """SIGTERM (a scheduler's stop) in update 2 or 3, then SIGUSR1 (SLURM's warning signal) in the resumed run's
-    update 4 or 5: each saves a whole checkpoint and exits 75; the second resume finishes the same run."""
+    """SIGTERM (a scheduler's stop), then SIGUSR1 (SLURM's warning signal) in the resumed run: each saves a whole
+    checkpoint after the update in progress and exits 75; the second resume finishes the same run. (A step's line
+    is printed after that step's stop check: a signal sent on it stops a later update.)"""
     assert len({h["reward"] for h in reference}) > 1  # a varying reward: the comparison below means something
 
-    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None)  # saved only on a stop
+    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None,  # saved only on a stop
+                    max_steps=8)
     out = tmp_path / "out"
     latest = ("--resume_from_checkpoint", "latest")
-    for sig, after_line, first_step, extra in ((signal.SIGTERM, "step 2/6", 2, ()),
-                                               (signal.SIGUSR1, "step 4/6", 4, latest)):
-        stopped = _start_and_signal(train_command(config, *extra), sig, after_line)
+    previous = 0
+    for sig, extra in ((signal.SIGTERM, ()), (signal.SIGUSR1, latest)):
+        stopped = _start_and_signal(train_command(config, *extra), sig, f"step {previous + 1}/8")
         assert stopped.returncode == EXIT_REQUEUE, stopped.stderr[-3000:]
         assert "received: finishing the current optimizer update" in stopped.stderr
         record = json.loads((out / "stopped.json").read_text())
         step = record["global_step"]
-        assert first_step <= step < 6 and record["exit_code"] == EXIT_REQUEUE
+        assert previous < step < 8 and record["exit_code"] == EXIT_REQUEUE
         assert (out / f"checkpoint-{step}" / MARKER).is_file()
         assert not (out / LOCK_NAME).exists()  # the folder lock is released on the way out
+        previous = step
 
     resumed = run(train_command(config, *latest))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not (out / "stopped.json").exists()
     entries = [h for h in history(out) if "reward" in h]
-    assert [h["step"] for h in entries] == [1, 2, 3, 4, 5, 6]
+    assert [h["step"] for h in entries] == list(range(1, 9))
     for mine, theirs in zip(entries, reference, strict=True):  # stopped at a batch boundary: the same run
         assert mine["reward"] == pytest.approx(theirs["reward"]) and mine["loss"] == pytest.approx(theirs["loss"])
     assert entries[-1]["budget/tokens_generated"] == reference[-1]["budget/tokens_generated"]  # counted once
 
 
 def test_signals_within_the_window_are_one_request_and_a_later_one_stops_at_once(tmp_path):
-    """A job step's stop reaches a training process several times (the group's SIGTERM, the launcher's SIGUSR1, the
-    parent-death SIGUSR1): signals within SAME_REQUEST_WINDOW_S of the first repeat its request; one after the
-    window ends the process at once (128 + signal)."""
+    """A job step's stop reaches a training process several times (Ctrl-C's SIGINT, the group's SIGTERM, the
+    launcher's SIGUSR1, the parent-death SIGUSR1): signals within SAME_REQUEST_WINDOW_S of the first repeat its
+    request, and SIGINT is a request like the others (no KeyboardInterrupt). One after the window ends the process
+    at once (128 + signal), or, while a checkpoint is being written, as soon as it is whole. Two processes, signalled
+    together: one idle, one inside `saving()`."""
     script = tmp_path / "waits.py"
     script.write_text(
-        "import sys, time\n"
-        "from trl_justrl.run_services.preemption import GracefulStop\n"
+        "import pathlib, sys, time\n"
+        "from trl_justrl.run_services.preemption import SAME_REQUEST_WINDOW_S, GracefulStop\n"
         "stop = GracefulStop()\n"
         "stop.install()\n"
         "print('ready', flush=True)\n"
+        "if sys.argv[1] == 'saving':\n"
+        "    with stop.saving():  # 'writing a checkpoint' for longer than the window\n"
+        "        time.sleep(2 * SAME_REQUEST_WINDOW_S)\n"
+        "        pathlib.Path(sys.argv[2]).write_text('whole')\n"
         "time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env(), cwd=REPO)
-    assert proc.stdout.readline().strip() == "ready"
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM):  # one request, three carriers
-        proc.send_signal(sig)
+    saved = tmp_path / "checkpoint"
+    procs = {mode: subprocess.Popen([sys.executable, str(script), mode, str(saved)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, env=env(), cwd=REPO)
+             for mode in ("idle", "saving")}
+    assert all(proc.stdout.readline().strip() == "ready" for proc in procs.values())
+    for sig in (signal.SIGINT, signal.SIGUSR1, signal.SIGTERM):  # one request, three carriers
+        for proc in procs.values():
+            proc.send_signal(sig)
         time.sleep(0.2)
     time.sleep(1.0)
-    assert proc.poll() is None  # still finishing its update (here: sleeping)
+    assert all(proc.poll() is None for proc in procs.values())  # still finishing their update (here: sleeping)
     time.sleep(SAME_REQUEST_WINDOW_S)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert err.count("already stopping") == 2 and "second signal (SIGTERM): stopping now" in err
+    for proc in procs.values():
+        proc.send_signal(signal.SIGTERM)
+    idle, saving = (procs[mode].communicate(timeout=30)[1] for mode in ("idle", "saving"))
+    assert procs["idle"].returncode == 128 + signal.SIGTERM, idle
+    assert "SIGINT received: finishing the current optimizer update" in idle and "KeyboardInterrupt" not in idle
+    assert idle.count("already stopping") == 2 and "second signal (SIGTERM): stopping now" in idle
+    assert procs["saving"].returncode == 128 + signal.SIGTERM, saving
+    assert "while a checkpoint is being written: stopping once it is whole" in saving
+    assert saved.read_text() == "whole"
 
 
 def test_a_stop_sent_to_the_whole_process_group_of_accelerate_launch_saves_and_stops(tmp_path, tiny_model_path):
@@ -283,7 +369,12 @@ def test_output_dir_checks(tmp_path):
     with pytest.raises(OutputDirError, match=r"already holds a run \(checkpoint-7, model.safetensors\)"):
         check_output_dir(used, resuming=False, overwrite=False)
     check_output_dir(used, resuming=True, overwrite=False)  # resuming into it is the point
-    check_output_dir(used, resuming=False, overwrite=True)
+    check_output_dir(used, resuming=False, overwrite=True)  # allowed, but nothing goes before the folder is locked
+    assert (used / "checkpoint-7").is_dir() and (used / "model.safetensors").is_file()
+    with pytest.raises(RuntimeError, match="lock held"):
+        clear_previous_run(used, FolderLock(used, "not acquired"))
+    with FolderLock(used, "test") as lock:
+        clear_previous_run(used, lock)
     assert not (used / "checkpoint-7").exists() and not (used / "model.safetensors").exists()
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "ro"
@@ -314,20 +405,51 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path, capfd):
 
 
 def test_one_writer_per_folder(tmp_path, tiny_model_path, capfd):
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / "out").mkdir()
-        (tmp_path / "out" / LOCK_NAME).write_text(json.dumps(
-            {"pid": holder.pid, "host": socket.gethostname(), "purpose": "training (justrl)"}))
-        refused = refused_in_this_process(["--config", str(recipe(tmp_path, tiny_model_path))], capfd)
+    out = tmp_path / "out"
+    config = recipe(tmp_path, tiny_model_path)
+    with folder_held(out) as holder:
+        refused = refused_in_this_process(["--config", str(config)], capfd)
         assert f"pid {holder.pid} on host {socket.gethostname()}" in refused and "Loading weights" not in refused
-    finally:
-        holder.kill()
-        holder.wait()
-    with FolderLock(tmp_path / "out", "test"):  # the holder is gone: its stale lock is taken over
+        # overwrite_output_dir deletes a previous run only once this run holds the folder: a live run loses nothing
+        (out / "checkpoint-2").mkdir()
+        refused = refused_in_this_process(["--config", str(config), "--overwrite_output_dir", "true"], capfd)
+        assert f"pid {holder.pid}" in refused and (out / "checkpoint-2").is_dir()
+    assert (out / LOCK_NAME).exists()  # the holder was killed: its file stays, its kernel lock went with it
+    with FolderLock(out, "test"):
         with pytest.raises(FolderLocked, match=f"pid {os.getpid()}"):
-            FolderLock(tmp_path / "out", "another").acquire()
-    assert not (tmp_path / "out" / LOCK_NAME).exists()
+            FolderLock(out, "another").acquire()
+    assert not (out / LOCK_NAME).exists()
+    # a lock file that no process holds never blocks a run: empty, cut short, or naming a live unrelated process
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        unrelated = json.dumps({"pid": sleeper.pid, "host": socket.gethostname(), "purpose": "training (justrl)"})
+        for content in ("", '{"pid": 12', unrelated):
+            (out / LOCK_NAME).write_text(content)
+            with FolderLock(out, "training") as lock:
+                assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_without_working_file_locks_the_file_alone_is_the_claim(tmp_path, monkeypatch, caplog):
+    """flock failing with ENOLCK (NFS without lockd): the file is created exclusively; a holder alive on this host
+    keeps it, a dead one's is taken over."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with FolderLock(tmp_path, "first") as lock:
+        assert lock.held and "has no working file locks" in caplog.text
+        with pytest.raises(FolderLocked, match=f"pid {os.getpid()}"):
+            FolderLock(tmp_path, "second").acquire()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    with FolderLock(tmp_path, "after a crash") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
 # ---- no token at rest ----------------------------------------------------------------------------------------------
@@ -354,10 +476,13 @@ def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_sta
     with_token = recipe(tmp_path / "shared", tiny_model_path, max_steps=2, hub_token=SENTINEL)
     checks = {
         "train, argument": lambda: cli(["--config", str(config), f"--hub_token={SENTINEL}"]),
+        "train, abbreviated": lambda: cli(["--config", str(config), "--hub_t", SENTINEL]),  # argparse would expand it
+        "train, dashes": lambda: cli(["--config", str(config), f"--hub-tok={SENTINEL}"]),
         "train, recipe": lambda: cli(["--config", str(with_token)]),
         "plan": lambda: plan.main(["--nodes", "1", "--gpus-per-node", "8", "--config", str(with_token)]),
         "launch, recipe": lambda: launcher.main(["multinode", "--dry-run", "--config", str(with_token)]),
         "launch, arguments": lambda: launcher.main(["multinode", "--dry-run", "--", "--hub_token", SENTINEL]),
+        "launch, abbreviated": lambda: launcher.main(["multinode", "--dry-run", "--", "--hub-t", SENTINEL]),
     }
     for name, call in checks.items():
         assert exit_status(call) == 2, name
@@ -445,13 +570,15 @@ def test_two_processes_agree_on_the_stop_step_when_one_is_signalled(tmp_path, ti
 
 
 def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
-    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "another-node", "slurm_job": "77"}))
-    monkeypatch.setenv("SLURM_JOB_ID", "78")
-    with pytest.raises(FolderLocked, match="pid 1 on host another-node"):
-        FolderLock(tmp_path, "training").acquire()
-    monkeypatch.setenv("SLURM_JOB_ID", "77")  # the same job, requeued onto another node after a hard kill
-    with FolderLock(tmp_path, "training") as lock:
-        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    """The claim of job 77's killed incarnation still held (an NFS lease of its dead node): another job is refused,
+    job 77 requeued takes it over."""
+    with folder_held(tmp_path, SLURM_JOB_ID="77") as holder:
+        monkeypatch.setenv("SLURM_JOB_ID", "78")
+        with pytest.raises(FolderLocked, match=f"pid {holder.pid} on host {socket.gethostname()}"):
+            FolderLock(tmp_path, "training").acquire()
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+        with FolderLock(tmp_path, "training") as lock:
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
 # ---- requeued and resumed runs -------------------------------------------------------------------------------------

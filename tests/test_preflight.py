@@ -63,6 +63,27 @@ def test_a_misspelt_reward_fails_before_any_model_loads(tmp_path, tiny_model_pat
     assert "Loading weights" not in err and "Traceback" not in err
 
 
+def test_a_model_folder_without_a_tokenizer_is_named_before_the_model_loads(tmp_path, tiny_model_path, capfd):
+    """transformers' own message for it asks to install sentencepiece or tiktoken, naming neither the folder nor the
+    files."""
+    import shutil
+
+    from test_train_script import write_recipe
+
+    from trl_justrl.train import cli
+
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_model_path / name, bare / name)
+    with pytest.raises(SystemExit) as stop:
+        cli(["--config", str(write_recipe(tmp_path, bare))])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    assert f"error: model_name_or_path {bare} has no tokenizer: none of tokenizer.json" in err
+    assert "Loading weights" not in err and "sentencepiece" not in err
+
+
 # ---- data smaller than one training step -------------------------------------------------------------------------
 
 

@@ -59,3 +59,11 @@ def test_the_planner_refuses_what_training_refuses(tmp_path):
     recipe.write_text((find_recipe("justrl_deepseek_1.5b")).read_text() + "\nlearning_rat: 1.0\n")
     with pytest.raises(plan.PlanError, match=r"typo.yaml: Unknown keys in the recipe: \['learning_rat'\]"):
         plan.RecipeBatch.from_recipe(recipe)
+
+
+def test_no_option_is_abbreviated(tmp_path):
+    """argparse expands an unambiguous prefix by default (`--learning_r` for learning_rate, `--hub_t` for hub_token):
+    the training parser reads only whole names, as recipes spell them."""
+    with pytest.raises(ValueError, match=r"not used by the HfArgumentParser: \['--learning_r'"):
+        parse_args(["--config", "demo_cpu", "--learning_r", "1e-3"])
+    assert parse_args(["--config", "demo_cpu", "--learning_rate", "1e-3"])[1].learning_rate == 1e-3

@@ -107,3 +107,43 @@ def test_registry():
     assert get_reward_funcs("test_always_one")[0](["a", "b"]) == [1.0, 1.0]
     with pytest.raises(ValueError, match="already registered"):
         register_reward("test_always_one")(lambda completions, **kw: [])
+
+
+def test_a_reward_that_raises_names_itself_and_the_sample():
+    from trl_justrl.rewards import NamingFailures, RewardFailed
+
+    def fails_on_the_third(completions, log_metric=None, **kwargs):
+        if log_metric is not None:
+            log_metric("seen", len(completions))
+        return [1.0 / (len(c[0]["content"]) - 3) for c in completions]  # ZeroDivisionError on a 3-character one
+
+    reward = NamingFailures(fails_on_the_third, "fails_on_the_third")
+    completions = [[{"role": "assistant", "content": text}] for text in ("four", "fives", "two", "six!")]
+    prompts = [[{"role": "user", "content": f"problem {i}"}] for i in range(4)]
+    logged = []
+    with pytest.raises(RewardFailed, match=r"The reward 'fails_on_the_third' raised ZeroDivisionError: float "
+                                           r"division by zero, on sample 2 of the 4 in this batch \(prompt "
+                                           r"'problem 2'; completion 'two'\)") as raised:
+        reward(prompts=prompts, completions=completions, log_metric=lambda *a: logged.append(a))
+    assert isinstance(raised.value.__cause__, ZeroDivisionError) and logged == [("seen", 4)]  # metrics off on retries
+    assert reward.__name__ == "fails_on_the_third"
+    assert reward(prompts=prompts[:1], completions=completions[:1]) == [1.0]
+
+
+@pytest.mark.slow
+def test_a_run_whose_reward_raises_ends_with_a_line_naming_it(tmp_path, tiny_model_path, capfd):
+    """After the model loaded, the first step's reward raises: the run ends with the reward's own traceback, then
+    one `error:` line naming the reward and the sample, exit status 1, and the folder lock released."""
+    from test_train_script import write_recipe
+
+    from trl_justrl.run_services.run_folder import LOCK_NAME
+    from trl_justrl.train import cli
+
+    recipe = write_recipe(tmp_path, tiny_model_path, reward_funcs=["test_missing_column"], max_steps=2)
+    with pytest.raises(SystemExit) as stop:
+        cli(["--config", str(recipe)])
+    err = capfd.readouterr().err
+    assert stop.value.code == 1, err[-3000:]
+    assert "KeyError: 'solution_text'" in err  # the reward's own traceback, for its author
+    assert "error: The reward 'test_missing_column' raised KeyError: 'solution_text', on sample 0 of the 8" in err
+    assert not (tmp_path / "out" / LOCK_NAME).exists()

@@ -16,7 +16,7 @@ from typing import Any
 
 from accelerate.utils import parse_flag_from_env
 from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
-from transformers.trainer_utils import SaveStrategy
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy
 from trl import GRPOConfig
 from trl.import_utils import is_vllm_available
 
@@ -35,6 +35,10 @@ from .reporting.health import HealthMonitorSettings
 from .rewards.dapo import DapoRewardSettings
 from .rewards.open_rs import OpenRSRewardSettings
 from .setting_roles import fixed_settings
+
+# GRPOConfig's defaults of the intervals the recipe settings in training steps set (warmup, save, eval)
+TRAINING_ARGUMENT_DEFAULTS = {
+    f.name: f.default for f in fields(GRPOConfig) if f.name in ("warmup_steps", "save_steps", "eval_steps")}
 
 WEIGHT_TRANSPORTS = ("auto", "nccl", "disk")  # how updated weights reach a vLLM server (generation/client.py)
 
@@ -186,6 +190,13 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
                 wrong[name] = f"{value} (at least 1, or null)"
         if self.save_strategy == SaveStrategy.STEPS and self.save_steps is not None and self.save_steps <= 0:
             wrong["save_steps"] = f"{self.save_steps} (positive with save_strategy steps)"
+        # transformers reads any max_steps <= 0 as "train num_train_epochs": only its own -1 means that here
+        if self.max_steps == 0 or self.max_steps < -1:
+            wrong["max_steps"] = f"{self.max_steps} (a positive number of updates, or -1 for num_train_epochs)"
+        if self.max_steps == -1 and not self.num_train_epochs > 0:
+            wrong["num_train_epochs"] = f"{self.num_train_epochs} (positive when max_steps is -1)"
+        if self.logging_strategy == IntervalStrategy.STEPS and self.logging_steps < 0:
+            wrong["logging_steps"] = f"{self.logging_steps} (positive with logging_strategy steps)"
         if self.stop_grace_period_s is not None and self.stop_grace_period_s <= 0:
             wrong["stop_grace_period_s"] = f"{self.stop_grace_period_s} (positive, or null)"
         if wrong:
@@ -285,11 +296,20 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
         self.per_device_train_batch_size = geometry.per_device_train_batch_size
         self.gradient_accumulation_steps = geometry.gradient_accumulation_steps
         self.steps_per_generation = geometry.steps_per_generation
+        in_updates = {}  # TrainingArguments' interval -> (the setting in training steps that sets it, its value)
         if self.warmup_rl_steps is not None:
-            self.warmup_steps = self.warmup_rl_steps * geometry.updates_per_step
+            in_updates["warmup_steps"] = ("warmup_rl_steps", self.warmup_rl_steps * geometry.updates_per_step)
         if self.save_every_rl_steps is not None:
-            self.save_steps = self.save_every_rl_steps * geometry.updates_per_step
-            self.eval_steps = self.save_every_rl_steps * geometry.updates_per_step
+            for name in ("save_steps", "eval_steps"):
+                in_updates[name] = ("save_every_rl_steps", self.save_every_rl_steps * geometry.updates_per_step)
+        for name, (rl_name, value) in in_updates.items():
+            given = getattr(self, name)
+            if given not in (TRAINING_ARGUMENT_DEFAULTS[name], value):  # a value of the user's would be replaced
+                raise ValueError(
+                    f"{name} = {given} and {rl_name} = {getattr(self, rl_name)} both set the same interval; "
+                    f"{rl_name} counts training steps ({value} optimizer updates here) and would replace {name}. "
+                    f"Drop {name}, or set {rl_name}: null to give {name} in optimizer updates.")
+            setattr(self, name, value)
         return geometry
 
     def _micro_batch_bound(self) -> int | None:

@@ -126,8 +126,10 @@ def trainer_choice(argv: Sequence[str]) -> str:
 def make_parser(argv: Sequence[str] | None = None, prog: str | None = None) -> TrlParser:
     """TrlParser for (script arguments, the chosen trainer's config class, ModelConfig)."""
     trainer = trainer_choice(with_recipe_file(argv) if argv is not None else [])
+    # allow_abbrev=False: argparse would otherwise read `--hub_t X` as `--hub_token X` (and `--lr` as whichever
+    # setting it happens to prefix); every option is spelled out, as in the recipes
     return TrlParser((JustRLScriptArguments, TRAINERS[trainer].config_class, ModelConfig), prog=prog,
-                     description=PARSER_DESCRIPTION)
+                     description=PARSER_DESCRIPTION, allow_abbrev=False)
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ from .data import SYNTHETIC, PromptLengthFilter, load_training_data, looks_local
 from .data_errors import DataError
 from .generation.client import VLLMServerLost
 from .generation.server_checks import VLLMServerUnavailable
-from .models import resolve_model
+from .models import ModelFolderError, resolve_model
 from .recipe_reader import JustRLScriptArguments, parse_args
 from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
-from .rewards import reward_source
+from .rewards import RewardFailed, reward_source
 from .run_services.checkpoints import (
     CheckpointError,
     CheckpointWriteError,
@@ -49,7 +49,13 @@ from .run_services.resume import (
     finished_message,
     write_finished,
 )
-from .run_services.run_folder import FolderLock, FolderLocked, OutputDirError, check_output_dir
+from .run_services.run_folder import (
+    FolderLock,
+    FolderLocked,
+    OutputDirError,
+    check_output_dir,
+    clear_previous_run,
+)
 from .trainer import TRAINERS, GRPORunTrainer, check_enough_prompts, load_processing_class
 
 logger = logging.getLogger("trl_justrl")
@@ -117,6 +123,8 @@ def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_arg
                          overwrite=training_args.overwrite_output_dir)
         lock = FolderLock(output_dir, f"training ({script_args.trainer})").acquire()
     try:
+        if lock is not None and training_args.overwrite_output_dir and not resume_requested(training_args):
+            clear_previous_run(output_dir, lock)  # only now that this run holds the folder
         latest = str(training_args.resume_from_checkpoint).lower() in RESUME_LATEST  # not a checkpoint given by path
         done = latest and (finished_message(output_dir, training_args, resume) or (resume is not None and (
             finish_from_checkpoint(resume, output_dir, training_args, write=training_args.process_index == 0))))
@@ -272,7 +280,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except TrainingStopped as stop:
         print(f"[trl_justrl] {stop}", file=sys.stderr, flush=True)
         sys.exit(EXIT_REQUEUE)
-    except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError) as err:
+    except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError, ModelFolderError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     except VLLMServerLost as err:  # the generation server died or hung mid-run: the last whole checkpoint stays
@@ -281,6 +289,10 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except VLLMServerUnavailable as err:  # found before the model loads: a server that is down or set up wrong
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RewardFailed as err:  # a reward function's own error, found while training: its traceback, then the line
+        traceback.print_exception(err.__cause__)
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except CheckpointWriteError as err:  # found while training: the run failed, not its settings
         if not err.disk_full and err.__cause__ is not None:
             traceback.print_exception(err.__cause__)

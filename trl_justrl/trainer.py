@@ -18,9 +18,11 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
+from torch import nn
 from transformers import AutoConfig, AutoProcessor, PreTrainedModel
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer
+from trl.trainer.utils import get_callable_name, is_async_callable
 
 from .config import GRPORunConfig, JustRLConfig, RunConfig, fixed_objective
 from .data import PromptLengthFilter, looks_local
@@ -28,7 +30,7 @@ from .data_errors import DataError
 from .evaluation.validation import ValidationCallback
 from .generation.client import ServedGeneration, served_generation
 from .generation.server_checks import SyncWatchdog, check_vllm_server
-from .models import resolve_model
+from .models import check_tokenizer_files, resolve_model
 from .policy_update.activation_memory import AUTO, resolve_auto_checkpointing
 from .policy_update.forwards import PolicyForwardTap
 from .policy_update.loss import dual_clip_mask
@@ -37,8 +39,8 @@ from .reporting.budget import DiskBudget, TokenBudget
 from .reporting.health import HealthMonitor
 from .reporting.model_card import insert_section, recipe_card_section
 from .reporting.summary import VLLM_PREFIX
-from .rewards import resolve_reward
-from .run_services.checkpoints import failed_save, write_marker
+from .rewards import NamingFailures, resolve_reward
+from .run_services.checkpoints import failed_save, rotate_checkpoints, write_marker
 from .run_services.preemption import GracefulStop
 from .run_services.resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .trl_internals import check_internals, checkpoints_kept, name_local_base_model, trl_metrics
@@ -64,12 +66,15 @@ def _resolve_rewards(
     reward_funcs: Any, args: RunConfig | None = None, processing_class: Any = None
 ) -> list[Callable | str | PreTrainedModel]:
     """Each entry as TRL takes it (rewards.resolve_reward): registered and TRL names and import paths become
-    functions, reward-model ids and callables pass through; a name that is none of these is an error."""
+    functions, reward-model ids and callables pass through; a name that is none of these is an error. Synchronous
+    functions are wrapped so that one that raises names itself and the sample (rewards.NamingFailures)."""
     if reward_funcs is None:
         reward_funcs = list(DEFAULT_REWARDS)
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
-    return [resolve_reward(f, args, processing_class) for f in reward_funcs]
+    resolved = [resolve_reward(f, args, processing_class) for f in reward_funcs]
+    return [NamingFailures(f, get_callable_name(f)) if callable(f) and not isinstance(f, (nn.Module, NamingFailures))
+            and not is_async_callable(f) else f for f in resolved]
 
 
 def describe_dataset(dataset: Any) -> str:
@@ -110,7 +115,9 @@ def check_enough_prompts(dataset: Any, args: RunConfig, dropped: int = 0) -> Non
 
 
 def load_processing_class(model: str, args: RunConfig) -> Any:
-    """The tokenizer (or processor) as the trainer uses it: left padding and left truncation, like TRL's."""
+    """The tokenizer (or processor) as the trainer uses it: left padding and left truncation, like TRL's. A local
+    folder without tokenizer files is a ModelFolderError naming it (models.check_tokenizer_files)."""
+    check_tokenizer_files(model)
     return AutoProcessor.from_pretrained(model, truncation_side="left", padding_side="left",
                                          trust_remote_code=args.trust_remote_code)
 
@@ -227,7 +234,7 @@ class GRPORunTrainer(GRPOTrainer):
                 environment_factory=environment_factory,
             )
         self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
-        self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1: finish the update, save, stop (preemption.py)
+        self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1 / SIGINT: finish the update, save, stop
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
         self.add_callback(DiskBudget())  # one checkpoint's size and what the kept ones take, logged at the start
         if args.health_monitor:
@@ -262,6 +269,10 @@ class GRPORunTrainer(GRPOTrainer):
         """transformers' checkpoint, then, once every process has written its share, the completion marker
         (checkpoints.py); old checkpoints are rotated only after that, so a kill mid-save never leaves the run
         without a whole checkpoint."""
+        with self.graceful_stop.saving():  # a late stop signal waits for this checkpoint to be whole
+            self._save_whole_checkpoint(model, trial)
+
+    def _save_whole_checkpoint(self, model, trial) -> None:
         limit = self.args.save_total_limit
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
         error: Exception | None = None
@@ -283,8 +294,7 @@ class GRPORunTrainer(GRPOTrainer):
         if not self._everyone_ok(error):  # one decision on every process: they raise together, none waits alone
             raise failed_save(folder, error, remove=self.args.should_save) from error
         if self.args.should_save and limit:
-            rotate_checkpoints(output_dir=str(folder.parent), save_total_limit=limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(folder.parent, limit, self.state.best_model_checkpoint)  # whole checkpoints only
         self.accelerator.wait_for_everyone()
 
     def _everyone_ok(self, error: Exception | None) -> bool:

@@ -9,6 +9,7 @@ fails there with `TRLInternalsChanged` naming it, not mid-run with a bare Attrib
 
 from __future__ import annotations
 
+import ast
 import functools
 import importlib
 import inspect
@@ -43,7 +44,7 @@ class Internal:
         classes = [cls for cls in inspect.getmro(getattr(module, class_name)) if cls.__module__.startswith(package)]
         if self.kind in ("method", "class attribute"):
             return any(self.name in vars(cls) for cls in classes)
-        return any(f"self.{self.name} =" in _source_text(inspect.getsourcefile(cls)) for cls in classes)
+        return any(f"self.{self.name} =" in _class_source(inspect.getsourcefile(cls), cls.__name__) for cls in classes)
 
     def check(self) -> None:
         if not self.present():
@@ -54,10 +55,14 @@ class Internal:
 
 
 @functools.cache
-def _source_text(path: str) -> str:
-    # the owner's whole source file, read once: `inspect.getsource(cls)` tokenizes a 3,000-line class on every trainer
-    # built (1.3 s); TRL and transformers keep one class per such file
-    return Path(path).read_text(encoding="utf-8")
+def _class_source(path: str, class_name: str) -> str:
+    """The source of a top-level class, parsed once per process: `inspect.getsource(cls)` tokenizes a 3,000-line
+    class again on every trainer built (1.3 s each)."""
+    text = Path(path).read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            return "\n".join(text.splitlines()[node.lineno - 1:node.end_lineno])
+    return ""
 
 
 GRPO = "trl.trainer.grpo_trainer:GRPOTrainer"

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from .budget import updates_per_generation
-from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD
+from .health import ACCURACY, ENTROPY, LENGTH, REWARD, mixed_groups
 
 
 def _number(value: Any, spec: str) -> str:
@@ -69,7 +69,7 @@ class CompactConsole(TrainerCallback):
         now = time.perf_counter()
         if REWARD in logs:
             step = step_label(state.global_step, state.max_steps, updates_per_generation(args))
-            mixed = None if logs.get(FRAC_ZERO_STD) is None else 1.0 - logs[FRAC_ZERO_STD]
+            mixed = mixed_groups(logs)
             elapsed, done = now - self._start, state.global_step - self._first_step
             eta = f"  eta {clock(elapsed / done * (state.max_steps - state.global_step))}" if done > 0 else ""
             self._print(

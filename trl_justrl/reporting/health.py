@@ -1,8 +1,9 @@
 """Training-health monitor: a TrainerCallback that warns on the failure signatures of JustRL runs as they train.
 
-Signatures (docs/recipe-science.md): entropy collapse, a flat reward, high truncation, high clip fractions,
-non-finite values. Each warns once per episode: it re-arms only after a logged value where its condition no longer
-holds. Every process sees the same (already reduced) logs, so all take the same decision (to stop, if asked).
+Signatures (docs/recipe-science.md): entropy collapse, a flat reward, no reward at all (every reward function
+returned None), high truncation, high clip fractions, non-finite values. Each warns once per episode: it re-arms only
+after a logged value where its condition no longer holds. Every process sees the same (already reduced) logs, so all
+take the same decision (to stop, if asked).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ CLIP_FRACTIONS = ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/dua
 LOSS, GRAD_NORM = "loss", "grad_norm"
 WATCHED = (LOSS, GRAD_NORM, ENTROPY, REWARD, LENGTH, TRUNCATION, *CLIP_FRACTIONS)
 
-SIGNATURES = ("entropy_collapse", "reward_flat", "truncation_high", "clip_fraction_high", "non_finite")
+SIGNATURES = ("entropy_collapse", "reward_flat", "no_reward", "truncation_high", "clip_fraction_high", "non_finite")
 HISTORY_PREFIX = "health/"  # log-history key of a fired alert: health/<signature>
 TRACKERS_WITH_ALERTS = ("wandb", "trackio")
 
@@ -114,6 +115,16 @@ def _number(logs: dict[str, Any], key: str) -> float | None:
     return float(value)
 
 
+def mixed_groups(entry: dict[str, Any]) -> float | None:
+    """The share of groups whose rewards differ (the learning signal): 1 - TRL's frac_reward_zero_std. None when it
+    is not logged, or when the step has no reward (TRL's std of all-None rewards is NaN, not 0, so its
+    frac_reward_zero_std reads 0 and would call every group mixed)."""
+    zero_std, reward = _number(entry, FRAC_ZERO_STD), _number(entry, REWARD)
+    if zero_std is None or reward is None or not math.isfinite(reward):
+        return None
+    return 1.0 - zero_std
+
+
 class HealthMonitor(TrainerCallback):
     """Warn (and optionally stop training) on the JustRL failure signatures; see the module docstring."""
 
@@ -176,6 +187,13 @@ class HealthMonitor(TrainerCallback):
             "consecutive logged steps: the policy moves too far per update",
         )
 
+        if REWARD in logs:  # logged, but None or NaN: no completion got any reward
+            self._episode(
+                fired, step, "no_reward", values[REWARD] is None or REWARD in bad,
+                f"no reward: the mean reward is {logs[REWARD]}, every reward function returned None for every "
+                "completion (rewards/<name>/mean says which); advantages, loss and gradient are 0 and nothing is "
+                "learned",
+            )
         reward = finite.get(REWARD)
         if reward is not None:
             self._rewards.append(reward)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
-from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD
+from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD, mixed_groups
 from .health import HISTORY_PREFIX as HEALTH_PREFIX
 from .history import format_value, load_trainer_state
 from .plot import plot_dynamics
@@ -115,11 +115,6 @@ def _tokens(value: int | None) -> str:
     return "n/a" if value is None else f"{int(value):,}"
 
 
-def _mixed(values: dict[str, float | None]) -> float | None:
-    zero_std = values.get(FRAC_ZERO_STD)
-    return None if zero_std is None else 1.0 - zero_std
-
-
 def _time_split(summary: RunSummary) -> list[str]:
     """One line: where a vLLM-served run's step time went (none without a server)."""
     split = summary.time_split
@@ -144,8 +139,9 @@ def format_summary(summary: RunSummary, wall_time_s: float | None = None) -> str
         f"   (rose: {rose})",
         f"  accuracy               first {format_value(summary.first[ACCURACY], '.3f')}  ->  last "
         f"{format_value(summary.last[ACCURACY], '.3f')}",
-        f"  groups, mixed outcomes first {format_value(_mixed(summary.first), '.2f')}  ->  last "
-        f"{format_value(_mixed(summary.last), '.2f')}   (share of groups whose rewards differ: the learning signal)",
+        f"  groups, mixed outcomes first {format_value(mixed_groups(summary.first), '.2f')}  ->  last "
+        f"{format_value(mixed_groups(summary.last), '.2f')}   "
+        "(share of groups whose rewards differ: the learning signal)",
         f"  entropy                first {format_value(summary.first[ENTROPY], '.3f')}  ->  last "
         f"{format_value(summary.last[ENTROPY], '.3f')}   (mean {format_value(summary.mean_entropy, '.3f')})",
         f"  completion length      first {format_value(summary.first[LENGTH], '.1f')}  ->  last "

@@ -134,6 +134,47 @@ def resolve_reward(spec: Any, args: Any = None, processing_class: Any = None) ->
     return spec
 
 
+class RewardFailed(RuntimeError):
+    """A reward function raised; the message names the reward and the first sample it fails on."""
+
+
+def _excerpt(value: Any, limit: int = 160) -> str:
+    if isinstance(value, list) and value and isinstance(value[-1], dict):  # conversational: the last message
+        value = value[-1].get("content", value[-1])
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class NamingFailures:
+    """A synchronous reward function whose exceptions name it and the first sample it fails on (RewardFailed, the
+    original chained): the batch is scored again one sample at a time, metrics off, to find it. Keeps the function's
+    name (TRL logs rewards/<name>/mean) and pickles when the function does."""
+
+    def __init__(self, func: RewardFunc, name: str):
+        self.func, self.__name__ = func, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[float | None]:
+        try:
+            return self.func(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - any failure of a user's reward is reported the same way
+            raise RewardFailed(self._describe(kwargs, err)) from err
+
+    def _describe(self, kwargs: dict[str, Any], err: Exception) -> str:
+        completions = kwargs.get("completions") or []
+        n = len(completions)
+        quiet = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}
+        for i in range(n):
+            one = {k: v[i:i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in quiet.items()}
+            try:
+                self.func(**one)
+            except Exception as alone:  # noqa: BLE001
+                prompt = _excerpt(kwargs["prompts"][i]) if len(kwargs.get("prompts") or []) == n else "n/a"
+                return (f"The reward {self.__name__!r} raised {type(alone).__name__}: {alone}, on sample {i} of the "
+                        f"{n} in this batch (prompt {prompt}; completion {_excerpt(completions[i])}).")
+        return (f"The reward {self.__name__!r} raised {type(err).__name__}: {err}, on a batch of {n} completions "
+                "(no sample fails alone).")
+
+
 def get_reward_funcs(names: Sequence[str] | str, args: Any = None, processing_class: Any = None) -> list[RewardFunc]:
     """The reward functions of `names`, built from the run's config `args` (and the tokenizer, where a reward counts
     tokens without TRL's `completion_ids`); an unknown name is a KeyError listing the registered ones."""
@@ -156,5 +197,5 @@ def get_reward_funcs(names: Sequence[str] | str, args: Any = None, processing_cl
     return funcs
 
 
-__all__ = ["REWARDS", "TRL_REWARDS", "available_rewards", "get_reward_funcs", "register_reward", "resolve_reward",
-           "reward_source"]
+__all__ = ["REWARDS", "TRL_REWARDS", "NamingFailures", "RewardFailed", "available_rewards", "get_reward_funcs",
+           "register_reward", "resolve_reward", "reward_source"]

@@ -1,9 +1,9 @@
 """Crash-consistent checkpoints: a completion marker written last, and a `latest` that resumes only whole ones.
 
 transformers writes `checkpoint-N/` file by file, so a kill mid-save leaves a folder that looks like a checkpoint:
-`GRPORunTrainer` writes `checkpoint_complete.json` (each file's size and a digest of its first and last MiB) once
+`GRPORunTrainer` writes `checkpoint_complete.json` (each file's size and sha256) once
 every process has written its share, and `find_resumable` skips (and names) any checkpoint without it or with a file
-missing, resized or changed.
+missing, resized or changed. `rotate_checkpoints` applies `save_total_limit` to marked checkpoints only.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
            "pytorch_model.bin.index.json", "adapter_model.bin")
 OPTIMIZER = ("optimizer.pt", "optimizer.bin")
-DIGEST_SPAN = 1 << 20  # bytes read at each end of a file: multi-GB weights are checked in milliseconds
+DIGEST_SPAN = 1 << 20  # markers of earlier versions digest each file's first and last MiB only ("ends")
+DIGEST_CHUNK = 8 << 20  # bytes read at a time for a whole-file digest
 
 
 class CheckpointError(RuntimeError):
@@ -72,9 +73,15 @@ def _disk_usage(folder: Path) -> tuple[float, float]:
     return usage.total, usage.free
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of the file's size, first MiB and last MiB (the whole file when smaller): cheap for multi-GB weights,
-    and it catches a file rewritten in place with the same size (a torn or edited trainer_state.json)."""
+def file_digest(path: Path, kind: str = "sha256") -> str:
+    """The file's sha256, streamed (about 1 GB/s a core: benchmarks/RESULTS.md has the cost for a 1.5B model's
+    checkpoint). kind "ends": the digest earlier markers recorded, of the size and the first and last MiB only."""
+    if kind == "sha256":
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(DIGEST_CHUNK):
+                digest.update(chunk)
+        return digest.hexdigest()
     size = path.stat().st_size
     digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
@@ -86,14 +93,15 @@ def file_digest(path: Path) -> str:
 
 
 def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
-    """List what `folder` holds (relative paths, sizes and `file_digest`s) into its completion marker, atomically
-    (temp + rename)."""
+    """List what `folder` holds (relative paths, sizes and whole-file sha256s) into its completion marker,
+    atomically (temp + rename)."""
     folder = Path(folder)
     files = {str(p.relative_to(folder)): {"size": p.stat().st_size, "digest": file_digest(p)}
              for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER and not p.name.endswith(".tmp")}
     marker = folder / MARKER
     temporary = folder / f"{MARKER}.tmp"
-    temporary.write_text(json.dumps({"global_step": global_step, "world_size": world_size, "files": files}, indent=1))
+    temporary.write_text(json.dumps({"global_step": global_step, "world_size": world_size, "digest": "sha256",
+                                     "files": files}, indent=1))
     with open(temporary, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(temporary, marker)
@@ -102,12 +110,13 @@ def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
 
 def incomplete_reason(folder: Path) -> str | None:
     """Why `folder` is not a whole checkpoint (None when it is): no marker, or a listed file missing, resized or
-    changed since it was saved (markers of earlier versions list sizes only)."""
+    changed since it was saved, by the digest its marker recorded (older markers: sizes only, or the files' ends)."""
     marker = folder / MARKER
     if not marker.is_file():
         return f"no {MARKER} (the save did not finish)"
     try:
-        listed = json.loads(marker.read_text())["files"]
+        recorded = json.loads(marker.read_text())
+        listed, kind = recorded["files"], recorded.get("digest", "ends")
         expected = {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in listed.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"unreadable {MARKER} ({err})"
@@ -117,7 +126,7 @@ def incomplete_reason(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {entry.get('size')} when saved"
-        if "digest" in entry and file_digest(path) != entry["digest"]:
+        if "digest" in entry and file_digest(path, kind) != entry["digest"]:
             return f"{name} changed since it was saved (its checksum differs)"
     return None
 
@@ -129,6 +138,31 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT.match(p.name))]
     return [p for _, p in sorted(found, reverse=True)]
+
+
+def rotate_checkpoints(output_dir: str | Path, save_total_limit: int | None,
+                       best_model_checkpoint: str | Path | None = None) -> list[Path]:
+    """transformers' rotation (keep the newest `save_total_limit`, never the newest or the best model's) over whole
+    checkpoints only: a folder without a completion marker (a torn save, a stray copy named checkpoint-N) is neither
+    counted nor deleted, so it can never push a whole checkpoint out. Returns the deleted folders, oldest first."""
+    if save_total_limit is None or save_total_limit <= 0:
+        return []
+    whole = [p for p in reversed(checkpoints(output_dir)) if (p / MARKER).is_file()]  # oldest first
+    if not whole:
+        return []
+    protected = {whole[-1].resolve()}
+    if best_model_checkpoint is not None:
+        protected.add(Path(best_model_checkpoint).resolve())
+    remaining, deleted = len(whole), []
+    for folder in whole:
+        if remaining <= max(save_total_limit, len(protected)):
+            break
+        if folder.resolve() in protected:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        deleted.append(folder)
+        remaining -= 1
+    return deleted
 
 
 @dataclass

@@ -19,12 +19,19 @@ def _names(argv: Sequence[str]) -> list[str]:
     return [arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")]
 
 
+def _reaches(option: str, name: str) -> bool:
+    """Whether argparse could read `--option` as `--name`: the name itself or a prefix of it past its first word
+    (`hub_t`; `hub` and `hub_` are shared by every hub_* setting). The project's parsers expand no abbreviation
+    (`allow_abbrev=False`), but a launcher passes a command line on to parsers it does not own."""
+    return name.startswith(option) and len(option) > name.index("_") + 1
+
+
 def refuse_secrets(argv: Sequence[str] = (), recipe: Mapping[str, Any] | None = None,
                    where: str = "the recipe") -> None:
     """ValueError (naming the setting, never its value) for a token in `argv` (any spelling argparse accepts: `-` for
     `_`, an unambiguous prefix) or in a recipe's values or its `env:` mapping."""
     for name, variable in SECRET_SETTINGS.items():
-        if any(len(option) >= 6 and name.startswith(option) for option in _names(argv)):
+        if any(_reaches(option, name) for option in _names(argv)):
             found = "on the command line"
         elif recipe is not None and recipe.get(name):
             found = f"in {where}"

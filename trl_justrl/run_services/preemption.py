@@ -1,9 +1,11 @@
-"""A clean stop on SIGTERM / SIGUSR1 (SLURM preemption, `scancel`): finish the optimizer update in progress, save a
-whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75) to be requeued.
+"""A clean stop on SIGTERM / SIGUSR1 / SIGINT (SLURM preemption, `scancel`, Ctrl-C): finish the optimizer update
+in progress, save a whole checkpoint at the step every process agrees on (one all-reduce), exit `EXIT_REQUEUE` (75)
+to be requeued.
 
 Signals within `SAME_REQUEST_WINDOW_S` of the first are the same request: a job step's stop signals every process
 of its group (`kill -TERM -- -PGID`, `timeout`, systemd, SLURM), and a launcher dying on it adds the parent-death
-SIGUSR1. A signal after that window, or `stop_grace_period_s` after the first, ends the process at once. A stop
+SIGUSR1. A signal after that window, or `stop_grace_period_s` after the first, ends the process at once, except
+while a checkpoint is being written: then it ends as soon as that checkpoint is whole (no torn folder). A stop
 between the updates of one generation batch makes the resumed run sample a new batch for the rest (docs/cluster.md).
 """
 
@@ -26,7 +28,7 @@ from transformers import TrainerCallback
 logger = logging.getLogger(__name__)
 
 EXIT_REQUEUE = 75  # EX_TEMPFAIL: stopped on request with a whole checkpoint; relaunch with resume to continue
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # Ctrl-C too: not a bare KeyboardInterrupt
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)  # what a launcher passes on to its children
 SAME_REQUEST_WINDOW_S = 5.0  # stop signals this close to the first one repeat its request (see the module docstring)
 
@@ -101,7 +103,8 @@ def adopted_children(exclude: set[int]) -> list[int]:
 
 
 class GracefulStop(TrainerCallback):
-    """Stop training at the next optimizer-update boundary after SIGTERM / SIGUSR1, saving a checkpoint first."""
+    """Stop training at the next optimizer-update boundary after SIGTERM / SIGUSR1 / SIGINT, saving a checkpoint
+    first."""
 
     def __init__(self, accelerator: Any = None, grace_period_s: float | None = None):
         self.accelerator = accelerator
@@ -110,6 +113,8 @@ class GracefulStop(TrainerCallback):
         self._requested_at = 0.0  # time.monotonic() of the first signal
         self.stopped_at: int | None = None  # the global step saved and stopped at (all processes)
         self._previous: dict[int, Any] = {}
+        self._saving = False  # a checkpoint is being written (`saving()`)
+        self._exit_after_save: int | None = None  # a stop-now that arrived while it was
 
     # -- signals ---------------------------------------------------------------------------------------------------
 
@@ -118,8 +123,8 @@ class GracefulStop(TrainerCallback):
             if time.monotonic() - self._requested_at <= SAME_REQUEST_WINDOW_S:  # the same request, carried again
                 os.write(2, f"[trl_justrl] {signal.Signals(signum).name} received: already stopping\n".encode())
                 return
-            os.write(2, f"[trl_justrl] second signal ({signal.Signals(signum).name}): stopping now\n".encode())
-            os._exit(128 + signum)
+            self._stop_now(signum, f"second signal ({signal.Signals(signum).name})")
+            return
         self.requested, self._requested_at = signum, time.monotonic()
         stop_when_parent_dies(0)  # after a re-parenting the kernel could send it again, which would mean "at once"
         os.write(2, (f"[trl_justrl] {signal.Signals(signum).name} received: finishing the current optimizer update, "
@@ -131,15 +136,35 @@ class GracefulStop(TrainerCallback):
             timer.start()
 
     def _out_of_time(self, signum: int) -> None:
-        os.write(2, f"[trl_justrl] stop_grace_period_s={self.grace_period_s:g} passed: stopping now\n".encode())
+        self._stop_now(signum, f"stop_grace_period_s={self.grace_period_s:g} passed")
+
+    def _stop_now(self, signum: int, why: str) -> None:
+        if self._saving:  # ended by `saving()` once the checkpoint is whole
+            self._exit_after_save = 128 + signum
+            os.write(2, f"[trl_justrl] {why} while a checkpoint is being written: stopping once it is whole\n".encode())
+            return
+        os.write(2, f"[trl_justrl] {why}: stopping now\n".encode())
         os._exit(128 + signum)
+
+    @contextlib.contextmanager
+    def saving(self) -> Iterator[None]:
+        """Around a checkpoint's save: a stop-now (a late second signal, the grace period's end) waits for it to be
+        whole, then ends the process with SystemExit(128 + signal), so the folder lock is released on the way out."""
+        self._saving = True
+        try:
+            yield
+        finally:
+            self._saving = False
+        if self._exit_after_save is not None:
+            raise SystemExit(self._exit_after_save)
 
     def install(self) -> None:
         """Install the handlers (main thread only; elsewhere signals keep their default action). Under a launcher
         (`accelerate launch`, torchrun), the process also asks for SIGUSR1 when its launcher dies, so a launcher
         stopped by SIGTERM cannot leave it training on alone."""
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("Training runs outside the main thread: SIGTERM / SIGUSR1 will not stop it cleanly.")
+            logger.warning("Training runs outside the main thread: SIGTERM / SIGUSR1 / SIGINT will not stop it "
+                           "cleanly.")
             return
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)

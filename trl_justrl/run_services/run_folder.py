@@ -1,12 +1,16 @@
 """A run's output folder: checked before any model loads, one writer at a time, never silently reused.
 
 `check_output_dir` refuses a folder that cannot be written or that holds another run (unless resuming or
-overwriting); `FolderLock` (`<folder>/.trl_justrl.lock`: pid, host, purpose) refuses a second writer and takes over a
-lock whose process died on this host or belonged to an earlier run of the same SLURM job.
+overwriting), and deletes nothing. `FolderLock` (a kernel lock on `<folder>/.trl_justrl.lock`, which names its
+holder) refuses a second writer; it is free again as soon as its holder exits or dies.
+`clear_previous_run` deletes a previous run for `overwrite_output_dir` only with the lock held, so a run still
+training there never loses a checkpoint.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -38,7 +42,7 @@ def _probe_writable(folder: Path) -> None:
 
 
 def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool) -> Path:
-    """Create (if needed) and check the output folder; see the module docstring. Returns it."""
+    """Create (if needed) and check the output folder; see the module docstring. Returns it; deletes nothing."""
     folder = Path(output_dir)
     if folder.exists() and not folder.is_dir():
         raise OutputDirError(f"output_dir {folder} is a file, not a folder; choose another output_dir.")
@@ -57,12 +61,22 @@ def check_output_dir(output_dir: str | Path, *, resuming: bool, overwrite: bool)
                 "start afresh there with --overwrite_output_dir true (its checkpoints are deleted), or choose "
                 "another output_dir."
             )
-        for old in previous:
-            shutil.rmtree(old)
-        for name in RUN_FILES:
-            (folder / name).unlink(missing_ok=True)
-        logger.warning("overwrite_output_dir: deleted the previous run's checkpoints and state in %s", folder)
     return folder
+
+
+def clear_previous_run(folder: Path, lock: FolderLock) -> None:
+    """overwrite_output_dir: delete the checkpoints and run files of the run that was in `folder`. Only with the
+    folder's lock held (a live run there keeps the lock, and so its checkpoints)."""
+    if not lock.held or lock.path.parent != folder:
+        raise RuntimeError(f"clear_previous_run needs {folder}'s lock held by this process")
+    previous = checkpoints(folder)
+    if not previous and not any((folder / name).exists() for name in RUN_FILES):
+        return
+    for old in previous:
+        shutil.rmtree(old)
+    for name in RUN_FILES:
+        (folder / name).unlink(missing_ok=True)
+    logger.warning("overwrite_output_dir: deleted the previous run's checkpoints and state in %s", folder)
 
 
 def alive(pid: int, *, group: bool = False) -> bool:
@@ -81,41 +95,99 @@ class FolderLocked(RuntimeError):
 
 
 class FolderLock:
-    """An exclusive claim on a folder for one run (see the module docstring); use as a context manager."""
+    """An exclusive claim on a folder for one run, as a context manager: an flock on `<folder>/.trl_justrl.lock`,
+    which the kernel releases when its holder dies, however it dies (so a stale, empty or cut file, or a pid reused by
+    another process, never blocks a later run, an unattended requeue included). The file holds pid, host, purpose and
+    SLURM job, for the refusal's message. A requeued SLURM job takes over its own claim (an NFS lease of its killed
+    node may outlive it). On a file system without working locks (flock fails: NFS without lockd, some FUSE mounts)
+    the file alone is the claim, taken over when its pid is dead on this host (a warning says so)."""
 
     def __init__(self, folder: str | Path, purpose: str):
         self.path = Path(folder) / LOCK_NAME
         self.purpose = purpose
         self.held = False
+        self._fd: int | None = None
 
     def _holder(self) -> dict:
         try:
-            return json.loads(self.path.read_text())
+            holder = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _refusal(self, holder: dict) -> FolderLocked:
+        return FolderLocked(
+            f"{self.path.parent} is in use by another run: pid {holder.get('pid', '?')} on host "
+            f"{holder.get('host', '?')} ({holder.get('purpose', 'unknown')}). Wait for it to finish, or use another "
+            "folder.")
+
+    def _open(self, flags: int) -> int:
+        """The lock file's descriptor; a folder that cannot hold it (read-only, gone) is an OutputDirError naming it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(self.path, flags, 0o644)
+        except FileExistsError:
+            raise
+        except OSError as err:
+            raise OutputDirError(f"{self.path.parent} cannot be claimed for this run: {self.path} cannot be created "
+                                 f"({err.strerror or err}). Choose a writable folder.") from err
 
     def acquire(self) -> FolderLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time(),
               "slurm_job": os.environ.get("SLURM_JOB_ID")}
+        for _ in range(3):
+            fd = self._open(os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._holder()
+                if me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]:
+                    logger.warning("Taking over %s: it is held for this SLURM job (%s) by pid %s on %s, an earlier "
+                                   "run of the requeued job.", self.path, me["slurm_job"], holder.get("pid"),
+                                   holder.get("host"))
+                    self.path.unlink(missing_ok=True)  # a new file, a new lock
+                    continue
+                raise self._refusal(holder) from None
+            except OSError as err:
+                os.close(fd)
+                if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise
+                logger.warning("%s: this file system has no working file locks (%s); the lock file alone marks the "
+                               "folder in use.", self.path, err.strerror)
+                return self._acquire_without_kernel_lock(me)
+            if not self._still_the_file(fd):  # released and removed while this process waited for it: again
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(me).encode())
+            os.fsync(fd)
+            self._fd, self.held = fd, True
+            return self
+        raise FolderLocked(f"Could not take {self.path}.")
+
+    def _still_the_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def _acquire_without_kernel_lock(self, me: dict) -> FolderLock:
+        """The claim as a file created exclusively; one whose pid is dead on this host, or of this SLURM job, is
+        taken over."""
+        if self.path.exists() and not self._holder():  # empty or cut: made by the open above, or a torn write
+            self.path.unlink(missing_ok=True)
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = self._open(os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 holder = self._holder()
-                same_host = holder.get("host") == me["host"]
-                dead = same_host and isinstance(holder.get("pid"), int) and not alive(holder["pid"])
-                requeued = me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]
-                if dead or requeued:  # a requeued SLURM job keeps its id, wherever it restarts
-                    logger.warning("Taking over %s: its holder (pid %s on %s) is gone.", self.path, holder.get("pid"),
-                                   holder.get("host"))
+                dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not alive(
+                    holder["pid"])
+                if dead or (me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]):
                     self.path.unlink(missing_ok=True)
                     continue
-                raise FolderLocked(
-                    f"{self.path.parent} is in use by another run: pid {holder.get('pid', '?')} on host "
-                    f"{holder.get('host', '?')} ({holder.get('purpose', 'unknown')}). Wait for it to finish, use "
-                    f"another folder, or delete {self.path} if that run is gone."
-                ) from None
+                raise self._refusal(holder) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
@@ -124,7 +196,10 @@ class FolderLock:
 
     def release(self) -> None:
         if self.held and self._holder().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)  # before the kernel lock goes: a waiter then retries on a new file
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.held = False
 
     def __enter__(self) -> FolderLock:
