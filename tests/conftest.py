@@ -129,13 +129,17 @@ def two_process_run(tmp_path_factory, tiny_model_path) -> tuple[Path, subprocess
 
 
 @contextlib.contextmanager
-def folder_held(folder: Path, purpose: str = "training (justrl)", **env: str):
+def folder_held(folder: Path, purpose: str = "training (justrl)", host: str = "", **env: str):
     """A real process holding `folder`'s FolderLock while the block runs (killed after: its lock file stays, the
-    kernel lock goes). Yields the process."""
-    code = ("import sys, time\nfrom trl_justrl.run_services.run_folder import FolderLock\n"
-            "FolderLock(sys.argv[1], sys.argv[2]).acquire()\nprint('held', flush=True)\ntime.sleep(120)\n")
-    holder = subprocess.Popen([sys.executable, "-c", code, str(folder), purpose], stdout=subprocess.PIPE, text=True,
-                              env=os.environ | env, cwd=REPO)
+    kernel lock goes); `host` rewrites the host its lock file names (a claim taken on another machine). Yields the
+    process."""
+    code = ("import json, sys, time\nfrom trl_justrl.run_services.run_folder import FolderLock\n"
+            "lock = FolderLock(sys.argv[1], sys.argv[2]).acquire()\n"
+            "if sys.argv[3]:\n"
+            "    lock.path.write_text(json.dumps(json.loads(lock.path.read_text()) | {'host': sys.argv[3]}))\n"
+            "print('held', flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder), purpose, host], stdout=subprocess.PIPE,
+                              text=True, env=os.environ | env, cwd=REPO)
     try:
         assert holder.stdout.readline().strip() == "held"
         yield holder

@@ -569,16 +569,69 @@ def test_two_processes_agree_on_the_stop_step_when_one_is_signalled(tmp_path, ti
     assert step < 40 and err.count("Stopping on request at step") >= 1
 
 
+AGREE = """
+import json, sys
+from types import SimpleNamespace
+import torch.distributed as dist
+import trl_justrl.run_services.checkpoints as checkpoints
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+if rank:  # only the main process may read the checkpoints' bytes
+    checkpoints.file_digest = lambda *a, **k: (_ for _ in ()).throw(AssertionError("rank 1 read a file"))
+for asked in sys.argv[2:]:
+    args = SimpleNamespace(world_size=2, process_index=rank, output_dir=sys.argv[1], resume_from_checkpoint=asked,
+                           save_only_model=False)
+    try:
+        print(json.dumps({"resume": checkpoints.agreed_resume_checkpoint(args)}), flush=True)
+    except Exception as err:
+        print(json.dumps({"error": type(err).__name__ + ": " + str(err)}), flush=True)
+"""
+
+
+def test_the_processes_resume_from_the_checkpoint_the_main_one_checked(tmp_path):
+    """With several processes, the main one checks the checkpoints (every byte: 25 GB for a 1.5B run) and tells
+    the others which one to load, or the error they all stop on. Two gloo processes, real files."""
+    for step in (1, 2):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+            (folder / name).write_bytes(bytes(64 * step))
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        write_marker(folder, step, 2)
+    (tmp_path / "checkpoint-2" / "model.safetensors").write_bytes(bytes(127) + b"x")  # same size, changed
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", AGREE, str(tmp_path), "latest", str(tmp_path / "checkpoint-9")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              env=env() | {"RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                                           "MASTER_PORT": str(port)}) for rank in (0, 1)]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    for out, err in outputs:  # per process: the answer to `latest`, then to a checkpoint that is not there
+        latest, missing = (json.loads(line) for line in out.strip().splitlines()[-2:])
+        assert latest == {"resume": str(tmp_path / "checkpoint-1")}, err[-2000:]
+        assert missing["error"].startswith("FileNotFoundError: resume_from_checkpoint="), missing
+
+
 def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
-    """The claim of job 77's killed incarnation still held (an NFS lease of its dead node): another job is refused,
-    job 77 requeued takes it over."""
-    with folder_held(tmp_path, SLURM_JOB_ID="77") as holder:
+    """A claim taken on another machine: held (job 77's killed node, its NFS lease not yet expired) or left behind,
+    another job is refused, naming the machine; job 77 requeued takes it over."""
+    with folder_held(tmp_path, host="another-node", SLURM_JOB_ID="77") as holder:
         monkeypatch.setenv("SLURM_JOB_ID", "78")
-        with pytest.raises(FolderLocked, match=f"pid {holder.pid} on host {socket.gethostname()}"):
+        with pytest.raises(FolderLocked, match=f"pid {holder.pid} on host another-node"):
             FolderLock(tmp_path, "training").acquire()
         monkeypatch.setenv("SLURM_JOB_ID", "77")
         with FolderLock(tmp_path, "training") as lock:
             assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    # left behind by a node that died (no process holds it here): a file system whose locks stay on one machine
+    # cannot tell it from a live run there
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 12, "host": "another-node", "slurm_job": "77"}))
+    monkeypatch.setenv("SLURM_JOB_ID", "78")
+    with pytest.raises(FolderLocked, match=r"pid 12 on host another-node .*another machine.*delete"):
+        FolderLock(tmp_path, "training").acquire()
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    with FolderLock(tmp_path, "training") as lock:
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
 # ---- requeued and resumed runs -------------------------------------------------------------------------------------

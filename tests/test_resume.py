@@ -13,7 +13,7 @@ from trl_justrl import JustRLConfig, JustRLTrainer
 from trl_justrl.data import load_training_data
 from trl_justrl.reporting.model_card import SECTION_TITLE, insert_section
 from trl_justrl.rewards import register_reward
-from trl_justrl.train import resolve_resume_checkpoint
+from trl_justrl.run_services.checkpoints import resolve_resume_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -54,18 +54,23 @@ class ModelFolderError(ValueError):
     """A local model folder that cannot be loaded as given (the message names it and what is missing)."""
 
 
-# the files a local model folder keeps its tokenizer in (any one of them: transformers' fast and slow formats)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tiktoken.model", "spiece.model")
+# a local model folder's tokenizer: any one of these files (transformers' fast and slow formats, tiktoken and
+# sentencepiece files by their suffix)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "merges.txt", "tekken.json")
+TOKENIZER_SUFFIXES = (".model", ".tiktoken")
 
 
 def check_tokenizer_files(model: str | Path) -> None:
     """A local folder must hold its tokenizer: without one, transformers asks to install sentencepiece or tiktoken,
     naming neither the folder nor the files. Hub ids and missing paths pass (transformers names those)."""
     folder = Path(model)
-    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES) and not any(
+            path.suffix in TOKENIZER_SUFFIXES for path in folder.iterdir()):
         raise ModelFolderError(
-            f"model_name_or_path {folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} is in it. Save the "
-            "tokenizer with the model (tokenizer.save_pretrained(folder)) or copy its files there.")
+            f"model_name_or_path {folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} or a "
+            f"{' / '.join('*' + suffix for suffix in TOKENIZER_SUFFIXES)} file is in it. Save the tokenizer with the "
+            "model (tokenizer.save_pretrained(folder)) or copy its files there.")
 
 
 def cache_root() -> Path:

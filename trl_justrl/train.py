@@ -35,11 +35,11 @@ from .reporting.console import install_compact_console
 from .reporting.summary import format_summary, summarize_run
 from .rewards import RewardFailed, reward_source
 from .run_services.checkpoints import (
+    RESUME_LATEST,
     CheckpointError,
     CheckpointWriteError,
-    check_resumable,
-    find_resumable,
-    incomplete_reason,
+    agreed_resume_checkpoint,
+    resume_requested,
 )
 from .run_services.preemption import EXIT_REQUEUE
 from .run_services.resume import (
@@ -115,7 +115,7 @@ def main(script_args: JustRLScriptArguments, training_args: RunConfig, model_arg
         raise TypeError(f"trainer: {script_args.trainer} needs a {trainer_class.config_class.__name__}, got "
                         f"{type(training_args).__name__} (build the parser with make_parser(argv)).")
     # Pre-flight, before any data or model loads: the checkpoint to resume from, the output folder, one writer.
-    resume = resolve_resume_checkpoint(training_args)
+    resume = agreed_resume_checkpoint(training_args)
     output_dir = Path(training_args.output_dir)
     lock = None
     if training_args.process_index == 0:
@@ -226,42 +226,6 @@ def save_final_model(trainer: GRPORunTrainer, output_dir: Path) -> None:
         trainer.save_model(str(rescue))
         raise OSError(f"Could not write the final model to {output_dir} ({err.strerror or err}); it was saved to "
                       f"{rescue} instead: copy it where it belongs.") from err
-
-
-RESUME_LATEST = ("latest", "last", "auto", "true")
-
-
-def resume_requested(args: RunConfig) -> bool:
-    value = args.resume_from_checkpoint
-    return not (value is None or str(value).lower() in ("", "false", "none"))
-
-
-def resolve_resume_checkpoint(args: RunConfig) -> str | None:
-    """`--resume_from_checkpoint latest`: the newest whole checkpoint-N in output_dir (checkpoints.find_resumable
-    skips and names torn or incomplete ones), or None (a fresh start) if there is none. That one flag makes a
-    relaunched or requeued job continue where it stopped. A given path must exist and be resumable."""
-    if not resume_requested(args):
-        return None
-    value = args.resume_from_checkpoint
-    if str(value).lower() in RESUME_LATEST:
-        found = find_resumable(args.output_dir, save_only_model=args.save_only_model)
-        for folder, reason in found.skipped:
-            logger.warning("Skipping %s: %s", folder, reason)
-        if found.path is None:
-            logger.info("No whole checkpoint in %s yet: starting from scratch.", args.output_dir)
-            return None
-        logger.info("Resuming from %s", found.path)
-        return str(found.path)
-    if not Path(value).is_dir():
-        raise FileNotFoundError(
-            f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint-N folder, or 'latest' for the newest "
-            f"one in output_dir ({args.output_dir})."
-        )
-    reason = incomplete_reason(Path(value))
-    if reason is not None:
-        logger.warning("%s: %s; resuming anyway, as asked (its files are checked next).", value, reason)
-    check_resumable(value, save_only_model=args.save_only_model)
-    return str(value)
 
 
 def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:

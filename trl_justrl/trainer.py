@@ -66,15 +66,19 @@ def _resolve_rewards(
     reward_funcs: Any, args: RunConfig | None = None, processing_class: Any = None
 ) -> list[Callable | str | PreTrainedModel]:
     """Each entry as TRL takes it (rewards.resolve_reward): registered and TRL names and import paths become
-    functions, reward-model ids and callables pass through; a name that is none of these is an error. Synchronous
-    functions are wrapped so that one that raises names itself and the sample (rewards.NamingFailures)."""
+    functions, reward-model ids and callables pass through; a name that is none of these is an error."""
     if reward_funcs is None:
         reward_funcs = list(DEFAULT_REWARDS)
     if not isinstance(reward_funcs, Sequence) or isinstance(reward_funcs, str):
         reward_funcs = [reward_funcs]
-    resolved = [resolve_reward(f, args, processing_class) for f in reward_funcs]
+    return [resolve_reward(f, args, processing_class) for f in reward_funcs]
+
+
+def naming_failures(reward_funcs: list[Any]) -> list[Any]:
+    """TRL's reward functions with each synchronous one wrapped so that, when it raises, the error names it and the
+    sample (rewards.NamingFailures); reward models and async functions as they are."""
     return [NamingFailures(f, get_callable_name(f)) if callable(f) and not isinstance(f, (nn.Module, NamingFailures))
-            and not is_async_callable(f) else f for f in resolved]
+            and not is_async_callable(f) else f for f in reward_funcs]
 
 
 def describe_dataset(dataset: Any) -> str:
@@ -233,6 +237,7 @@ class GRPORunTrainer(GRPOTrainer):
                 rollout_func=rollout_func,
                 environment_factory=environment_factory,
             )
+        self.reward_funcs = naming_failures(self.reward_funcs)  # after TRL named them and chose their classes
         self.graceful_stop = GracefulStop(self.accelerator, args.stop_grace_period_s)
         self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1 / SIGINT: finish the update, save, stop
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
@@ -319,8 +324,11 @@ class GRPORunTrainer(GRPOTrainer):
             if changes and self.is_world_process_zero():
                 step = json.loads(Path(checkpoint, "trainer_state.json").read_text()).get("global_step", 0)
                 record_changes(self.args.output_dir, step, changes)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
-                             ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial,
+                                 ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+        finally:  # on_train_end is not reached when training raises: Ctrl-C must not stay caught afterwards
+            self.graceful_stop.uninstall()
 
     # ---- compute budget: tokens generated and trained --------------------------------------------------------
 

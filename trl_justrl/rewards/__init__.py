@@ -145,6 +145,10 @@ def _excerpt(value: Any, limit: int = 160) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
+def _ignore(*args: Any, **kwargs: Any) -> None:
+    return None
+
+
 class NamingFailures:
     """A synchronous reward function whose exceptions name it and the first sample it fails on (RewardFailed, the
     original chained): the batch is scored again one sample at a time, metrics off, to find it. Keeps the function's
@@ -153,16 +157,23 @@ class NamingFailures:
     def __init__(self, func: RewardFunc, name: str):
         self.func, self.__name__ = func, name
 
+    def __getattr__(self, name: str) -> Any:  # the function's own attributes (a reward's settings) read through
+        if name == "func" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.func, name)
+
     def __call__(self, *args: Any, **kwargs: Any) -> list[float | None]:
         try:
             return self.func(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any failure of a user's reward is reported the same way
-            raise RewardFailed(self._describe(kwargs, err)) from err
+            raise RewardFailed(self._describe(args, kwargs, err)) from err
 
-    def _describe(self, kwargs: dict[str, Any], err: Exception) -> str:
+    def _describe(self, args: tuple[Any, ...], kwargs: dict[str, Any], err: Exception) -> str:
+        if args:  # called as f(completions, **columns)
+            kwargs = kwargs | {"completions": args[0]}
         completions = kwargs.get("completions") or []
         n = len(completions)
-        quiet = {k: v for k, v in kwargs.items() if k not in ("log_metric", "log_extra")}
+        quiet = kwargs | {k: _ignore for k in ("log_metric", "log_extra") if k in kwargs}  # nothing logged twice
         for i in range(n):
             one = {k: v[i:i + 1] if isinstance(v, (list, tuple)) and len(v) == n else v for k, v in quiet.items()}
             try:

@@ -17,6 +17,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.s
 OPTIMIZER = ("optimizer.pt", "optimizer.bin")
 DIGEST_SPAN = 1 << 20  # markers of earlier versions digest each file's first and last MiB only ("ends")
 DIGEST_CHUNK = 8 << 20  # bytes read at a time for a whole-file digest
+DIGEST_KINDS = ("sha256", "ends")  # a marker's digest of another kind (a later version's) is not checked here
 
 
 class CheckpointError(RuntimeError):
@@ -126,7 +128,7 @@ def incomplete_reason(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry.get("size"):
             return f"{name} has {path.stat().st_size} bytes, {entry.get('size')} when saved"
-        if "digest" in entry and file_digest(path, kind) != entry["digest"]:
+        if "digest" in entry and kind in DIGEST_KINDS and file_digest(path, kind) != entry["digest"]:
             return f"{name} changed since it was saved (its checksum differs)"
     return None
 
@@ -230,3 +232,59 @@ def check_resumable(folder: str | Path, *, save_only_model: bool = False) -> Non
             "optimizer / learning-rate schedule / random streams silently; resume from an older checkpoint-N, or "
             "start afresh."
         )
+
+
+RESUME_LATEST = ("latest", "last", "auto", "true")
+
+
+def resume_requested(args: Any) -> bool:
+    value = args.resume_from_checkpoint
+    return not (value is None or str(value).lower() in ("", "false", "none"))
+
+
+def resolve_resume_checkpoint(args: Any) -> str | None:
+    """`--resume_from_checkpoint latest`: the newest whole checkpoint-N in output_dir (checkpoints.find_resumable
+    skips and names torn or incomplete ones), or None (a fresh start) if there is none. That one flag makes a
+    relaunched or requeued job continue where it stopped. A given path must exist and be resumable."""
+    if not resume_requested(args):
+        return None
+    value = args.resume_from_checkpoint
+    if str(value).lower() in RESUME_LATEST:
+        found = find_resumable(args.output_dir, save_only_model=args.save_only_model)
+        for folder, reason in found.skipped:
+            logger.warning("Skipping %s: %s", folder, reason)
+        if found.path is None:
+            logger.info("No whole checkpoint in %s yet: starting from scratch.", args.output_dir)
+            return None
+        logger.info("Resuming from %s", found.path)
+        return str(found.path)
+    if not Path(value).is_dir():
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={value!r} is not a folder; give a checkpoint-N folder, or 'latest' for the newest "
+            f"one in output_dir ({args.output_dir})."
+        )
+    reason = incomplete_reason(Path(value))
+    if reason is not None:
+        logger.warning("%s: %s; resuming anyway, as asked (its files are checked next).", value, reason)
+    check_resumable(value, save_only_model=args.save_only_model)
+    return str(value)
+
+
+def agreed_resume_checkpoint(args: Any) -> str | None:
+    """resolve_resume_checkpoint on the main process, its answer (or its error) given to every process: the checks
+    read every byte of the checkpoints they look at (a whole-file digest; 25 GB for a 1.5B run), once per run, not
+    once per rank, and all processes resume from the same one."""
+    if args.world_size <= 1:
+        return resolve_resume_checkpoint(args)
+    import torch.distributed as dist  # the training processes' group (accelerate set it up, and the device)
+
+    answer: list[Any] = [None, None]
+    if args.process_index == 0:
+        try:
+            answer[0] = resolve_resume_checkpoint(args)
+        except (CheckpointError, FileNotFoundError) as err:
+            answer[1] = err
+    dist.broadcast_object_list(answer, src=0)
+    if answer[1] is not None:
+        raise answer[1]
+    return answer[0]

@@ -139,9 +139,10 @@ class GracefulStop(TrainerCallback):
         self._stop_now(signum, f"stop_grace_period_s={self.grace_period_s:g} passed")
 
     def _stop_now(self, signum: int, why: str) -> None:
-        if self._saving:  # ended by `saving()` once the checkpoint is whole
+        if self._saving and self._exit_after_save is None:  # ended by `saving()` once the checkpoint is whole
             self._exit_after_save = 128 + signum
-            os.write(2, f"[trl_justrl] {why} while a checkpoint is being written: stopping once it is whole\n".encode())
+            os.write(2, (f"[trl_justrl] {why} while a checkpoint is being written: stopping once it is whole (one "
+                         "more signal stops at once)\n").encode())
             return
         os.write(2, f"[trl_justrl] {why}: stopping now\n".encode())
         os._exit(128 + signum)
@@ -149,14 +150,16 @@ class GracefulStop(TrainerCallback):
     @contextlib.contextmanager
     def saving(self) -> Iterator[None]:
         """Around a checkpoint's save: a stop-now (a late second signal, the grace period's end) waits for it to be
-        whole, then ends the process with SystemExit(128 + signal), so the folder lock is released on the way out."""
+        whole, then ends the process at once (128 + signal; the kernel drops the folder's lock). A further signal
+        while it waits ends it at once, as does SIGKILL (SLURM's, KillWait after its TERM)."""
         self._saving = True
         try:
             yield
         finally:
             self._saving = False
         if self._exit_after_save is not None:
-            raise SystemExit(self._exit_after_save)
+            os.write(2, b"[trl_justrl] the checkpoint is whole: stopping now\n")
+            os._exit(self._exit_after_save)
 
     def install(self) -> None:
         """Install the handlers (main thread only; elsewhere signals keep their default action). Under a launcher

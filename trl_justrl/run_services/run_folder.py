@@ -96,11 +96,12 @@ class FolderLocked(RuntimeError):
 
 class FolderLock:
     """An exclusive claim on a folder for one run, as a context manager: an flock on `<folder>/.trl_justrl.lock`,
-    which the kernel releases when its holder dies, however it dies (so a stale, empty or cut file, or a pid reused by
-    another process, never blocks a later run, an unattended requeue included). The file holds pid, host, purpose and
-    SLURM job, for the refusal's message. A requeued SLURM job takes over its own claim (an NFS lease of its killed
-    node may outlive it). On a file system without working locks (flock fails: NFS without lockd, some FUSE mounts)
-    the file alone is the claim, taken over when its pid is dead on this host (a warning says so)."""
+    which the kernel releases when its holder dies, however it dies (so on this machine a stale, empty or cut file, or
+    a pid reused by another process, never blocks a later run, an unattended requeue included). The file holds pid,
+    host, purpose and SLURM job, for the refusal's message. A file naming another machine is refused even when the
+    lock is free (some shared file systems lock per machine only), unless it names this SLURM job (a requeue, which
+    also takes over its killed node's NFS lease). Where flock fails (NFS without lockd, some FUSE mounts) the file
+    alone is the claim, taken over when its pid is dead on this host (a warning says so)."""
 
     def __init__(self, folder: str | Path, purpose: str):
         self.path = Path(folder) / LOCK_NAME
@@ -115,11 +116,13 @@ class FolderLock:
             return {}
         return holder if isinstance(holder, dict) else {}
 
-    def _refusal(self, holder: dict) -> FolderLocked:
+    def _refusal(self, holder: dict, elsewhere: bool = False) -> FolderLocked:
+        gone = (f" It was taken on another machine, where this one cannot check that run: if it is gone, delete "
+                f"{self.path}." if elsewhere else "")
         return FolderLocked(
             f"{self.path.parent} is in use by another run: pid {holder.get('pid', '?')} on host "
             f"{holder.get('host', '?')} ({holder.get('purpose', 'unknown')}). Wait for it to finish, or use another "
-            "folder.")
+            f"folder.{gone}")
 
     def _open(self, flags: int) -> int:
         """The lock file's descriptor; a folder that cannot hold it (read-only, gone) is an OutputDirError naming it."""
@@ -132,6 +135,14 @@ class FolderLock:
             raise OutputDirError(f"{self.path.parent} cannot be claimed for this run: {self.path} cannot be created "
                                  f"({err.strerror or err}). Choose a writable folder.") from err
 
+    @staticmethod
+    def _other_host(holder: dict, me: dict) -> bool:
+        return bool(holder.get("host")) and holder.get("host") != me["host"]
+
+    @staticmethod
+    def _same_job(holder: dict, me: dict) -> bool:
+        return me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]
+
     def acquire(self) -> FolderLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time(),
               "slurm_job": os.environ.get("SLURM_JOB_ID")}
@@ -142,7 +153,7 @@ class FolderLock:
             except BlockingIOError:
                 os.close(fd)
                 holder = self._holder()
-                if me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]:
+                if self._same_job(holder, me) and self._other_host(holder, me):  # a killed node's lease
                     logger.warning("Taking over %s: it is held for this SLURM job (%s) by pid %s on %s, an earlier "
                                    "run of the requeued job.", self.path, me["slurm_job"], holder.get("pid"),
                                    holder.get("host"))
@@ -156,12 +167,24 @@ class FolderLock:
                 logger.warning("%s: this file system has no working file locks (%s); the lock file alone marks the "
                                "folder in use.", self.path, err.strerror)
                 return self._acquire_without_kernel_lock(me)
-            if not self._still_the_file(fd):  # released and removed while this process waited for it: again
+            try:
+                if not self._still_the_file(fd):  # released and removed while this process waited for it: again
+                    os.close(fd)
+                    continue
+                holder = self._holder()
+                # a claim taken on another machine: where a file system's locks do not reach across machines (NFS
+                # mounted nolock, BeeGFS, Lustre localflock) this kernel lock says nothing about it
+                if self._other_host(holder, me) and not self._same_job(holder, me):
+                    raise self._refusal(holder, elsewhere=True)
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps(me).encode())
+                os.fsync(fd)
+            except OSError as err:
                 os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps(me).encode())
-            os.fsync(fd)
+                raise OutputDirError(f"{self.path} cannot be written ({err.strerror or err}).") from err
+            except BaseException:
+                os.close(fd)
+                raise
             self._fd, self.held = fd, True
             return self
         raise FolderLocked(f"Could not take {self.path}.")
@@ -184,10 +207,10 @@ class FolderLock:
                 holder = self._holder()
                 dead = holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not alive(
                     holder["pid"])
-                if dead or (me["slurm_job"] is not None and holder.get("slurm_job") == me["slurm_job"]):
+                if dead or self._same_job(holder, me):
                     self.path.unlink(missing_ok=True)
                     continue
-                raise self._refusal(holder) from None
+                raise self._refusal(holder, elsewhere=self._other_host(holder, me)) from None
             with os.fdopen(fd, "w") as f:
                 json.dump(me, f)
             self.held = True
