@@ -308,17 +308,22 @@ def test_signals_within_the_window_are_one_request_and_a_later_one_stops_at_once
     assert saved.read_text() == "whole"
 
 
+def accelerate_launch(tmp_path: Path, model: Path) -> tuple[Path, list[str]]:
+    """A 50-update run (saved only on a stop) under `accelerate launch` on one CPU process: (recipe, command)."""
+    config = recipe(tmp_path, model, save_strategy="no", save_every_rl_steps=None, max_steps=50)
+    script = tmp_path / "train_with_test_rewards.py"
+    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
+    accelerate = Path(sys.executable).with_name("accelerate")
+    return config, [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", str(script), "--config", str(config)]
+
+
 def test_a_stop_sent_to_the_whole_process_group_of_accelerate_launch_saves_and_stops(tmp_path, tiny_model_path):
     """`kill -TERM -- -PGID` (timeout, systemd, SLURM's job step) reaches accelerate launch and its training process
     together, and accelerate's death adds the parent-death SIGUSR1: the training process takes them as one request,
     saves a whole checkpoint, writes stopped.json (how a plain `accelerate launch` job script detects a stop), releases
     its lock and exits 75."""
-    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=50)
-    script = tmp_path / "train_with_test_rewards.py"
-    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", str(script), "--config", str(config)]
+    config, cmd = accelerate_launch(tmp_path, tiny_model_path)
     errors = tmp_path / "stderr.txt"
     with errors.open("w") as err_file:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_file, text=True, env=env(), cwd=REPO,
@@ -495,12 +500,7 @@ def test_a_token_on_a_command_line_or_in_a_recipe_is_refused_before_anything_sta
 def test_sigterm_to_accelerate_launch_leaves_no_orphan_training(tmp_path, tiny_model_path):
     """`accelerate launch` dies on SIGTERM without passing it on; its training process asked the kernel for SIGUSR1
     when its parent dies, so it saves and stops instead of training on alone."""
-    config = recipe(tmp_path, tiny_model_path, save_strategy="no", save_every_rl_steps=None, max_steps=50)
-    script = tmp_path / "train_with_test_rewards.py"
-    script.write_text(TRAIN_WITH_TEST_REWARDS.replace("'tests'", repr(str(REPO / "tests"))).replace("; ", "\n"))
-    accelerate = Path(sys.executable).with_name("accelerate")
-    cmd = [str(accelerate), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
-           "no", "--dynamo_backend", "no", str(script), "--config", str(config)]
+    config, cmd = accelerate_launch(tmp_path, tiny_model_path)
     result = _start_and_signal(cmd, signal.SIGTERM, "step 1/50")
     assert result.returncode != 0  # accelerate itself died on the signal
     out = tmp_path / "out"
