@@ -616,22 +616,21 @@ def test_the_processes_resume_from_the_checkpoint_the_main_one_checked(tmp_path)
 def test_a_requeued_slurm_job_takes_over_its_own_lock(tmp_path, monkeypatch):
     """A claim taken on another machine: held (job 77's killed node, its NFS lease not yet expired) or left behind,
     another job is refused, naming the machine; job 77 requeued takes it over."""
-    with folder_held(tmp_path, host="another-node", SLURM_JOB_ID="77") as holder:
+
+    def refused_to_job_78_taken_by_job_77(refusal: str) -> None:
         monkeypatch.setenv("SLURM_JOB_ID", "78")
-        with pytest.raises(FolderLocked, match=f"pid {holder.pid} on host another-node"):
+        with pytest.raises(FolderLocked, match=refusal):
             FolderLock(tmp_path, "training").acquire()
         monkeypatch.setenv("SLURM_JOB_ID", "77")
         with FolderLock(tmp_path, "training") as lock:
             assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+
+    with folder_held(tmp_path, host="another-node", SLURM_JOB_ID="77") as holder:
+        refused_to_job_78_taken_by_job_77(f"pid {holder.pid} on host another-node")
     # left behind by a node that died (no process holds it here): a file system whose locks stay on one machine
     # cannot tell it from a live run there
     (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 12, "host": "another-node", "slurm_job": "77"}))
-    monkeypatch.setenv("SLURM_JOB_ID", "78")
-    with pytest.raises(FolderLocked, match=r"pid 12 on host another-node .*another machine.*delete"):
-        FolderLock(tmp_path, "training").acquire()
-    monkeypatch.setenv("SLURM_JOB_ID", "77")
-    with FolderLock(tmp_path, "training") as lock:
-        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    refused_to_job_78_taken_by_job_77(r"pid 12 on host another-node .*another machine.*delete")
 
 
 # ---- requeued and resumed runs -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.s
            "pytorch_model.bin.index.json", "adapter_model.bin")
 OPTIMIZER = ("optimizer.pt", "optimizer.bin")
 DIGEST_SPAN = 1 << 20  # markers of earlier versions digest each file's first and last MiB only ("ends")
-DIGEST_CHUNK = 8 << 20  # bytes read at a time for a whole-file digest
+DIGEST_CHUNK = 8 << 20  # bytes read at a time for a whole-file digest (hashlib.file_digest is Python 3.11+)
 DIGEST_KINDS = ("sha256", "ends")  # a marker's digest of another kind (a later version's) is not checked here
 
 
