@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -76,6 +77,11 @@ WRONG = [
     ("2x = 10", "10", None),
     ("n - 1 = 10", "10", None),
     ("x = 5 = 6", "6", None),
+    # values tied to names keep the order they are written in, with or without the problem's text
+    ("a = 6, b = 5", "5, 6", None),
+    ("a = 6, b = 5", "5, 6", "Find a and b."),
+    ("(a, b) = (6, 5)", "5, 6", "Find a and b."),
+    ("a = 6, b = 5, 7", "5, 6, 7", None),
     ("\\$51", "50", None),
     ("16\\ \\mathrm{minutes}", "15", None),
     ("x = 53_8", "52_8", None),
@@ -132,6 +138,9 @@ RIGHT = [
     ("0.49", "0.490", None),
     ("2^{25} \\cdot 26!", "2^{25} \\cdot 26!", None),
     ("x = 5", "5", None),
+    ("a = 5, b = 6", "5, 6", "Find a and b."),
+    ("(a, b) = (5, 6)", "5, 6", None),
+    ("x = 2, x = 3", "3, 2", None),
     ("\\frac{1}{" * 4 + "2" + "}" * 4, "2", None),
     # lists in any order unless the problem names them in an order; sets, "and", \pm
     ("1, 5", "5,1", "Find all real x such that x^2 - 6x + 5 = 0."),
@@ -269,6 +278,35 @@ def test_time_limit_and_symbolic_grading_hold_in_a_worker_thread():
     thread.join(180)
     assert results["symbolic"] is True and results["wrong"] is False  # not the exact-string fallback
     assert results["tower"] is False and results["tower_s"] < 60  # bounded: the helper's deadline, not sympy
+
+
+def test_time_limit_bounds_the_whole_response_not_each_parse():
+    """A boxed list of slow items took items² × limit (four items: 80 s at 5 s); now one limit for the response, in
+    the main thread and in a worker thread (the helper), and the caller's SIGALRM handler is left as it was."""
+    slow = ", ".join(["(x+1)^{99999}"] * 4)  # sympy expands each for minutes
+    def mine(signum, frame):
+        raise AssertionError("the caller's handler ran")
+
+    previous = signal.signal(signal.SIGALRM, mine)
+    try:
+        start = time.monotonic()
+        assert not grade_answer(boxed(slow), "1, 2, 3, 4", timeout_s=1)
+        assert time.monotonic() - start < 6
+        assert signal.getsignal(signal.SIGALRM) is mine and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert grade_answer(boxed("4, 3, 2, 1"), "1, 2, 3, 4", timeout_s=1)  # the next response has its own limit
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    took = {}
+
+    def run():
+        start = time.monotonic()
+        took["correct"] = grade_answer(boxed(slow), "1, 2, 3, 4", timeout_s=1)
+        took["s"] = time.monotonic() - start
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(120)
+    assert took["correct"] is False and took["s"] < 15  # a helper's start (~1 s of imports) and the one limit
 
 
 def test_grading_from_threads_and_processes_in_a_script_without_a_main_guard(tmp_path):

@@ -3,29 +3,36 @@
 `grade_answer(response, ground_truth, problem=...)` decides every benchmark score, the `robust_math` reward and the
 in-training validation; its policy (notation, lists and order, numbers and infinity, currency and units, bases
 and names, partial parses, time) is the table in docs/evaluation.md. Answers are parsed as LaTeX only, never with
-sympy's `parse_expr` (which evaluates its input), and every parse and comparison is bounded by `timeout_s`, in any
-thread.
+sympy's `parse_expr` (which evaluates its input), and all the work on one response (every parse and comparison
+together) is bounded by `timeout_s`, in any thread.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterable
 
-from math_verify.errors import TimeoutException
+import math_verify.grader
+import math_verify.parser
 
 from .answers import unbox_ground_truth
 from .processes import GradingProcess, grade_in_processes
 
-DEFAULT_TIMEOUT_S = 5  # per parse and per comparison
+DEFAULT_TIMEOUT_S = 5  # per response: every parse and comparison of one answer together
 RELATIVE_TOLERANCE = 1e-6  # project's choice: decimals agree to 6 significant digits
 MAX_UNORDERED_ITEMS = 8  # any-order lists longer than this are matched greedily rather than by every permutation
 MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: starting helpers (~1 s of imports each) would cost more
 MAX_NESTING = 12  # answers nested deeper (brackets within brackets) are compared as text only
+
+# This module bounds each response with its own timer and calls math-verify without one: silence math-verify's
+# one-time warning that its timer is off.
+math_verify.parser.TIMEOUT_WARNING_SHOWN = math_verify.grader.TIMEOUT_WARNING_SHOWN = True
 
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _SPACES = re.compile(r"\s+")
@@ -303,7 +310,8 @@ def _letters(text: str) -> set[str]:
     return {letter for letter in _LETTER.findall(text) if letter not in ("i", "e")}  # the imaginary unit, Euler's e
 
 
-def _parse_whole(text: str, timeout_s: int | None):
+@functools.lru_cache(maxsize=1024)  # an any-order list compares each item with every other: parse each once
+def _parse_whole(text: str):
     """The answer parsed as LaTeX, or None when it does not parse or parses only in part."""
     from math_verify import LatexExtractionConfig, parse
     from math_verify.parser import NormalizationConfig
@@ -314,7 +322,7 @@ def _parse_whole(text: str, timeout_s: int | None):
     # units=False: units are this module's rule (`_units`); math-verify's would drop a trailing variable (`37/4 m`)
     config = LatexExtractionConfig(boxed_match_priority=0, normalization_config=NormalizationConfig(
         basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False))
-    parsed = parse(f"\\boxed{{{text}}}", extraction_config=[config], parsing_timeout=timeout_s)
+    parsed = parse(f"\\boxed{{{text}}}", extraction_config=[config], parsing_timeout=None)
     if len(parsed) < 2:
         return None
     expression, matched = parsed[0], _compact(parsed[1])
@@ -325,15 +333,8 @@ def _parse_whole(text: str, timeout_s: int | None):
     return expression
 
 
-def _numbers_equal(gold, pred, timeout_s: int | None) -> bool | None:
+def _numbers_equal(gold, pred) -> bool | None:
     """Exact comparison of exact numbers, relative tolerance where a decimal is involved; None if not numbers."""
-    from math_verify.utils import timeout
-
-    return timeout(timeout_seconds=timeout_s)(_compare_numbers)(gold, pred) if timeout_s else _compare_numbers(
-        gold, pred)
-
-
-def _compare_numbers(gold, pred) -> bool | None:
     import sympy
 
     if not (isinstance(gold, sympy.Basic) and isinstance(pred, sympy.Basic)):
@@ -356,7 +357,7 @@ def _compare_numbers(gold, pred) -> bool | None:
     return bool(abs(difference.evalf(60)) <= sympy.Float(10) ** -45 * max(size, 1))
 
 
-def _value_equal(gold: str, pred: str, timeout_s: int | None) -> bool:
+def _value_equal(gold: str, pred: str) -> bool:
     """One value (no top-level commas) of the gold against one of the prediction."""
     pred = _without_restatement(pred, gold)
     if gold == pred:
@@ -377,18 +378,18 @@ def _value_equal(gold: str, pred: str, timeout_s: int | None) -> bool:
     if gold_value == pred_value:
         return True
     try:
-        gold_parsed = _parse_whole(gold_value, timeout_s)
-        pred_parsed = _parse_whole(pred_value, timeout_s)
+        gold_parsed = _parse_whole(gold_value)
+        pred_parsed = _parse_whole(pred_value)
         if gold_parsed is None or pred_parsed is None:  # as text; an explicit product sign is juxtaposition
             return _compact(gold_value.replace("\\cdot", "")) == _compact(pred_value.replace("\\cdot", ""))
-        numeric = _numbers_equal(gold_parsed, pred_parsed, timeout_s)
+        numeric = _numbers_equal(gold_parsed, pred_parsed)
         if numeric is not None:
             return numeric
         from math_verify import verify
 
         return bool(verify([gold_parsed, gold_value], [pred_parsed, pred_value], float_rounding=12,
-                           timeout_seconds=timeout_s))
-    except (Exception, TimeoutException):  # sympy raises on pathological input; timeouts: not equivalent
+                           timeout_seconds=None))
+    except Exception:  # sympy raises on pathological input: not equivalent
         return False
 
 
@@ -407,17 +408,18 @@ def _is_name(text: str) -> bool:
     return bool(re.search(r"[A-Za-z]", text)) and not re.search(r"\d", bare) and _nesting(text) <= MAX_NESTING
 
 
-def _answers_equal(gold: str, pred: str, problem: str | None, timeout_s: int | None) -> bool:
+def _answers_equal(gold: str, pred: str, problem: str | None) -> bool:
     """Gold and prediction, both normalised: one value or several (see the policy)."""
     if _nesting(gold) > MAX_NESTING or _nesting(pred) > MAX_NESTING:
         return _compact(gold) == _compact(pred)  # compared as text (the parser mis-reads very deep nests)
+    named = not _RELATION.search(gold) and _names_its_values(pred)
     pred = _without_restatement(pred, gold)  # `(x, y) = (1, 2)`: the restated collection
     gold_kind, gold_items = _collection(gold)
     pred_kind, pred_items = _collection(pred)
     if len(gold_items) == 1 and len(pred_items) == 1:
         if gold_kind == pred_kind or "value" in (gold_kind, pred_kind):
-            return _value_equal(gold, pred, timeout_s) or (
-                gold_kind == pred_kind != "value" and _value_equal(gold_items[0], pred_items[0], timeout_s))
+            return _value_equal(gold, pred) or (
+                gold_kind == pred_kind != "value" and _value_equal(gold_items[0], pred_items[0]))
         return False
     if len(gold_items) != len(pred_items):
         return False  # a value missing, added or repeated
@@ -425,14 +427,25 @@ def _answers_equal(gold: str, pred: str, problem: str | None, timeout_s: int | N
         return False  # a tuple written as a set, or the reverse
     if gold_kind == "interval" or pred_kind == "interval":
         return gold_kind == pred_kind and gold[0] == pred[0] and gold[-1] == pred[-1] and all(
-            _answers_equal(g, p, None, timeout_s) for g, p in zip(gold_items, pred_items, strict=True))
-    unordered = gold_kind in ("set", "solutions") or (gold_kind == "list" and (
-        not ordered(problem) or all(container(item)[0] == "tuple" for item in gold_items)))  # solutions as tuples
+            _answers_equal(g, p, None) for g, p in zip(gold_items, pred_items, strict=True))
+    unordered = not named and (gold_kind in ("set", "solutions") or (gold_kind == "list" and (
+        not ordered(problem) or all(container(item)[0] == "tuple" for item in gold_items))))  # solutions as tuples
     if pred_kind in ("set", "solutions") and not unordered:
         return False  # an order-free notation for an ordered answer
     if not unordered:
-        return all(_answers_equal(g, p, None, timeout_s) for g, p in zip(gold_items, pred_items, strict=True))
-    return _match_any_order(gold_items, pred_items, timeout_s)
+        return all(_answers_equal(g, p, None) for g, p in zip(gold_items, pred_items, strict=True))
+    return _match_any_order(gold_items, pred_items)
+
+
+def _names_its_values(pred: str) -> bool:
+    """`a = 6, b = 5` or `(a, b) = (6, 5)`: values tied to different names, so a gold list of bare values is matched in the
+    order written, never in any order (which would accept `a = 6, b = 5` for `a = 5, b = 6`)."""
+    whole = _RESTATED.match(pred)
+    if whole and _is_name(whole.group(1)) and container(whole.group(1).strip())[0] == "tuple":
+        return True
+    names = [match.group(1).strip() for item in split_top_level(container(pred)[1])
+             if (match := _RESTATED.match(item.strip())) is not None and _is_name(match.group(1))]
+    return len(set(names)) > 1  # `x = 2, x = 3`: one unknown's solutions, in any order
 
 
 def _collection(text: str) -> tuple[str, list[str]]:
@@ -455,16 +468,16 @@ def _plus_minus(item: str) -> list[str]:
     return [_PLUS_MINUS.sub(first, item).strip(), _PLUS_MINUS.sub(second, item).strip()]
 
 
-def _match_any_order(gold_items: list[str], pred_items: list[str], timeout_s: int | None) -> bool:
+def _match_any_order(gold_items: list[str], pred_items: list[str]) -> bool:
     """A one-to-one matching of the items (multiplicity counts)."""
     if len(gold_items) <= MAX_UNORDERED_ITEMS:
-        same = {(i, j): _answers_equal(g, p, None, timeout_s)
+        same = {(i, j): _answers_equal(g, p, None)
                 for i, g in enumerate(gold_items) for j, p in enumerate(pred_items)}
         return any(all(same[i, j] for i, j in enumerate(order))
                    for order in itertools.permutations(range(len(pred_items))))
     remaining = list(pred_items)
     for g in gold_items:
-        hit = next((k for k, p in enumerate(remaining) if _answers_equal(g, p, None, timeout_s)), None)
+        hit = next((k for k, p in enumerate(remaining) if _answers_equal(g, p, None)), None)
         if hit is None:
             return False
         remaining.pop(hit)
@@ -474,9 +487,42 @@ def _match_any_order(gold_items: list[str], pred_items: list[str], timeout_s: in
 # ---- the grader -----------------------------------------------------------------------------------------------
 
 
+class ResponseTimeout(BaseException):
+    """The whole-response time limit passed. A BaseException, and not math-verify's `TimeoutException`, so that
+    neither this module's nor math-verify's handlers (which catch both `Exception` and their own timeout) swallow it."""
+
+
 def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeout_s: int | None) -> bool:
+    """Grade within one SIGALRM deadline for the whole response (main thread only): past it, not equivalent."""
+    if not timeout_s:
+        return _grade_unbounded(predicted, gold, problem)
+    armed = [True]
+
+    def expire(signum: int, frame: object) -> None:
+        if armed[0]:
+            raise ResponseTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
     try:
-        return _answers_equal(normalize_answer(gold), normalize_answer(predicted), problem, timeout_s)
+        # re-fires every 0.1 s past the deadline, in case a dependency's bare `except:` swallowed it
+        signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.1)
+        try:
+            return _grade_unbounded(predicted, gold, problem)
+        finally:
+            armed[0] = False
+    except ResponseTimeout:  # also when it fell just before the disarm above
+        return False
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _grade_unbounded(predicted: str, gold: str, problem: str | None) -> bool:
+    try:
+        if _compact(normalize_answer(predicted)) == _compact(normalize_answer(gold)):
+            return True
+        return _answers_equal(normalize_answer(gold), normalize_answer(predicted), problem)
     except RecursionError:  # pathological nesting the guards did not catch: not equivalent (as in a helper)
         return False
 
@@ -499,11 +545,9 @@ def grade_answer(
     gold = unbox_ground_truth(str(ground_truth).strip())
     if not gold:
         raise ValueError("grade_answer: the ground truth is empty.")
-    if _compact(normalize_answer(predicted)) == _compact(normalize_answer(gold)):
-        return True
     if threading.current_thread() is threading.main_thread():
         return _grade_in_this_thread(predicted, gold, problem, timeout_s)
-    with _HELPER_LOCK:  # math-verify's timer needs a main thread: a helper process grades for the others
+    with _HELPER_LOCK:  # SIGALRM needs the main thread: a helper process grades for the others
         return _HELPER.grade(response, gold, problem, timeout_s)
 
 

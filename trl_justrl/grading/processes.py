@@ -27,9 +27,9 @@ READY = "ready"
 
 
 def deadline_s(timeout_s: int) -> float:
-    """How long one answer may take in a ready helper: a parse of each side and comparisons of a few values, each
-    bounded by `timeout_s` there, plus slack for a loaded machine."""
-    return 4 * timeout_s + 10
+    """How long one answer may take in a ready helper: the whole answer is bounded by `timeout_s` there; the rest is
+    slack for a loaded machine (a helper stuck in C code past it is killed)."""
+    return 2 * timeout_s + 10
 
 
 def _command() -> tuple[list[str], dict[str, str], str | None]:

@@ -85,8 +85,8 @@ class DapoRewardSettings:
     robust_verifier_timeout_s: int | None = field(
         default=None,  # the grader's own limit (grading.grader.DEFAULT_TIMEOUT_S): training and evaluation alike
         metadata={
-            "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to each math-verify parse and each "
-            "comparison of one response, in any thread. Null: trl_justrl.grading.grader.DEFAULT_TIMEOUT_S."
+            "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to grade one response (all its "
+            "parses and comparisons together), in any thread; past it the response counts as wrong. Null: trl_justrl.grading.grader.DEFAULT_TIMEOUT_S."
         },
     )
 
