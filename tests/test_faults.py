@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +158,39 @@ def test_an_evaluation_into_a_read_only_folder_is_an_error_line(tmp_path, tiny_m
     finally:
         if mounted:
             subprocess.run(["umount", "--lazy", str(read_only)], check=False)
+
+
+def test_evaluation_checks_the_checkpoint_before_sampling(tmp_path, tiny_model_path, capsys):
+    """A marked checkpoint with bytes changed mid-file, an unmarked one with its weights cut short, and an unmarked
+    whole one: an error naming the file, an error naming the cut, a warning (the evaluation goes on)."""
+    from trl_justrl.evaluation.cli import main as cli_main
+    from trl_justrl.run_services.checkpoints import MARKER, write_marker
+
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    shutil.copytree(tiny_model_path, checkpoint)
+    write_marker(checkpoint, 3, 1)
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    whole = bytes(data)
+
+    def evaluate() -> tuple[int, str]:  # NOPE: stops at the benchmark's name, after the model's checks
+        code = cli_main(["--model", str(checkpoint), "--benchmarks", "NOPE", "--output-dir", str(tmp_path / "ev")])
+        return code, capsys.readouterr().err
+
+    code, err = evaluate()
+    assert code == 2 and "not a whole checkpoint" not in err and "warning" not in err and "NOPE" in err
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    code, err = evaluate()
+    assert code == 2 and f"{checkpoint} is not a whole checkpoint: model.safetensors changed since it was saved" in err
+    assert "Traceback" not in err
+    (checkpoint / MARKER).unlink()
+    weights.write_bytes(whole[: len(whole) - 1000])
+    code, err = evaluate()
+    assert code == 2 and f"{weights} is cut short" in err and "Traceback" not in err and "NOPE" not in err
+    weights.write_bytes(whole)
+    code, err = evaluate()
+    assert code == 2 and f"warning: {checkpoint} has no {MARKER}" in err and "NOPE" in err
 
 
 def _cmdlines() -> list[str]:

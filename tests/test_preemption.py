@@ -25,6 +25,7 @@ from trl_justrl.run_services.checkpoints import (
     CheckpointError,
     check_resumable,
     find_resumable,
+    incomplete_reason,
     rotate_checkpoints,
     write_marker,
 )
@@ -741,3 +742,37 @@ def test_a_full_disk_names_the_folder_removes_the_torn_checkpoint_and_keeps_earl
     finally:
         if mounted:
             subprocess.run(["umount", "--lazy", str(small)], check=False)
+
+
+def test_an_output_folder_that_turns_read_only_mid_run_is_one_error_line(tmp_path, tiny_model_path):
+    """The folder's mount turns read-only between two saves (a real remount): one error line naming the cause and
+    the folder, no traceback (the lock's removal used to end in a third one, hiding the error), exit 1; the earlier
+    checkpoints stay whole and the lock file left behind blocks no later run."""
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("no tmpfs can be mounted here (needs root)")
+    try:
+        config = recipe(tmp_path, tiny_model_path, max_steps=4, output_dir=str(mount / "out"))
+        process = subprocess.Popen(train_command(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   env=env(), cwd=REPO)
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("step 1/4"):  # checkpoint-1 is being saved: turn read-only once it is whole
+                while not (mount / "out" / "checkpoint-1" / MARKER).exists():
+                    time.sleep(0.05)
+                remount = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)
+                assert remount.returncode == 0, remount.stderr  # the run holds no file open for writing
+        output = "".join(lines)
+        assert process.wait(timeout=120) == 1, output[-3000:]
+        out = mount / "out"
+        assert f"in {out} failed: the folder turned read-only" in output and "Traceback" not in output
+        assert f"{out / LOCK_NAME} could not be removed" in output
+        assert incomplete_reason(out / "checkpoint-1") is None
+        subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
+        FolderLock(out, "a later run").acquire().release()  # the file left behind holds no lock
+        assert find_resumable(out).path == out / "checkpoint-1"
+    finally:
+        subprocess.run(["umount", "--lazy", str(mount)], check=False)

@@ -84,6 +84,25 @@ def test_a_model_folder_without_a_tokenizer_is_named_before_the_model_loads(tmp_
     assert "Loading weights" not in err and "sentencepiece" not in err
 
 
+def test_a_cut_weights_file_is_named_before_the_model_loads(tmp_path, tiny_model_path, capfd):
+    """A copy or save cut short was a raw SafetensorError from inside transformers."""
+    import shutil
+
+    from test_train_script import write_recipe
+
+    from trl_justrl.train import cli
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_model_path, cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4096])
+    with pytest.raises(SystemExit) as stop:
+        cli(["--config", str(write_recipe(tmp_path, cut))])
+    err = capfd.readouterr().err
+    assert stop.value.code == 2, err[-2000:]
+    assert f"error: {weights} is cut short:" in err and "Traceback" not in err and "SafetensorError" not in err
+
+
 # ---- data smaller than one training step -------------------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ and returns its path; any other name or path is returned unchanged for transform
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -71,6 +72,30 @@ def check_tokenizer_files(model: str | Path) -> None:
             f"model_name_or_path {folder} has no tokenizer: none of {', '.join(TOKENIZER_FILES)} or a "
             f"{' / '.join('*' + suffix for suffix in TOKENIZER_SUFFIXES)} file is in it. Save the tokenizer with the "
             "model (tokenizer.save_pretrained(folder)) or copy its files there.")
+
+
+def check_weight_files(model: str | Path) -> None:
+    """Each `*.safetensors` file of a local folder must be as long as its own header says (a copy or save cut short
+    is otherwise a raw `SafetensorError` at load). Reads 8 bytes and the JSON header of each file, not the weights."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.safetensors")):
+        size = path.stat().st_size
+        try:
+            with open(path, "rb") as f:
+                header_size = int.from_bytes(f.read(8), "little")
+                if not 2 <= header_size <= size - 8:
+                    raise ValueError(f"a header of {header_size} bytes in a file of {size}")
+                header = json.loads(f.read(header_size))
+            end = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
+                                         if name != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+            raise ModelFolderError(f"{path} is not a readable safetensors file ({err}): the model folder is "
+                                   "damaged; copy or save it again.") from err
+        if size < end:
+            raise ModelFolderError(f"{path} is cut short: {size} bytes where its header lists {end}. The copy or "
+                                   "save did not finish; copy or save it again (or use an earlier checkpoint).")
 
 
 def cache_root() -> Path:

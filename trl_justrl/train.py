@@ -258,7 +258,7 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     except CheckpointWriteError as err:  # found while training: the run failed, not its settings
-        if not err.disk_full and err.__cause__ is not None:
+        if not (err.disk_full or err.read_only) and err.__cause__ is not None:
             traceback.print_exception(err.__cause__)
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)

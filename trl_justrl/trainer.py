@@ -30,7 +30,7 @@ from .data_errors import DataError
 from .evaluation.validation import ValidationCallback
 from .generation.client import ServedGeneration, served_generation
 from .generation.server_checks import SyncWatchdog, check_vllm_server
-from .models import check_tokenizer_files, resolve_model
+from .models import check_tokenizer_files, check_weight_files, resolve_model
 from .policy_update.activation_memory import AUTO, resolve_auto_checkpointing
 from .policy_update.forwards import PolicyForwardTap
 from .policy_update.loss import dual_clip_mask
@@ -187,6 +187,7 @@ class GRPORunTrainer(GRPOTrainer):
         self.base_model_name = model if isinstance(model, str) else model.config._name_or_path  # for the model card
         if isinstance(model, str):
             model = resolve_model(model)
+            check_weight_files(model)  # a cut weights file is named here, not a raw SafetensorError in transformers
         if processing_class is None:
             processing_class = load_processing_class(model if isinstance(model, str) else model.config._name_or_path,
                                                      args)

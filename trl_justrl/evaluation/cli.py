@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..generation.server_checks import VLLMServerUnavailable
-from ..models import resolve_model
+from ..models import ModelFolderError, check_tokenizer_files, check_weight_files, resolve_model
+from ..run_services.checkpoints import CHECKPOINT, MARKER, incomplete_reason
 from ..run_services.preemption import forwarding_signals
 from ..run_services.run_folder import FolderLock, FolderLocked
 from .problem_sets import BenchmarkError, get_benchmark, load_problems
@@ -72,6 +73,26 @@ def build_parser(prog: str = "python -m trl_justrl.evaluation") -> argparse.Argu
                    help="Engine replicas, each on --tensor-parallel-size GPUs with a share of the problems.")
     p.add_argument("--shard", help=argparse.SUPPRESS)  # "rank/size", set for the data-parallel workers
     return p
+
+
+def check_model_to_evaluate(model: str) -> None:
+    """Before any sampling: a local checkpoint whose completion marker disagrees with its files (a file missing,
+    resized or changed since it was saved) is a ModelFolderError naming the file; a `checkpoint-N` folder without a
+    marker gets a warning (its save may not have finished); cut safetensors files and a missing tokenizer are errors
+    naming them. Hub ids and the embedded model's name pass."""
+    folder = Path(model)
+    if not folder.is_dir():
+        return
+    if (folder / MARKER).is_file():
+        reason = incomplete_reason(folder)
+        if reason is not None:
+            raise ModelFolderError(f"{folder} is not a whole checkpoint: {reason}. Evaluate an earlier checkpoint-N "
+                                   "of the run, or save this one again.")
+    elif CHECKPOINT.match(folder.resolve().name):
+        print(f"warning: {folder} has no {MARKER}: its save may not have finished (or it was written before "
+              "markers existed). Evaluating it unverified.", file=sys.stderr)
+    check_weight_files(folder)
+    check_tokenizer_files(folder)
 
 
 def server_backend(model: str, url: str, timeout_s: float) -> Any:
@@ -173,6 +194,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
 
     lock = None
     try:
+        if shard is None:  # the parent checks the model once, before any worker or sampler starts
+            check_model_to_evaluate(args.model)
         if shard is None:  # one evaluation per output folder (its data-parallel workers write under the parent's lock)
             lock = FolderLock(args.output_dir, f"evaluation of {args.model}").acquire()
         if args.data_parallel_size > 1 and shard is None:
@@ -182,7 +205,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m trl_justrl.ev
             if code != 0:
                 return code
         report = run_evaluation(opts, backend)
-    except (BenchmarkError, FileNotFoundError, ImportError, ValueError, FolderLocked, VLLMServerUnavailable) as exc:
+    except (BenchmarkError, FileNotFoundError, ImportError, ValueError, FolderLocked, VLLMServerUnavailable,
+            ModelFolderError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

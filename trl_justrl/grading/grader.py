@@ -438,8 +438,8 @@ def _answers_equal(gold: str, pred: str, problem: str | None) -> bool:
 
 
 def _names_its_values(pred: str) -> bool:
-    """`a = 6, b = 5` or `(a, b) = (6, 5)`: values tied to different names, so a gold list of bare values is matched in the
-    order written, never in any order (which would accept `a = 6, b = 5` for `a = 5, b = 6`)."""
+    """`a = 6, b = 5` or `(a, b) = (6, 5)`: values tied to different names, so a gold list of bare values is
+    matched in the order written, never in any order (which would accept `a = 6, b = 5` for `a = 5, b = 6`)."""
     whole = _RESTATED.match(pred)
     if whole and _is_name(whole.group(1)) and container(whole.group(1).strip())[0] == "tuple":
         return True

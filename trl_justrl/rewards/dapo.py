@@ -86,7 +86,8 @@ class DapoRewardSettings:
         default=None,  # the grader's own limit (grading.grader.DEFAULT_TIMEOUT_S): training and evaluation alike
         metadata={
             "help": "Rewards `robust_math` and `open_rs_cosine`: seconds allowed to grade one response (all its "
-            "parses and comparisons together), in any thread; past it the response counts as wrong. Null: trl_justrl.grading.grader.DEFAULT_TIMEOUT_S."
+            "parses and comparisons together), in any thread; past it the response counts as wrong. Null: "
+            "trl_justrl.grading.grader.DEFAULT_TIMEOUT_S."
         },
     )
 

@@ -65,7 +65,8 @@ def setting(args: Any, name: str) -> Any:
 
 
 def grader_timeout(args: Any) -> int:
-    """Seconds per response (all its parses and comparisons) for the rewards that use the grader (`robust_verifier_timeout_s`)."""
+    """Seconds per response (all its parses and comparisons) for the rewards that use the grader
+    (`robust_verifier_timeout_s`)."""
     value = setting(args, "robust_verifier_timeout_s")
     return as_int("robust_verifier_timeout_s", DEFAULT_TIMEOUT_S if value is None else value, minimum=1)
 

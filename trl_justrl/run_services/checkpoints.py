@@ -37,9 +37,11 @@ class CheckpointError(RuntimeError):
 
 class CheckpointWriteError(OSError):
     """A checkpoint that could not be written (the message names the folder, the free space and the cause);
-    `disk_full` says whether the cause was space, else the cause's traceback is worth printing."""
+    `disk_full` / `read_only` say whether the cause was space or a folder that turned read-only (the message says
+    all); otherwise the cause's traceback is worth printing."""
 
     disk_full = False
+    read_only = False
 
 
 def failed_save(folder: Path, error: BaseException, *, remove: bool) -> CheckpointWriteError:
@@ -49,20 +51,30 @@ def failed_save(folder: Path, error: BaseException, *, remove: bool) -> Checkpoi
     text = str(error)
     full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or usage[1] < DIGEST_SPAN or any(
         sign in text for sign in ("No space left", "unexpected pos", "os error 28"))  # torch's and safetensors' words
+    read_only = (isinstance(error, OSError) and error.errno == errno.EROFS) or "Read-only file system" in text
     removed = ""
     if remove and folder.is_dir() and incomplete_reason(folder) is not None:
         shutil.rmtree(folder, ignore_errors=True)
-        free_now = _disk_usage(folder.parent)[1] / 2**20
-        removed = (f" The incomplete {folder.name} was removed ({free_now:.1f} MB free now); earlier checkpoints are "
-                   "intact.")
-    cause = "no space left on the device" if full else "the write failed"
+        if folder.exists():  # a read-only folder: `latest` skips it by its missing marker
+            removed = f" The incomplete {folder.name} could not be removed; a resume skips it."
+        else:
+            free_now = _disk_usage(folder.parent)[1] / 2**20
+            removed = (f" The incomplete {folder.name} was removed ({free_now:.1f} MB free now); earlier checkpoints "
+                       "are intact.")
+    if full:
+        cause, advice = "no space left on the device", ("Free space there, lower save_total_limit or choose another "
+                                                        "output_dir, then resume with --resume_from_checkpoint latest.")
+    elif read_only:
+        cause, advice = "the folder turned read-only", (
+            "Earlier whole checkpoints are intact. Make the folder writable again (or copy the run's folder to a "
+            "writable place and set output_dir there), then resume with --resume_from_checkpoint latest.")
+    else:
+        cause, advice = "the write failed", ("Its cause is above; resume with --resume_from_checkpoint latest once it "
+                                             "is fixed.")
     failure = CheckpointWriteError(
         f"Saving {folder.name} in {folder.parent} failed: {cause} ({usage[1] / 2**20:.1f} MB free of "
-        f"{usage[0] / 2**20:.1f} MB when it failed; {type(error).__name__}: {text[:200]}).{removed} "
-        + ("Free space there, lower save_total_limit or choose another output_dir, then resume with "
-           "--resume_from_checkpoint latest." if full else "Its cause is above; resume with --resume_from_checkpoint "
-           "latest once it is fixed."))
-    failure.disk_full = full
+        f"{usage[0] / 2**20:.1f} MB when it failed; {type(error).__name__}: {text[:200]}).{removed} {advice}")
+    failure.disk_full, failure.read_only = full, read_only and not full
     return failure
 
 

@@ -147,7 +147,9 @@ class FolderLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time(),
               "slurm_job": os.environ.get("SLURM_JOB_ID")}
         for _ in range(3):
-            fd = self._open(os.O_RDWR | os.O_CREAT)
+            # held read-only: the run keeps no file open for writing between saves (a mount can then turn
+            # read-only under it, and does so cleanly); the holder's details are written through a short-lived one
+            fd = self._open(os.O_RDONLY | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -176,9 +178,11 @@ class FolderLock:
                 # mounted nolock, BeeGFS, Lustre localflock) this kernel lock says nothing about it
                 if self._other_host(holder, me) and not self._same_job(holder, me):
                     raise self._refusal(holder, elsewhere=True)
-                os.ftruncate(fd, 0)
-                os.write(fd, json.dumps(me).encode())
-                os.fsync(fd)
+                with open(self.path, "r+") as f:  # the inode just checked: the lock stays on what is written
+                    f.write(json.dumps(me))
+                    f.truncate()
+                    f.flush()
+                    os.fsync(f.fileno())
             except OSError as err:
                 os.close(fd)
                 raise OutputDirError(f"{self.path} cannot be written ({err.strerror or err}).") from err
@@ -218,8 +222,13 @@ class FolderLock:
         raise FolderLocked(f"Could not take {self.path}.")
 
     def release(self) -> None:
+        """Remove the file, then drop the kernel lock. A file that cannot be removed (the folder turned read-only)
+        is left with a warning: its kernel lock goes with the descriptor, so it blocks no later run."""
         if self.held and self._holder().get("pid") == os.getpid():
-            self.path.unlink(missing_ok=True)  # before the kernel lock goes: a waiter then retries on a new file
+            try:
+                self.path.unlink(missing_ok=True)  # before the kernel lock goes: a waiter then retries on a new file
+            except OSError as err:
+                logger.warning("%s could not be removed (%s); it holds no lock now.", self.path, err.strerror or err)
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
