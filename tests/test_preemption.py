@@ -404,7 +404,7 @@ def test_bad_runs_fail_before_any_model_loads(tmp_path, tiny_model_path, capfd):
                          (["--learning_rate=-1e-6"], "learning_rate = -1e-06"),
                          (["--max_completion_length", "0"], "max_completion_length = 0"),
                          (["--save_every_rl_steps", "0"], "save_every_rl_steps = 0"),
-                         (["--report_to", "tensorboard"], "report_to names tensorboard, which is not installed")):
+                         (["--report_to", "mlflow"], "report_to names mlflow, which is not installed")):
         argv = ["--config", str(config), *bad]  # refused while the arguments are parsed, before anything loads
         with pytest.raises(ValueError, match=message.replace("(", r"\(")):
             parse_args(argv)

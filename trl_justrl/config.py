@@ -179,6 +179,17 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
         self.check_reward_settings()
         self.check_validation_settings()
 
+    def record_run(self, **facts: Any) -> None:
+        """The run's facts beyond these settings (model, reward functions, training data: the trainer records them),
+        kept under `recipe` in `to_dict()`, which is what wandb, trackio and TensorBoard store as the run's config."""
+        self._run_facts = {**getattr(self, "_run_facts", {}), **facts}
+
+    def to_dict(self) -> dict[str, Any]:
+        values = super().to_dict()
+        if getattr(self, "_run_facts", None):
+            values["recipe"] = dict(self._run_facts)
+        return values
+
     def _check_run_settings(self) -> None:
         """Values that would only fail after the model loads (or never): refused here, each named."""
         wrong = {}

@@ -254,6 +254,8 @@ class GRPORunTrainer(GRPOTrainer):
             self.add_callback(ValidationCallback.from_config(self, args))
         # named in the model card; trl_justrl.train sets the dataset_name it loaded
         self.training_data_name: str = describe_dataset(self.train_dataset)
+        args.record_run(model=self.base_model_name, reward_funcs=list(self.reward_func_names),
+                        training_data=self.training_data_name)  # the trackers' config then holds the whole recipe
         self.configure_model()
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())

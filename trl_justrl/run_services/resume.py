@@ -38,6 +38,7 @@ def settings_record(args: Any, world_size: int, reward_names: list[str] | None =
     """What `run_settings.json` holds: the config (JSON values), the world size, the reward names, the training data
     and the batch as the world sees it (completions per optimizer update, updates per generation batch)."""
     record = json.loads(json.dumps(args.to_dict(), default=str))
+    record.pop("recipe", None)  # the trainer's record for the trackers: its rewards and data are compared below
     record["completions_per_update"] = (args.per_device_train_batch_size * world_size
                                         * args.gradient_accumulation_steps)
     record["updates_per_generation"] = args.steps_per_generation // max(args.gradient_accumulation_steps, 1)
