@@ -59,6 +59,13 @@ def missing_integrations(report_to: Any) -> list[str]:
     return [name for name in names if name not in available]
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub reads it (1 / ON / YES / TRUE), at import or now."""
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+
+
 def _world_size_from_env() -> int:
     """Number of training processes, as set by torchrun / accelerate / deepspeed launchers (1 when unset)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -155,6 +162,11 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
                   "system across nodes). Null: <output_dir>/_vllm_weights (the Hub push leaves out names starting "
                   "with an underscore)."},
     )
+    hub_request_timeout_s: float = field(
+        default=120.0,  # project's choice: the Hub answers in seconds; an upload that keeps moving is never cut
+        metadata={"help": "With push_to_hub: seconds any Hub request may go without progress before its push fails "
+                  "(reported; the next save pushes again). huggingface_hub's own client waits forever."},
+    )
     vllm_server_liveness_timeout: float = field(
         default=30.0,  # project's choice: /health answers in milliseconds even while the server generates
         metadata={"help": "Seconds the vLLM server may go without answering /health while the trainer waits for it "
@@ -208,10 +220,15 @@ class RunConfig(DapoRewardSettings, HealthMonitorSettings, ValidationSettings, G
             wrong["num_train_epochs"] = f"{self.num_train_epochs} (positive when max_steps is -1)"
         if self.logging_strategy == IntervalStrategy.STEPS and self.logging_steps < 0:
             wrong["logging_steps"] = f"{self.logging_steps} (positive with logging_strategy steps)"
+        if not self.hub_request_timeout_s > 0:
+            wrong["hub_request_timeout_s"] = f"{self.hub_request_timeout_s} (positive seconds)"
         if self.stop_grace_period_s is not None and self.stop_grace_period_s <= 0:
             wrong["stop_grace_period_s"] = f"{self.stop_grace_period_s} (positive, or null)"
         if wrong:
             raise ValueError("Invalid settings: " + "; ".join(f"{k} = {v}" for k, v in wrong.items()))
+        if self.push_to_hub and hub_offline():
+            raise ValueError("push_to_hub is on but HF_HUB_OFFLINE is set: nothing could be pushed. Unset "
+                             "HF_HUB_OFFLINE, or set push_to_hub false (the model is saved in output_dir either way).")
         missing = missing_integrations(self.report_to)
         if missing:
             raise ValueError(

@@ -131,7 +131,7 @@ _ENTRIES: list[tuple[str, Setting]] = [
     *_each(SERVICE, (
         "output_dir", "overwrite_output_dir", "save_strategy", "save_steps", "save_total_limit", "save_only_model",
         "save_on_each_node", "push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo",
-        "hub_always_push", "hub_revision", "stop_grace_period_s", "enable_jit_checkpoint",
+        "hub_always_push", "hub_revision", "hub_request_timeout_s", "stop_grace_period_s", "enable_jit_checkpoint",
         "restore_callback_states_from_checkpoint", "ignore_data_skip", "health_monitor", "health_stop_training",
         "health_patience", "health_entropy_floor", "health_max_clip_fraction", "health_max_truncation_ratio",
         "health_reward_flat_window", "health_reward_flat_tolerance")),

@@ -41,6 +41,7 @@ from .run_services.checkpoints import (
     agreed_resume_checkpoint,
     resume_requested,
 )
+from .run_services.hub_push import HubPushError, push_final_model, pushes_off
 from .run_services.preemption import EXIT_REQUEUE
 from .run_services.resume import (
     ResumeSettingsError,
@@ -198,7 +199,7 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
     if trainer.accelerator.is_main_process:
         write_finished(output_dir, trainer.state.global_step, training_args)
     if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        push_final_model(trainer, script_args.dataset_name)
     if trainer.accelerator.is_main_process and script_args.print_summary:
         print(format_summary(summarize_run(output_dir, draw_plot=True), wall_time_s=time.time() - start), flush=True)
     return output_dir
@@ -221,10 +222,12 @@ def save_final_model(trainer: GRPORunTrainer, output_dir: Path) -> None:
     rescue folder under the system's temporary directory instead, and the error names it: trained weights are never
     lost to a final write."""
     try:
-        trainer.save_model(str(output_dir))
+        with pushes_off(trainer.args):  # pushed once, after this (push_final_model)
+            trainer.save_model(str(output_dir))
     except OSError as err:
         rescue = Path(tempfile.gettempdir()) / f"trl_justrl-rescue-{output_dir.name}-step{trainer.state.global_step}"
-        trainer.save_model(str(rescue))
+        with pushes_off(trainer.args):
+            trainer.save_model(str(rescue))
         raise OSError(f"Could not write the final model to {output_dir} ({err.strerror or err}); it was saved to "
                       f"{rescue} instead: copy it where it belongs.") from err
 
@@ -248,6 +251,9 @@ def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> Path:
     except (OutputDirError, FolderLocked, CheckpointError, DataError, ResumeSettingsError, ModelFolderError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except HubPushError as err:  # after training: the model is saved locally, the message says how to push it
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
     except VLLMServerLost as err:  # the generation server died or hung mid-run: the last whole checkpoint stays
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -41,6 +41,7 @@ from .reporting.model_card import insert_section, recipe_card_section
 from .reporting.summary import VLLM_PREFIX
 from .rewards import NamingFailures, resolve_reward
 from .run_services.checkpoints import failed_save, rotate_checkpoints, write_marker
+from .run_services.hub_push import HubPushReport, bound_hub_requests
 from .run_services.preemption import GracefulStop
 from .run_services.resume import check_resume_settings, record_changes, recorded_changes, write_settings
 from .trl_internals import check_internals, checkpoints_kept, name_local_base_model, trl_metrics
@@ -243,6 +244,11 @@ class GRPORunTrainer(GRPOTrainer):
         self.add_callback(self.graceful_stop)  # SIGTERM / SIGUSR1 / SIGINT: finish the update, save, stop
         self.add_callback(TokenBudget())  # tokens generated / trained, logged as budget/*
         self.add_callback(DiskBudget())  # one checkpoint's size and what the kept ones take, logged at the start
+        self.hub_pushes: HubPushReport | None = None
+        if args.push_to_hub:  # background pushes that fail are reported; no Hub request waits forever
+            bound_hub_requests(args.hub_request_timeout_s)
+            self.hub_pushes = HubPushReport(self)
+            self.add_callback(self.hub_pushes)
         if args.health_monitor:
             self.add_callback(HealthMonitor.from_config(args))  # warnings on the paper's failure signatures
         if self.use_vllm and args.vllm_mode == "server":  # a weight sync past its limit ends the run, loudly
@@ -386,6 +392,8 @@ class GRPORunTrainer(GRPOTrainer):
             logs["data/prompts_dropped_too_long"] = self.prompts_dropped_too_long
             if (budget := self.token_budget) is not None:
                 logs.update(budget.logs(self.state.global_step))
+            if self.hub_pushes is not None:
+                logs.update(self.hub_pushes.logs())
             if isinstance(getattr(self, "vllm_generation", None), ServedGeneration):
                 logs.update({VLLM_PREFIX + k: v for k, v in self.vllm_generation.take_timings().items()})
         super().log(logs, start_time)

@@ -92,6 +92,10 @@ INTERNALS: tuple[Internal, ...] = (
              "validation.py: colocated vLLM put back to sleep after validating"),
     Internal(TRAINER, "_save_checkpoint", "method", "trainer.py: completion markers before old checkpoints go"),
     Internal(TRAINER, "_get_output_dir", "method", "trainer.py: the folder of the checkpoint being saved"),
+    Internal(TRAINER, "push_in_progress", "attribute",
+             "run_services/hub_push.py: the background pushes transformers starts, to report the failed ones"),
+    Internal("huggingface_hub.utils._http", "default_client_factory", "module name",
+             "run_services/hub_push.py: huggingface_hub's own HTTP client, given a time limit"),
     Internal("trl", MODEL_CARD_BASE_MODEL, "template text",
              "trainer.py: a local base model named in the card instead of a broken Hub link"),
 )
@@ -160,6 +164,19 @@ def checkpoints_kept(args: Any) -> Iterator[None]:
         yield
     finally:
         args.save_total_limit = limit
+
+
+def hub_push_jobs(trainer: Any) -> list[Any]:
+    """The futures of the Hub push transformers has in flight or finished last (none before the first)."""
+    pushing = getattr(trainer, "push_in_progress", None)
+    return list(pushing.jobs) if pushing is not None else []
+
+
+def hub_client_factory() -> Any:
+    """huggingface_hub's default HTTP client factory (its event hooks: offline mode, request ids)."""
+    from huggingface_hub.utils import _http
+
+    return _http.default_client_factory
 
 
 def name_local_base_model(card: str, name: str) -> str:

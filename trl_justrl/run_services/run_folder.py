@@ -1,7 +1,7 @@
 """A run's output folder: checked before any model loads, one writer at a time, never silently reused.
 
 `check_output_dir` refuses a folder that cannot be written or that holds another run (unless resuming or
-overwriting), and deletes nothing. `FolderLock` (a kernel lock on `<folder>/.trl_justrl.lock`, which names its
+overwriting), and deletes nothing. `FolderLock` (a kernel lock on `<folder>/_trl_justrl.lock`, which names its
 holder) refuses a second writer; it is free again as soon as its holder exits or dies.
 `clear_previous_run` deletes a previous run for `overwrite_output_dir` only with the lock held, so a run still
 training there never loses a checkpoint.
@@ -23,7 +23,7 @@ from .checkpoints import checkpoints
 
 logger = logging.getLogger(__name__)
 
-LOCK_NAME = ".trl_justrl.lock"
+LOCK_NAME = "_trl_justrl.lock"  # "_*": transformers never pushes it to the Hub with the model
 RUN_FILES = ("trainer_state.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
              "training_args.bin", "finished.json", "resume_changes.json")
 
@@ -95,7 +95,7 @@ class FolderLocked(RuntimeError):
 
 
 class FolderLock:
-    """An exclusive claim on a folder for one run, as a context manager: an flock on `<folder>/.trl_justrl.lock`,
+    """An exclusive claim on a folder for one run, as a context manager: an flock on `<folder>/_trl_justrl.lock`,
     which the kernel releases when its holder dies, however it dies (so on this machine a stale, empty or cut file, or
     a pid reused by another process, never blocks a later run, an unattended requeue included). The file holds pid,
     host, purpose and SLURM job, for the refusal's message. A file naming another machine is refused even when the
