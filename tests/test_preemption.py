@@ -537,11 +537,13 @@ def test_a_final_model_that_cannot_be_written_is_rescued(tmp_path):
         Path(path).mkdir(parents=True, exist_ok=True)
         written.append(("saved", path))
 
-    trainer = SimpleNamespace(save_model=save_model, state=SimpleNamespace(global_step=17))
+    trainer = SimpleNamespace(save_model=save_model, state=SimpleNamespace(global_step=17),
+                              args=SimpleNamespace(push_to_hub=True))
     with pytest.raises(OSError, match=r"Could not write the final model to .*out \(No space left on device\); it was "
                                       r"saved to .*trl_justrl-rescue-out-step17 instead"):
         save_final_model(trainer, tmp_path / "out")
     assert written[1][0] == "saved" and Path(written[1][1]).name == "trl_justrl-rescue-out-step17"
+    assert trainer.args.push_to_hub  # pushes were off while saving (transformers pushes on each save_model), and back
 
 
 def test_two_processes_agree_on_the_stop_step_when_one_is_signalled(tmp_path, tiny_model_path):

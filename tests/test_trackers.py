@@ -7,49 +7,15 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_evaluation import make_data_dir
-from test_preemption import REPO, env, recipe, train_command
+from conftest import REPO
+from conftest import TRACKED_SECRET as SECRET
+from conftest import TRACKED_WANDB_KEY as WANDB_KEY
 
-pytest.importorskip("wandb")
-pytest.importorskip("trackio")
-pytest.importorskip("tensorboard")
-
-SECRET = "hf_trackertestsentinel0000000000"  # stands for a token in the environment: it must reach no tracker file
-WANDB_KEY = "trackertestsentinel" * 2 + "00"  # 40 characters, as a W&B API key
-CHECKED = ("budget/tokens_generated", "budget/tokens_trained", "clip_ratio/dual_mean",
-           "data/prompts_dropped_too_long", "entropy", "completions/clipped_ratio")
-VALIDATION = "eval/AIME24/mean@2"
 ALERTS = {"JustRL health: entropy_collapse", "JustRL health: truncation_high"}
-
-
-@pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory, tiny_model_path) -> dict:
-    """Two updates, validation before training and at step 2, health thresholds that fire at step 1."""
-    tmp = tmp_path_factory.mktemp("tracked")
-    config = recipe(tmp, tiny_model_path, max_steps=2, report_to=["wandb", "trackio", "tensorboard"],
-                    run_name="tracked", validation_benchmarks=["AIME24"],
-                    validation_data_dir=str(make_data_dir(tmp / "data")), validation_n=2, validation_limit=2,
-                    validation_max_new_tokens=4, validation_every_steps=2, health_entropy_floor=100.0,
-                    health_patience=1, health_max_truncation_ratio=0.0)
-    (tmp / "wandb").mkdir()
-    environment = env() | {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp / "wandb"), "WANDB_SILENT": "true",
-                           "TRACKIO_DIR": str(tmp / "trackio"), "HF_TOKEN": SECRET, "WANDB_API_KEY": WANDB_KEY}
-    result = subprocess.run(train_command(config), capture_output=True, text=True, timeout=600, env=environment,
-                            cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    history = json.loads((tmp / "out" / "trainer_state.json").read_text())["log_history"]
-    expected: dict[str, dict[int, float]] = {}
-    for entry in history:
-        for key, value in entry.items():
-            if key in (*CHECKED, VALIDATION):
-                expected.setdefault(key, {}).setdefault(entry["step"], value)
-    assert set(expected[VALIDATION]) == {0, 2} and {1, 2} <= set(expected["budget/tokens_generated"])
-    return {"tmp": tmp, "expected": expected, "model": str(tiny_model_path)}
 
 
 def _trained(values: dict[str, dict[int, float]], expected: dict[str, dict[int, float]]) -> None:

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "evaluate": ("trl_justrl.evaluation.cli", "main",
                  "Evaluate a checkpoint as a paper did (JustRL's nine benchmarks, or --protocol open-rs)."),
     "plot": ("trl_justrl.reporting.plot", "main", "Draw a run's training dynamics from its trainer_state.json."),
+    "report": ("trl_justrl.report", "main",
+               "Write one HTML page about a run beside the paper: report RUN_DIR [--eval EVAL_DIR]."),
     "recipes": ("trl_justrl.cli", "list_recipes", "List the shipped recipes and accelerate configs (usable by name)."),
 }
 
