@@ -82,3 +82,4 @@ class RecordingHub:
 
     def __exit__(self, *exc: Any) -> None:
         self.server.shutdown()
+        self.server.server_close()

@@ -26,7 +26,7 @@ def test_checkpoints_and_card_arrive_a_failed_push_is_reported_and_the_next_save
                                 env=env() | {"HF_ENDPOINT": hub.url, "HF_TOKEN": SECRET, "HF_HUB_OFFLINE": "0",
                                              "HF_HUB_DISABLE_TELEMETRY": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert len(hub.failed) == 6  # the attempt and huggingface_hub's five retries
+    assert len(hub.failed) >= 2  # the attempt and huggingface_hub's retries (five in 2.5), all answered 500
     assert f"Pushing step 1 to the Hub ({REPO_ID}) failed: HfHubHTTPError" in result.stderr
     assert "Training goes on; the next save pushes again." in result.stderr
     messages = [commit["message"] for commit in hub.commits]

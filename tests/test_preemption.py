@@ -458,6 +458,43 @@ def test_without_working_file_locks_the_file_alone_is_the_claim(tmp_path, monkey
         assert json.loads(lock.path.read_text())["pid"] == os.getpid()
 
 
+def test_where_exclusive_flock_needs_a_writable_descriptor_the_lock_is_taken_through_one(tmp_path, monkeypatch):
+    """NFS emulates flock with fcntl locks: an exclusive lock on a read-only descriptor fails with EBADF there."""
+    import errno
+    import fcntl
+
+    flock = fcntl.flock
+
+    def nfs_flock(fd, operation):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY and operation & fcntl.LOCK_EX:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    with FolderLock(tmp_path, "first") as lock:
+        assert lock.held and json.loads(lock.path.read_text())["pid"] == os.getpid()
+        with pytest.raises(FolderLocked, match=f"pid {os.getpid()}"):
+            FolderLock(tmp_path, "second").acquire()
+
+
+def test_a_run_of_an_earlier_version_holding_its_lock_file_is_refused(tmp_path):
+    """Earlier versions locked `.trl_justrl.lock`: while such a run holds it, a new run is refused."""
+    import fcntl
+
+    from trl_justrl.run_services.run_folder import LEGACY_LOCK_NAME
+
+    legacy = tmp_path / LEGACY_LOCK_NAME
+    legacy.write_text(json.dumps({"pid": 4242, "host": "old-node", "purpose": "training (justrl)"}))
+    fd = os.open(legacy, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: conflicts even within this process
+    try:
+        with pytest.raises(FolderLocked, match="pid 4242 on host old-node"):
+            FolderLock(tmp_path, "new").acquire()
+    finally:
+        os.close(fd)
+    FolderLock(tmp_path, "new").acquire().release()  # its holder gone: the file left behind blocks nothing
+
+
 # ---- no token at rest ----------------------------------------------------------------------------------------------
 
 
@@ -755,6 +792,7 @@ def test_an_output_folder_that_turns_read_only_mid_run_is_one_error_line(tmp_pat
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
                       capture_output=True).returncode != 0:
         pytest.skip("no tmpfs can be mounted here (needs root)")
+    process = None
     try:
         config = recipe(tmp_path, tiny_model_path, max_steps=4, output_dir=str(mount / "out"))
         process = subprocess.Popen(train_command(config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -763,10 +801,17 @@ def test_an_output_folder_that_turns_read_only_mid_run_is_one_error_line(tmp_pat
         for line in process.stdout:
             lines.append(line)
             if line.startswith("step 1/4"):  # checkpoint-1 is being saved: turn read-only once it is whole
+                deadline = time.monotonic() + 60
                 while not (mount / "out" / "checkpoint-1" / MARKER).exists():
+                    assert time.monotonic() < deadline, "checkpoint-1 never became whole"
                     time.sleep(0.05)
-                remount = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True, text=True)
-                assert remount.returncode == 0, remount.stderr  # the run holds no file open for writing
+                for _ in range(20):  # busy while a file is open for writing (the lock's descriptor is read-only)
+                    remount = subprocess.run(["mount", "-o", "remount,ro", str(mount)], capture_output=True,
+                                             text=True)
+                    if remount.returncode == 0:
+                        break
+                    time.sleep(0.05)
+                assert remount.returncode == 0, remount.stderr
         output = "".join(lines)
         assert process.wait(timeout=120) == 1, output[-3000:]
         out = mount / "out"
@@ -777,4 +822,7 @@ def test_an_output_folder_that_turns_read_only_mid_run_is_one_error_line(tmp_pat
         FolderLock(out, "a later run").acquire().release()  # the file left behind holds no lock
         assert find_resumable(out).path == out / "checkpoint-1"
     finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
         subprocess.run(["umount", "--lazy", str(mount)], check=False)

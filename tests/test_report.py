@@ -16,7 +16,20 @@ import pytest
 from trl_justrl.report import main as report_main
 from trl_justrl.reporting.page import read_run
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+def _working_chromium() -> str | None:
+    """A Chromium that runs headless here (Ubuntu's `chromium` can be a snap stub that does not run in a
+    container)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        ok = found is not None and subprocess.run([found, "--headless", "--no-sandbox", "--version"],
+                                                  capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    return found if ok else None
+
+
+CHROMIUM = _working_chromium()
 
 
 def browse(page: Path, tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:

@@ -102,7 +102,7 @@ def test_unknown_recipe_key_is_an_error(tmp_path, tiny_model_path):
 def test_shipped_recipes_parse(name, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     recipe = REPO / "launch" / "recipes" / f"{name}.yaml"
-    # (the paper recipes report to wandb, which this CPU machine does not install: refused at parse time otherwise)
+    # (the paper recipes report to wandb: off here, so that parsing them starts no tracker)
     overrides = ["--use_cpu", "true", "--bf16", "false", "--report_to", "none"] if name != "demo_cpu" else []
     script_args, training_args, model_args = parse_args(["--config", str(recipe), *overrides])
     assert model_args.model_name_or_path and script_args.reward_funcs == ["dapo_strict"]

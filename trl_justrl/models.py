@@ -90,7 +90,7 @@ def check_weight_files(model: str | Path) -> None:
                 header = json.loads(f.read(header_size))
             end = 8 + header_size + max((entry["data_offsets"][1] for name, entry in header.items()
                                          if name != "__metadata__"), default=0)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
             raise ModelFolderError(f"{path} is not a readable safetensors file ({err}): the model folder is "
                                    "damaged; copy or save it again.") from err
         if size < end:

@@ -84,7 +84,7 @@ def check_model_to_evaluate(model: str) -> None:
     if not folder.is_dir():
         return
     if (folder / MARKER).is_file():
-        reason = incomplete_reason(folder)
+        reason = incomplete_reason(folder, model_only=True)
         if reason is not None:
             raise ModelFolderError(f"{folder} is not a whole checkpoint: {reason}. Evaluate an earlier checkpoint-N "
                                    "of the run, or save this one again.")

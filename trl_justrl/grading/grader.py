@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterable
 
 import math_verify.grader
@@ -29,6 +30,7 @@ RELATIVE_TOLERANCE = 1e-6  # project's choice: decimals agree to 6 significant d
 MAX_UNORDERED_ITEMS = 8  # any-order lists longer than this are matched greedily rather than by every permutation
 MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: starting helpers (~1 s of imports each) would cost more
 MAX_NESTING = 12  # answers nested deeper (brackets within brackets) are compared as text only
+FAST_PATH_CHARS = 2000  # answers this short are compared as written before any time limit (milliseconds of regex)
 
 # This module bounds each response with its own timer and calls math-verify without one: silence math-verify's
 # one-time warning that its timer is off.
@@ -79,6 +81,8 @@ _ORDERED_PROBLEM = re.compile(  # the problem names the values it wants in an or
     r"\s+\$[^$]+\$(?:\s*,\s*\$[^$]+\$)*\s*,?\s*and\s+\$",
     re.IGNORECASE,
 )
+_EXTREMUM = re.compile(r"\\?(?:max|min)(?:imum)?(?:_\{?\w+\}?)?|\\?(?:text|mathrm)\{(?:max|min)\w*\}", re.IGNORECASE)
+_SUBSCRIPT = re.compile(r"_\{?[\w,]+\}?$")  # x_1, x_{2}: numbered values of one unknown
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
 _ASKING = re.compile(r"\b(?:find|determine|compute|calculate|solve|what|which|give|enter|list|express|how many)\b",
                      re.IGNORECASE)
@@ -412,7 +416,7 @@ def _answers_equal(gold: str, pred: str, problem: str | None) -> bool:
     """Gold and prediction, both normalised: one value or several (see the policy)."""
     if _nesting(gold) > MAX_NESTING or _nesting(pred) > MAX_NESTING:
         return _compact(gold) == _compact(pred)  # compared as text (the parser mis-reads very deep nests)
-    named = not _RELATION.search(gold) and _names_its_values(pred)
+    named = not _RELATION.search(gold) and container(gold)[0] == "list" and _names_its_values(pred)
     pred = _without_restatement(pred, gold)  # `(x, y) = (1, 2)`: the restated collection
     gold_kind, gold_items = _collection(gold)
     pred_kind, pred_items = _collection(pred)
@@ -445,7 +449,10 @@ def _names_its_values(pred: str) -> bool:
         return True
     names = [match.group(1).strip() for item in split_top_level(container(pred)[1])
              if (match := _RESTATED.match(item.strip())) is not None and _is_name(match.group(1))]
-    return len(set(names)) > 1  # `x = 2, x = 3`: one unknown's solutions, in any order
+    if any(_EXTREMUM.fullmatch(name) for name in names):
+        return False  # a minimum and a maximum: their values say which is which
+    # `x = 2, x = 3` and `x_1 = 2, x_2 = 1`: one unknown's solutions (numbered), in any order
+    return len({_SUBSCRIPT.sub("", name) for name in names}) > 1
 
 
 def _collection(text: str) -> tuple[str, list[str]]:
@@ -493,7 +500,10 @@ class ResponseTimeout(BaseException):
 
 
 def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeout_s: int | None) -> bool:
-    """Grade within one SIGALRM deadline for the whole response (main thread only): past it, not equivalent."""
+    """Grade within one SIGALRM deadline for the whole response (main thread only): past it, not equivalent.
+
+    A caller's own SIGALRM timer and handler are put back afterwards, less the time spent here (one that fell due
+    meanwhile fires as soon as this returns)."""
     if not timeout_s:
         return _grade_unbounded(predicted, gold, problem)
     armed = [True]
@@ -502,10 +512,12 @@ def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeou
         if armed[0]:
             raise ResponseTimeout
 
+    outer_delay, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    started = time.monotonic()
     previous = signal.signal(signal.SIGALRM, expire)
     try:
         # re-fires every 0.1 s past the deadline, in case a dependency's bare `except:` swallowed it
-        signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.1)
+        signal.setitimer(signal.ITIMER_REAL, min(timeout_s, outer_delay or timeout_s), 0.1)
         try:
             return _grade_unbounded(predicted, gold, problem)
         finally:
@@ -515,7 +527,10 @@ def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeou
     finally:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        if outer_delay:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - started), 1e-3),
+                             outer_interval)
 
 
 def _grade_unbounded(predicted: str, gold: str, problem: str | None) -> bool:
@@ -545,6 +560,9 @@ def grade_answer(
     gold = unbox_ground_truth(str(ground_truth).strip())
     if not gold:
         raise ValueError("grade_answer: the ground truth is empty.")
+    if len(predicted) + len(gold) <= FAST_PATH_CHARS and _compact(normalize_answer(predicted)) == _compact(
+            normalize_answer(gold)):
+        return True  # the same answer as written: no parse, and no helper process from another thread
     if threading.current_thread() is threading.main_thread():
         return _grade_in_this_thread(predicted, gold, problem, timeout_s)
     with _HELPER_LOCK:  # SIGALRM needs the main thread: a helper process grades for the others

@@ -1,6 +1,6 @@
 """Grading in helper processes: `python -m trl_justrl.grading.worker`, one JSON line per answer each way.
 
-A helper grades in its own main thread, where math-verify's SIGALRM time limit works, so threads (an evaluation's
+A helper grades in its own main thread, where the grader's SIGALRM time limit works, so threads (an evaluation's
 workers, a trainer's reward threads) and `grade_many` keep every time bound. The helpers are plain subprocesses,
 not `multiprocessing` children: they never re-import the caller's `__main__`, so a script without an
 `if __name__ == "__main__":` guard can grade from any thread. A helper says it is ready once its imports are done

@@ -222,7 +222,8 @@ def _number(value: Any, key: str, spec: str = ",.4g") -> str:
     if value is None:
         return '<td class="num">-</td>'
     shown = format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-    return f'<td class="num" data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}">{shown}</td>'
+    return (f'<td class="num" data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}">'
+            f"{html.escape(shown)}</td>")
 
 
 def _figure(figure: Any, alt: str) -> str:

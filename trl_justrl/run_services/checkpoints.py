@@ -122,9 +122,11 @@ def write_marker(folder: str | Path, global_step: int, world_size: int) -> Path:
     return marker
 
 
-def incomplete_reason(folder: Path) -> str | None:
+def incomplete_reason(folder: Path, *, model_only: bool = False) -> str | None:
     """Why `folder` is not a whole checkpoint (None when it is): no marker, or a listed file missing, resized or
-    changed since it was saved, by the digest its marker recorded (older markers: sizes only, or the files' ends)."""
+    changed since it was saved, by the digest its marker recorded (older markers: sizes only, or the files' ends).
+    `model_only`: the files a model loads from (not the optimizer, scheduler, RNG and trainer state), for
+    evaluation: an optimizer state can be gigabytes."""
     marker = folder / MARKER
     if not marker.is_file():
         return f"no {MARKER} (the save did not finish)"
@@ -135,6 +137,8 @@ def incomplete_reason(folder: Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         return f"unreadable {MARKER} ({err})"
     for name, entry in expected.items():
+        if model_only and not is_model_file(name):
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
@@ -143,6 +147,15 @@ def incomplete_reason(folder: Path) -> str | None:
         if "digest" in entry and kind in DIGEST_KINDS and file_digest(path, kind) != entry["digest"]:
             return f"{name} changed since it was saved (its checksum differs)"
     return None
+
+
+def is_model_file(name: str) -> bool:
+    """A checkpoint file a model is loaded from: not training state (optimizer, scheduler, RNG, trainer state,
+    DeepSpeed's global_step folders)."""
+    first = Path(name).parts[0]
+    return not (name in OPTIMIZER or first.startswith(("global_step", "rng_state", "optimizer"))
+                or name in ("scheduler.pt", "trainer_state.json", "training_args.bin")
+                or name.endswith("-optimizer.pt"))
 
 
 def checkpoints(output_dir: str | Path) -> list[Path]:

@@ -3,9 +3,11 @@
 transformers pushes each saved checkpoint in a background thread (`hub_strategy: every_save` and the others) and
 never looks at the result. Here a push that failed is reported (a warning naming the repo, the step and the error;
 `hub/push_failures` in the logs) and training goes on: the next save pushes again, as transformers starts a new push
-once the last one is done. Every Hub request is bounded (`hub_request_timeout_s`: a server that stops answering
-fails the push instead of holding it, and the end of training, forever). The final push after training is one
-upload; its failure is a `HubPushError` that says where the model is saved and how to push it by hand.
+once the last one is done. Every request of huggingface_hub's HTTP client is bounded (`hub_request_timeout_s`: a
+server that stops answering fails the push instead of holding it, and the end of training, forever); Xet transfers
+of large files (hf_xet) keep their own retries and limits. The final push after training is one upload; an HTTP or
+network failure of it is a `HubPushError` that says where the model is saved and how to push it by hand (a failure
+to write the model there stays the write error it is).
 """
 
 from __future__ import annotations
@@ -61,20 +63,29 @@ class HubPushReport(TrainerCallback):
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
-        self.seen: list[Future] = []
+        self.jobs: list[tuple[Future, int, bool]] = []  # (push job, the step it pushes, reported)
         self.failures: list[str] = []
-        self.step_of_push = 0  # the step of the latest push started: its jobs are the ones not yet seen
+        self.step_of_push = 0  # the step of the latest push started: jobs first seen after it push that step
+
+    def _step_of(self, job: Future) -> int:
+        for index, (known, _, _) in enumerate(self.jobs):
+            if known is job:
+                return index
+        self.jobs.append((job, self.step_of_push, False))
+        return len(self.jobs) - 1
 
     def check(self) -> list[str]:
         """Report the finished pushes not yet looked at; return the new failure messages."""
         new = []
         for job in hub_push_jobs(self.trainer):
-            if not job.done() or any(job is seen for seen in self.seen):
+            index = self._step_of(job)
+            _, step, reported = self.jobs[index]
+            if reported or not job.done():
                 continue
-            self.seen.append(job)
+            self.jobs[index] = (job, step, True)
             error = job.exception()
             if error is not None:
-                message = (f"Pushing step {self.step_of_push} to the Hub ({self.trainer.hub_model_id}) failed: "
+                message = (f"Pushing step {step} to the Hub ({self.trainer.hub_model_id}) failed: "
                            f"{type(error).__name__}: {str(error)[:300]}. Training goes on; the next save pushes "
                            "again.")
                 logger.warning(message)
@@ -83,8 +94,12 @@ class HubPushReport(TrainerCallback):
         return new
 
     def on_push_begin(self, args, state, control, **kwargs):
-        self.check()  # the previous push's jobs, before transformers replaces them
+        self.check()  # the earlier pushes' jobs, before transformers replaces them
         self.step_of_push = state.global_step
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.check()  # the jobs this save's push just started are recorded with its step
         return control
 
     def logs(self) -> dict[str, int]:
@@ -100,9 +115,16 @@ class HubPushReport(TrainerCallback):
 def push_final_model(trainer: Any, dataset_name: str | None) -> None:
     """`trainer.push_to_hub` once the final model is saved (it waits for a checkpoint push in flight first); a
     failure is a HubPushError naming the repo and the saved folder."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:  # huggingface_hub's HTTP client (httpx2 from huggingface_hub 2, httpx before): timeouts, refused connections
+        from httpx2 import HTTPError
+    except ImportError:
+        from httpx import HTTPError
+
     try:
         trainer.push_to_hub(dataset_name=dataset_name)
-    except Exception as err:  # HTTP errors, timeouts, refused connections: the trained model is safe on disk
+    except (HfHubHTTPError, HTTPError) as err:  # the Hub's failure: the trained model is whole on disk
         folder = trainer.args.output_dir
         raise HubPushError(
             f"The final push to the Hub ({trainer.hub_model_id}) failed: {type(err).__name__}: {str(err)[:300]}. "

@@ -24,6 +24,7 @@ from .checkpoints import checkpoints
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "_trl_justrl.lock"  # "_*": transformers never pushes it to the Hub with the model
+LEGACY_LOCK_NAME = ".trl_justrl.lock"  # earlier versions' name, still honoured while such a run holds it
 RUN_FILES = ("trainer_state.json", "model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
              "training_args.bin", "finished.json", "resume_changes.json")
 
@@ -146,14 +147,11 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose, "since": time.time(),
               "slurm_job": os.environ.get("SLURM_JOB_ID")}
+        self._refuse_if_held_by_earlier_version()
         for _ in range(3):
-            # held read-only: the run keeps no file open for writing between saves (a mount can then turn
-            # read-only under it, and does so cleanly); the holder's details are written through a short-lived one
-            fd = self._open(os.O_RDONLY | os.O_CREAT)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fd = self._locked_descriptor()
             except BlockingIOError:
-                os.close(fd)
                 holder = self._holder()
                 if self._same_job(holder, me) and self._other_host(holder, me):  # a killed node's lease
                     logger.warning("Taking over %s: it is held for this SLURM job (%s) by pid %s on %s, an earlier "
@@ -163,7 +161,6 @@ class FolderLock:
                     continue
                 raise self._refusal(holder) from None
             except OSError as err:
-                os.close(fd)
                 if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                     raise
                 logger.warning("%s: this file system has no working file locks (%s); the lock file alone marks the "
@@ -192,6 +189,44 @@ class FolderLock:
             self._fd, self.held = fd, True
             return self
         raise FolderLocked(f"Could not take {self.path}.")
+
+    def _locked_descriptor(self) -> int:
+        """A descriptor of the lock file holding its exclusive flock (BlockingIOError: another holds it; other
+        OSErrors: no working locks here). Held read-only where the file system allows it, so the lock itself never
+        stops a mount from turning read-only; NFS emulates flock with fcntl locks, whose exclusive form needs a
+        descriptor open for writing (EBADF otherwise)."""
+        for flags in (os.O_RDONLY | os.O_CREAT, os.O_RDWR | os.O_CREAT):
+            fd = self._open(flags)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except OSError as err:
+                os.close(fd)
+                if err.errno != errno.EBADF or flags & os.O_RDWR:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _refuse_if_held_by_earlier_version(self) -> None:
+        """Earlier versions locked `.trl_justrl.lock`: a run of one still training here is refused too."""
+        legacy = self.path.parent / LEGACY_LOCK_NAME
+        if not legacy.is_file():
+            return
+        try:
+            fd = os.open(legacy, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = json.loads(legacy.read_text())
+            except (OSError, ValueError):
+                holder = {}
+            raise self._refusal(holder if isinstance(holder, dict) else {}) from None
+        except OSError:
+            pass  # no working locks: the current lock file decides
+        finally:
+            os.close(fd)
 
     def _still_the_file(self, fd: int) -> bool:
         try:
