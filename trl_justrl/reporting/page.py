@@ -151,7 +151,7 @@ def training_figure(history: Sequence[dict[str, Any]]) -> Any:
         ax.set_xlabel(x_label)
         ax.set_ylabel(y_label)
         ax.grid(alpha=0.3)
-        drawn = False
+        drawn, highest = False, 0.0
         for key in keys:
             points = [(e["step"] / factor, e[key]) for e in history if isinstance(e.get(key), (int, float))
                       and not isinstance(e.get(key), bool) and math.isfinite(e[key]) and "step" in e]
@@ -159,15 +159,19 @@ def training_figure(history: Sequence[dict[str, Any]]) -> Any:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2,
                         label=key.split("/")[-1] if len(keys) > 1 else None)
-                drawn = True
+                drawn, highest = True, max(highest, max(abs(y) for y in ys))
         if not drawn:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         band = {ENTROPY: (PAPER_HEALTHY_ENTROPY, "paper: healthy {:.1f}-{:.1f}"),
-                LENGTH: (PAPER_SETTLED_LENGTH, "paper: settles at {:.0f}-{:.0f}"),
+                LENGTH: (PAPER_SETTLED_LENGTH, "paper: settles at {:,.0f}-{:,.0f}"),
                 REWARD: (PAPER_REWARD_RANGE, "paper: rises {:+.1f} -> {:+.1f}")}.get(keys[0])
         if band is not None:
             (low, high), text = band
-            ax.axhspan(low, high, color="tab:green", alpha=0.12, label=text.format(low, high))
+            if drawn and highest < low / 10:  # a short-answer run: shading the paper's range would flatten its curve
+                ax.text(0.98, 0.95, text.format(low, high) + " (off this scale)", ha="right", va="top",
+                        fontsize="small", color="tab:green", transform=ax.transAxes)
+            else:
+                ax.axhspan(low, high, color="tab:green", alpha=0.12, label=text.format(low, high))
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="best", fontsize="small")
     return figure
@@ -221,7 +225,12 @@ window.addEventListener("load", () => {
 def _number(value: Any, key: str, spec: str = ",.4g") -> str:
     if value is None:
         return '<td class="num">-</td>'
-    shown = format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = str(value)
+    elif float(value).is_integer() and abs(value) < 1e15:
+        shown = f"{int(value):,}"  # token counts: 26,576, not 2.658e+04
+    else:
+        shown = format(value, spec)
     return (f'<td class="num" data-key="{html.escape(key)}" data-value="{html.escape(json.dumps(value))}">'
             f"{html.escape(shown)}</td>")
 
