@@ -82,6 +82,7 @@ WRONG = [
     ("a = 6, b = 5", "5, 6", "Find a and b."),
     ("(a, b) = (6, 5)", "5, 6", "Find a and b."),
     ("a = 6, b = 5, 7", "5, 6, 7", None),
+    ("v_A = 5, v_B = 3", "3, 5", "Find the speeds."),  # letter subscripts: different unknowns
     ("\\$51", "50", None),
     ("16\\ \\mathrm{minutes}", "15", None),
     ("x = 53_8", "52_8", None),
@@ -298,6 +299,9 @@ def test_time_limit_bounds_the_whole_response_not_each_parse():
         assert time.monotonic() - start < 6
         assert signal.getsignal(signal.SIGALRM) is mine and 50 < signal.getitimer(signal.ITIMER_REAL)[0] < 60
         assert grade_answer(boxed("\\frac{8}{2}, 3, 2, 1"), "1, 2, 3, 4", timeout_s=1)  # its own limit again
+        start = time.monotonic()  # a long run of spaces once made the notation's regex take seconds, unbounded
+        assert not grade_answer(boxed("\\text{" + " " * 1985 + "x} y"), "1", timeout_s=1)
+        assert time.monotonic() - start < 3
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -477,8 +477,9 @@ def test_where_exclusive_flock_needs_a_writable_descriptor_the_lock_is_taken_thr
             FolderLock(tmp_path, "second").acquire()
 
 
-def test_a_run_of_an_earlier_version_holding_its_lock_file_is_refused(tmp_path):
-    """Earlier versions locked `.trl_justrl.lock`: while such a run holds it, a new run is refused."""
+def test_a_run_of_an_earlier_version_holding_its_lock_file_is_refused(tmp_path, monkeypatch):
+    """Earlier versions locked `.trl_justrl.lock`: while such a run holds it, a new run is refused (NFS too)."""
+    import errno
     import fcntl
 
     from trl_justrl.run_services.run_folder import LEGACY_LOCK_NAME
@@ -490,6 +491,17 @@ def test_a_run_of_an_earlier_version_holding_its_lock_file_is_refused(tmp_path):
     try:
         with pytest.raises(FolderLocked, match="pid 4242 on host old-node"):
             FolderLock(tmp_path, "new").acquire()
+        flock = fcntl.flock
+
+        def nfs_flock(descriptor, operation):  # NFS: no exclusive lock through a read-only descriptor
+            if fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY and operation & fcntl.LOCK_EX:
+                raise OSError(errno.EBADF, "Bad file descriptor")
+            return flock(descriptor, operation)
+
+        monkeypatch.setattr(fcntl, "flock", nfs_flock)
+        with pytest.raises(FolderLocked, match="pid 4242 on host old-node"):
+            FolderLock(tmp_path, "new").acquire()
+        monkeypatch.undo()
     finally:
         os.close(fd)
     FolderLock(tmp_path, "new").acquire().release()  # its holder gone: the file left behind blocks nothing

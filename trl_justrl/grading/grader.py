@@ -30,7 +30,7 @@ RELATIVE_TOLERANCE = 1e-6  # project's choice: decimals agree to 6 significant d
 MAX_UNORDERED_ITEMS = 8  # any-order lists longer than this are matched greedily rather than by every permutation
 MIN_ITEMS_PER_POOL = 64  # fewer items are graded here: starting helpers (~1 s of imports each) would cost more
 MAX_NESTING = 12  # answers nested deeper (brackets within brackets) are compared as text only
-FAST_PATH_CHARS = 2000  # answers this short are compared as written before any time limit (milliseconds of regex)
+FAST_PATH_CHARS = 2000  # answers this short are compared as written (one linear pass) before any time limit
 
 # This module bounds each response with its own timer and calls math-verify without one: silence math-verify's
 # one-time warning that its timer is off.
@@ -39,7 +39,7 @@ math_verify.parser.TIMEOUT_WARNING_SHOWN = math_verify.grader.TIMEOUT_WARNING_SH
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _SPACES = re.compile(r"\s+")
 _TEXT_COMMANDS = re.compile(r"\\(text|mbox|mathrm|textbf|textrm|operatorname)\s*\{")
-_WHOLE_TEXT = re.compile(r"^\\(?:text|mbox|mathrm|textrm)\{\s*([^{}]*?)\s*\}$")
+_WHOLE_TEXT = re.compile(r"^\\(?:text|mbox|mathrm|textrm)\{([^{}]*)\}$")  # its group stripped after: linear
 _SINGLE_SCRIPT = re.compile(r"([\^_])(\w)")  # x^6 -> x^{6}, a_1 -> a_{1}
 _THOUSANDS_LATEX = re.compile(r"(\d),\\!\s*(?=\d{3})")
 _THOUSANDS_PLAIN = re.compile(  # also before a unit: `1,000 \text{ dollars}`
@@ -82,7 +82,7 @@ _ORDERED_PROBLEM = re.compile(  # the problem names the values it wants in an or
     re.IGNORECASE,
 )
 _EXTREMUM = re.compile(r"\\?(?:max|min)(?:imum)?(?:_\{?\w+\}?)?|\\?(?:text|mathrm)\{(?:max|min)\w*\}", re.IGNORECASE)
-_SUBSCRIPT = re.compile(r"_\{?[\w,]+\}?$")  # x_1, x_{2}: numbered values of one unknown
+_SUBSCRIPT = re.compile(r"_\{?\d+(?:,\d+)*\}?$")  # x_1, x_{2}: numbered values of one unknown (not v_A, v_B)
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+(?=[A-Z])")
 _ASKING = re.compile(r"\b(?:find|determine|compute|calculate|solve|what|which|give|enter|list|express|how many)\b",
                      re.IGNORECASE)
@@ -114,7 +114,7 @@ def normalize_answer(answer: str) -> str:
     answer = answer.strip().strip("$").strip()
     answer = _TEXT_COMMANDS.sub(lambda m: f"\\{m.group(1)}{{", answer)
     if match := _WHOLE_TEXT.match(answer):  # a word answer: \text{Evelyn} = Evelyn
-        answer = match.group(1)
+        answer = match.group(1).strip()
     answer = _THOUSANDS_LATEX.sub(r"\1", answer)
     for old, new in (("\\left", ""), ("\\right", ""), ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"),
                      ("\\displaystyle", ""), ("\\!", ""), ("\\,", " "), ("\\;", " "), ("\\:", " "),
@@ -502,8 +502,8 @@ class ResponseTimeout(BaseException):
 def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeout_s: int | None) -> bool:
     """Grade within one SIGALRM deadline for the whole response (main thread only): past it, not equivalent.
 
-    A caller's own SIGALRM timer and handler are put back afterwards, less the time spent here (one that fell due
-    meanwhile fires as soon as this returns)."""
+    A caller's own SIGALRM timer waits while a response is graded (at most `timeout_s`) and is put back with its
+    handler, less the time spent here: one that fell due meanwhile fires as soon as this returns."""
     if not timeout_s:
         return _grade_unbounded(predicted, gold, problem)
     armed = [True]
@@ -517,7 +517,7 @@ def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeou
     previous = signal.signal(signal.SIGALRM, expire)
     try:
         # re-fires every 0.1 s past the deadline, in case a dependency's bare `except:` swallowed it
-        signal.setitimer(signal.ITIMER_REAL, min(timeout_s, outer_delay or timeout_s), 0.1)
+        signal.setitimer(signal.ITIMER_REAL, timeout_s, 0.1)
         try:
             return _grade_unbounded(predicted, gold, problem)
         finally:
@@ -560,9 +560,8 @@ def grade_answer(
     gold = unbox_ground_truth(str(ground_truth).strip())
     if not gold:
         raise ValueError("grade_answer: the ground truth is empty.")
-    if len(predicted) + len(gold) <= FAST_PATH_CHARS and _compact(normalize_answer(predicted)) == _compact(
-            normalize_answer(gold)):
-        return True  # the same answer as written: no parse, and no helper process from another thread
+    if len(predicted) + len(gold) <= FAST_PATH_CHARS and _compact(predicted) == _compact(gold):
+        return True  # the same answer as written (spaces aside): no helper process from another thread
     if threading.current_thread() is threading.main_thread():
         return _grade_in_this_thread(predicted, gold, problem, timeout_s)
     with _HELPER_LOCK:  # SIGALRM needs the main thread: a helper process grades for the others

@@ -12,6 +12,7 @@ to write the model there stays the write error it is).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import Future
@@ -78,8 +79,9 @@ class HubPushReport(TrainerCallback):
         """Report the finished pushes not yet looked at; return the new failure messages."""
         new = []
         for job in hub_push_jobs(self.trainer):
-            index = self._step_of(job)
-            _, step, reported = self.jobs[index]
+            self._step_of(job)  # recorded with the step of its push
+        for index in range(len(self.jobs)):  # also jobs transformers dropped before they finished (hub_always_push)
+            job, step, reported = self.jobs[index]
             if reported or not job.done():
                 continue
             self.jobs[index] = (job, step, True)
@@ -112,19 +114,26 @@ class HubPushReport(TrainerCallback):
         return control
 
 
+def _client_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP errors of huggingface_hub's client (httpx2 from huggingface_hub 2, httpx before): timeouts, refused
+    connections, transport errors; every one importable here."""
+    errors = []
+    for package in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(package).HTTPError)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def push_final_model(trainer: Any, dataset_name: str | None) -> None:
     """`trainer.push_to_hub` once the final model is saved (it waits for a checkpoint push in flight first); a
     failure is a HubPushError naming the repo and the saved folder."""
     from huggingface_hub.errors import HfHubHTTPError
 
-    try:  # huggingface_hub's HTTP client (httpx2 from huggingface_hub 2, httpx before): timeouts, refused connections
-        from httpx2 import HTTPError
-    except ImportError:
-        from httpx import HTTPError
-
     try:
         trainer.push_to_hub(dataset_name=dataset_name)
-    except (HfHubHTTPError, HTTPError) as err:  # the Hub's failure: the trained model is whole on disk
+    except (HfHubHTTPError, *_client_errors()) as err:  # the Hub's failure: the trained model is whole on disk
         folder = trainer.args.output_dir
         raise HubPushError(
             f"The final push to the Hub ({trainer.hub_model_id}) failed: {type(err).__name__}: {str(err)[:300]}. "

@@ -215,8 +215,8 @@ class FolderLock:
             fd = os.open(legacy, os.O_RDONLY)
         except OSError:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:  # shared: needs only read access (NFS too), conflicts with the old run's exclusive lock, takes nothing
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
                 holder = json.loads(legacy.read_text())
