@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -149,8 +150,10 @@ def folder_held(folder: Path, purpose: str = "training (justrl)", host: str = ""
         holder.wait()
 
 
-TRACKED_SECRET = "hf_trackertestsentinel0000000000"  # a token in the tracked run's environment: in no tracker file
-TRACKED_WANDB_KEY = "trackertestsentinel" * 2 + "00"  # 40 characters, as a W&B API key
+# stand-ins for tokens in the tracked run's environment (fresh each run: nothing token-like is committed); they must
+# reach no file a tracker writes
+TRACKED_SECRET = "sentinel-" + secrets.token_hex(16)
+TRACKED_WANDB_KEY = secrets.token_hex(20)  # 40 characters, as a W&B API key
 TRACKED_KEYS = ("budget/tokens_generated", "budget/tokens_trained", "clip_ratio/dual_mean",
                 "data/prompts_dropped_too_long", "entropy", "completions/clipped_ratio")
 TRACKED_VALIDATION = "eval/AIME24/mean@2"

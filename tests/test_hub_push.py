@@ -6,6 +6,7 @@ a Hub that stops answering fails a request within `hub_request_timeout_s`."""
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from recording_hub import RecordingHub
 from test_preemption import REPO, env, recipe, train_command
 
-SECRET = "hf_hubpushtestsentinel00000000000"
+SECRET = f"sentinel-{secrets.token_hex(16)}"  # a fresh value each run: nothing token-like is committed
 REPO_ID = "tester/tiny-justrl"
 
 
