@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from trl_justrl.report import main as report_main
-from trl_justrl.reporting.page import read_run
+from trl_justrl.report import read_run
 
 
 def _working_chromium() -> str | None:

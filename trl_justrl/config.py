@@ -60,10 +60,10 @@ def missing_integrations(report_to: Any) -> list[str]:
 
 
 def hub_offline() -> bool:
-    """HF_HUB_OFFLINE as huggingface_hub reads it (1 / ON / YES / TRUE), at import or now."""
+    """HF_HUB_OFFLINE as huggingface_hub reads it, at its import or set since."""
     from huggingface_hub import constants
 
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in constants.ENV_VARS_TRUE_VALUES or constants.is_offline_mode()
 
 
 def _world_size_from_env() -> int:

@@ -11,10 +11,33 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .evaluation.table import JUSTRL_TABLE, OPEN_RS_TABLE, ReferenceTable
-from .reporting.page import EvaluationTable, read_run, render_page, score_with_interval
+from .reporting.history import load_trainer_state
+from .reporting.page import EvaluationTable, RunRecord, render_page, score_with_interval
+from .run_services.checkpoints import checkpoints
+from .run_services.resume import SETTINGS_FILE, recorded_changes
 
 DEFAULT_NAME = "report.html"
 PAPER_RUN_ROW = "JustRL-DeepSeek-1.5B (4,380 steps)"  # the validation curve's marks and the default comparison
+
+
+def read_run(folder: str | Path) -> RunRecord:
+    """The run's log history: `trainer_state.json` of a finished run, else of its newest checkpoint (in progress);
+    the training processes of its newest checkpoint; the settings changed at resumes. FileNotFoundError names the
+    folder when it holds no log history."""
+    folder = Path(folder)
+    in_progress = not (folder / "trainer_state.json").is_file()
+    source = folder
+    if in_progress:
+        source = next((p for p in checkpoints(folder) if (p / "trainer_state.json").is_file()), None)
+        if source is None:
+            raise FileNotFoundError(f"{folder} has no trainer_state.json and no checkpoint-N holding one: not a run "
+                                    "folder, or no step has been saved yet.")
+    history = load_trainer_state(source).get("log_history", [])
+    settings = next((p / SETTINGS_FILE for p in checkpoints(folder) if (p / SETTINGS_FILE).is_file()), None)
+    processes = json.loads(settings.read_text()).get("world_size") if settings is not None else None
+    changes = recorded_changes(folder)
+    return RunRecord(folder, history, source / "trainer_state.json", in_progress, processes,
+                     changes if isinstance(changes, list) else [])
 
 
 def read_evaluation(folder: str | Path) -> EvaluationTable:

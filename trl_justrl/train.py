@@ -180,7 +180,6 @@ def _train(script_args: JustRLScriptArguments, training_args: RunConfig, model_a
         prompt_filter=prompt_filter,
     )
     trainer.training_data_name = script_args.dataset_name
-    training_args.record_run(training_data=script_args.dataset_name)
     if script_args.ignore_bias_buffers:  # as TRL's scripts do: torch DDP cannot broadcast boolean buffers
         trainer.model._ddp_params_and_buffers_to_ignore = [
             name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool]

@@ -259,12 +259,21 @@ class GRPORunTrainer(GRPOTrainer):
         if args.validation_benchmarks:  # the problems load (and fail, naming the file) here, before training
             self.add_callback(ValidationCallback.from_config(self, args))
         # named in the model card; trl_justrl.train sets the dataset_name it loaded
-        self.training_data_name: str = describe_dataset(self.train_dataset)
-        args.record_run(model=self.base_model_name, reward_funcs=list(self.reward_func_names),
-                        training_data=self.training_data_name)  # the trackers' config then holds the whole recipe
+        args.record_run(model=self.base_model_name, reward_funcs=list(self.reward_func_names))
+        self.training_data_name = describe_dataset(self.train_dataset)
         self.configure_model()
         if args.batch_geometry is not None and self.accelerator.is_main_process:
             logger.info("Batch geometry: %s", args.batch_geometry.to_dict())
+
+    @property
+    def training_data_name(self) -> str:
+        """The training data as the model card, run_settings.json and the trackers' config name it."""
+        return self._training_data_name
+
+    @training_data_name.setter
+    def training_data_name(self, name: str) -> None:  # trl_justrl.train sets the dataset_name it loaded
+        self._training_data_name = name
+        self.args.record_run(training_data=name)  # the trackers' config then holds the whole recipe
 
     def check_args(self, args: RunConfig) -> None:
         """Settings this trainer refuses, checked before any model loads (none here: TRL's own checks apply)."""

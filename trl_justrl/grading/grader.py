@@ -416,7 +416,7 @@ def _answers_equal(gold: str, pred: str, problem: str | None) -> bool:
     """Gold and prediction, both normalised: one value or several (see the policy)."""
     if _nesting(gold) > MAX_NESTING or _nesting(pred) > MAX_NESTING:
         return _compact(gold) == _compact(pred)  # compared as text (the parser mis-reads very deep nests)
-    named = not _RELATION.search(gold) and container(gold)[0] == "list" and _names_its_values(pred)
+    as_written = pred
     pred = _without_restatement(pred, gold)  # `(x, y) = (1, 2)`: the restated collection
     gold_kind, gold_items = _collection(gold)
     pred_kind, pred_items = _collection(pred)
@@ -432,6 +432,7 @@ def _answers_equal(gold: str, pred: str, problem: str | None) -> bool:
     if gold_kind == "interval" or pred_kind == "interval":
         return gold_kind == pred_kind and gold[0] == pred[0] and gold[-1] == pred[-1] and all(
             _answers_equal(g, p, None) for g, p in zip(gold_items, pred_items, strict=True))
+    named = gold_kind == "list" and not _RELATION.search(gold) and _names_its_values(as_written)
     unordered = not named and (gold_kind in ("set", "solutions") or (gold_kind == "list" and (
         not ordered(problem) or all(container(item)[0] == "tuple" for item in gold_items))))  # solutions as tuples
     if pred_kind in ("set", "solutions") and not unordered:
@@ -535,9 +536,8 @@ def _grade_in_this_thread(predicted: str, gold: str, problem: str | None, timeou
 
 def _grade_unbounded(predicted: str, gold: str, problem: str | None) -> bool:
     try:
-        if _compact(normalize_answer(predicted)) == _compact(normalize_answer(gold)):
-            return True
-        return _answers_equal(normalize_answer(gold), normalize_answer(predicted), problem)
+        gold, predicted = normalize_answer(gold), normalize_answer(predicted)
+        return _compact(predicted) == _compact(gold) or _answers_equal(gold, predicted, problem)
     except RecursionError:  # pathological nesting the guards did not catch: not equivalent (as in a helper)
         return False
 

@@ -107,6 +107,12 @@ class HealthMonitorSettings:
 
 
 
+def health_alerts(history: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    """(optimizer step, signature) of each alert a log history records (`health/<signature>` flags)."""
+    return [(int(entry.get("step", 0)), key.removeprefix(HISTORY_PREFIX))
+            for entry in history for key in entry if key.startswith(HISTORY_PREFIX)]
+
+
 def _number(logs: dict[str, Any], key: str) -> float | None:
     """A logged value as a float; None when absent or not a number (TRL logs None for all-NaN metrics)."""
     value = logs.get(key)

@@ -4,9 +4,10 @@ The page holds the training curves (the paper's healthy ranges marked), the vali
 paper's final scores marked), the evaluation table beside the paper's rows with each difference and its 95%
 confidence interval, the compute used, the health alerts and the settings changed at resumes. Figures are embedded
 PNGs: the file opens from disk, with no server and nothing fetched. Every number a test may check carries
-`data-key` (its place in the JSON it comes from). A run in progress is read from its newest checkpoint.
+`data-key` (its place in the JSON it comes from).
 
-This module reads logs and takes the evaluation as plain data (`EvaluationTable`); `trl_justrl.report` gathers it.
+This module draws from a log history and plain evaluation data (`RunRecord`, `EvaluationTable`); `trl_justrl.report`
+reads them from the run and evaluation folders (a run in progress from its newest checkpoint).
 """
 
 from __future__ import annotations
@@ -16,15 +17,14 @@ import html
 import io
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .budget import PAPER_ESTIMATE, RL_STEP, TOKENS_GENERATED, TOKENS_TRAINED
-from .health import ACCURACY, CLIP_FRACTIONS, ENTROPY, HISTORY_PREFIX, LENGTH, REWARD, TRUNCATION
-from .plot import PAPER_HEALTHY_ENTROPY, VALIDATION, dynamics_series, updates_per_step
+from .health import ACCURACY, CLIP_FRACTIONS, ENTROPY, LENGTH, REWARD, TRUNCATION, health_alerts
+from .plot import PAPER_HEALTHY_ENTROPY, VALIDATION, dynamics_series, finite_number, updates_per_step
 
 # RECIPE (the paper's Figure 2, JustRL-DeepSeek-1.5B): the mean response length falls from about 7-8K tokens to
 # 4-5K by step 1,000; the mean reward rises from about -0.6 to +0.4
@@ -90,31 +90,7 @@ def score_with_interval(rates: Sequence[float], samples: int) -> RunScore:
     return RunScore(100 * mean, 100 * max(0.0, mean - half), 100 * min(1.0, mean + half), n, samples)
 
 
-# ---- reading the run ---------------------------------------------------------------------------------------------
-
-
-def read_run(folder: str | Path) -> RunRecord:
-    """The run's log history: `trainer_state.json` of a finished run, else of its newest checkpoint (in progress).
-
-    FileNotFoundError names the folder when neither exists."""
-    folder = Path(folder)
-    source = folder / "trainer_state.json"
-    in_progress = not source.is_file()
-    if in_progress:
-        numbered = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint-*")
-                          if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file())
-        if not numbered:
-            raise FileNotFoundError(f"{folder} has no trainer_state.json and no checkpoint-N holding one: not a run "
-                                    "folder, or no step has been saved yet.")
-        source = numbered[-1][1] / "trainer_state.json"
-    history = json.loads(source.read_text()).get("log_history", [])
-    processes = None
-    settings = sorted(folder.glob("checkpoint-*/run_settings.json"), key=lambda p: p.stat().st_mtime)
-    if settings:
-        processes = json.loads(settings[-1].read_text()).get("world_size")
-    changes_file = folder / "resume_changes.json"
-    changes = json.loads(changes_file.read_text()) if changes_file.is_file() else []
-    return RunRecord(folder, history, source, in_progress, processes, changes if isinstance(changes, list) else [])
+# ---- reading the run's history ------------------------------------------------------------------------------
 
 
 def last_value(history: Sequence[dict[str, Any]], key: str) -> tuple[int, Any] | None:
@@ -123,11 +99,6 @@ def last_value(history: Sequence[dict[str, Any]], key: str) -> tuple[int, Any] |
         if key in entry and entry[key] is not None:
             return int(entry.get("step", 0)), entry[key]
     return None
-
-
-def health_alerts(history: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-    return [(int(entry.get("step", 0)), key.removeprefix(HISTORY_PREFIX))
-            for entry in history for key in entry if key.startswith(HISTORY_PREFIX)]
 
 
 # ---- figures -----------------------------------------------------------------------------------------------------
@@ -143,8 +114,8 @@ def training_figure(history: Sequence[dict[str, Any]]) -> Any:
     """Six panels of the training curves, the paper's healthy ranges shaded where it gives them."""
     from matplotlib.figure import Figure
 
-    factor = updates_per_step(history) or 1.0
-    x_label = "JustRL step" if updates_per_step(history) else "optimizer step"
+    per_step = updates_per_step(history)
+    factor, x_label = (per_step, "JustRL step") if per_step else (1.0, "optimizer step")
     figure = Figure(figsize=(13, 7), layout="constrained")
     for ax, (keys, title, y_label) in zip(figure.subplots(2, 3).flat, CURVES, strict=True):
         ax.set_title(title)
@@ -153,8 +124,7 @@ def training_figure(history: Sequence[dict[str, Any]]) -> Any:
         ax.grid(alpha=0.3)
         drawn, highest = False, 0.0
         for key in keys:
-            points = [(e["step"] / factor, e[key]) for e in history if isinstance(e.get(key), (int, float))
-                      and not isinstance(e.get(key), bool) and math.isfinite(e[key]) and "step" in e]
+            points = [(e["step"] / factor, e[key]) for e in history if finite_number(e.get(key)) and "step" in e]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2,

@@ -33,7 +33,7 @@ PAPER_HEALTHY_ENTROPY = (1.0, 1.6)  # RECIPE: healthy JustRL-DeepSeek-1.5B entro
 DEFAULT_NAME = "dynamics.png"
 
 
-def _finite(value) -> bool:
+def finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -41,7 +41,7 @@ def updates_per_step(history: Sequence[dict]) -> float | None:
     """Optimizer updates per JustRL step, from an entry logging both `step` and `budget/rl_step` (None without)."""
     for entry in history:
         step, rl_step = entry.get("step"), entry.get(RL_STEP)
-        if _finite(step) and _finite(rl_step) and step > 0 and rl_step > 0:
+        if finite_number(step) and finite_number(rl_step) and step > 0 and rl_step > 0:
             return step / rl_step
     return None
 
@@ -57,10 +57,10 @@ def dynamics_series(history: Sequence[dict]) -> tuple[str, dict[str, tuple[list[
     series: dict[str, tuple[list[float], list[float]]] = {}
     for entry in history:
         step = entry.get("step")
-        if not _finite(step):
+        if not finite_number(step):
             continue
         for key, value in entry.items():
-            if (key in wanted or VALIDATION.match(key)) and _finite(value):
+            if (key in wanted or VALIDATION.match(key)) and finite_number(value):
                 xs, ys = series.setdefault(key, ([], []))
                 xs.append(step / factor)
                 ys.append(float(value))

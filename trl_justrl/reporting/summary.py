@@ -8,8 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .budget import PAPER_ESTIMATE, TOKENS_GENERATED, TOKENS_TRAINED
-from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD, mixed_groups
-from .health import HISTORY_PREFIX as HEALTH_PREFIX
+from .health import ACCURACY, ENTROPY, FRAC_ZERO_STD, LENGTH, REWARD, health_alerts, mixed_groups
 from .history import format_value, load_trainer_state
 from .plot import plot_dynamics
 
@@ -76,8 +75,7 @@ def summarize_run(output_dir: str | Path, draw_plot: bool = False) -> RunSummary
     last = {k: rollouts[-1].get(k) for k in keys} if rollouts else dict.fromkeys(keys)
     runtime = next((h["train_runtime"] for h in reversed(history) if "train_runtime" in h), None)
     budget = next((h for h in reversed(history) if TOKENS_GENERATED in h), {})
-    alerts = [(int(h.get("step", 0)), key[len(HEALTH_PREFIX):]) for h in history for key in h
-              if key.startswith(HEALTH_PREFIX)]
+    alerts = health_alerts(history)
     synced = [h for h in history if h.get(SYNCS)]
     split = None
     if any(GENERATION_S in h for h in history):
